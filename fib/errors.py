@@ -1,0 +1,44 @@
+"""Errors a user can hit. Each names where the problem is (file, field, solution) and how to fix it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FibError(Exception):
+    """A problem with the user's input, reported without a traceback.
+
+    `where` is the file (and line), `field` the JSON field or the solution, `fix` what to do.
+    """
+
+    def __init__(self, message: str, *, where: str | Path | None = None, field: str | None = None,
+                 fix: str | None = None):
+        self.message = message
+        self.where = str(where) if where is not None else None
+        self.field = field
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        parts = []
+        if self.where:
+            parts.append(self.where)
+        if self.field:
+            parts.append(f"field '{self.field}'")
+        head = ": ".join(parts)
+        text = f"{head}: {self.message}" if head else self.message
+        if self.fix:
+            text += f" (fix: {self.fix})"
+        return text
+
+
+class DatasetError(FibError):
+    """A definition, workload or solution file that cannot be used."""
+
+
+def pydantic_problems(exc, where: str | Path) -> list[FibError]:
+    """Turn a pydantic ValidationError into one DatasetError per problem, each naming its field."""
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err.get("loc", ())) or None
+        problems.append(DatasetError(err.get("msg", "invalid value"), where=where, field=field))
+    return problems

@@ -1,0 +1,63 @@
+"""JSON and JSONL reading and writing with errors that name the file, the line and the field."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import DatasetError, pydantic_problems
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                           where=where, fix="fix the JSON syntax") from None
+
+
+def validate(model: type[M], data, where: str) -> M:
+    """Validate `data` as `model`; the first problem is raised, all are attached as `.problems`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = pydantic_problems(exc, where)
+        err = problems[0]
+        err.problems = problems  # type: ignore[attr-defined]
+        raise err from None
+
+
+def load_model(path: str | Path, model: type[M]) -> M:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise DatasetError(f"cannot read: {exc.strerror}", where=path) from None
+    return validate(model, _parse_json(text, str(path)), str(path))
+
+
+def load_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, parsed object) for each non-blank line; malformed lines raise."""
+    path = Path(path)
+    with path.open() as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                yield number, _parse_json(line, f"{path}:{number}")
+
+
+def dump_json(model: BaseModel) -> str:
+    return model.model_dump_json(exclude_none=True)
+
+
+def write_jsonl_line(path: str | Path, model: BaseModel) -> None:
+    """Append one record and flush it to disk, so an interrupted run keeps every finished line."""
+    line = dump_json(model) + "\n"
+    with open(path, "a") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -1,0 +1,120 @@
+"""Trace: the result of one (solution, workload) evaluation, FlashInfer-Trace compatible.
+
+FlashInfer-Trace fields: `definition`, `workload`, `solution`, `evaluation` {`status`,
+`environment` {`hardware`, `libs`}, `timestamp`, `log`, `correctness` {`max_relative_error`,
+`max_absolute_error`, `extra`}, `performance` {`latency_ms`, `reference_latency_ms`,
+`speedup_factor`}}. As there, PASSED carries correctness and performance, INCORRECT_NUMERICAL
+carries correctness only, other statuses neither.
+
+fib additions, all optional: status UNSUPPORTED (with `reason`); `reason` for every non-PASSED
+status; `correctness.matched_ratio` and the tolerances it was judged by; `performance.timing`
+with the raw samples and their statistics; `evaluation.device` and `evaluation.seed`.
+"""
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .workload import Workload
+
+
+class Status(str, Enum):
+    PASSED = "PASSED"
+    INCORRECT_SHAPE = "INCORRECT_SHAPE"
+    INCORRECT_NUMERICAL = "INCORRECT_NUMERICAL"
+    INCORRECT_DTYPE = "INCORRECT_DTYPE"
+    RUNTIME_ERROR = "RUNTIME_ERROR"
+    COMPILE_ERROR = "COMPILE_ERROR"
+    TIMEOUT = "TIMEOUT"
+    UNSUPPORTED = "UNSUPPORTED"
+
+
+class Correctness(BaseModel):
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="strings")
+    max_relative_error: float = 0.0
+    max_absolute_error: float = 0.0
+    extra: Optional[dict[str, Any]] = None
+    matched_ratio: Optional[float] = None
+    atol: Optional[float] = None
+    rtol: Optional[float] = None
+    required_matched_ratio: Optional[float] = None
+
+    @field_validator("max_relative_error", "max_absolute_error")
+    @classmethod
+    def _non_negative_or_nan(cls, v: float) -> float:
+        if not math.isnan(v) and v < 0:
+            raise ValueError("must be non-negative or NaN")
+        return v
+
+
+class TimingStats(BaseModel):
+    """Raw per-call samples (ms) and the statistics fib reports from them."""
+
+    model_config = ConfigDict(extra="allow")
+    timer: str
+    samples_ms: list[float]
+    median_ms: float
+    iqr_ms: float
+    min_ms: float
+    mean_ms: float
+    ci95_low_ms: float
+    ci95_high_ms: float
+    warmup_runs: int = 0
+    l2_flush: bool = False
+    input_copies: int = 1
+
+
+class Performance(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    latency_ms: float = Field(default=0.0, ge=0.0)
+    reference_latency_ms: float = Field(default=0.0, ge=0.0)
+    speedup_factor: float = Field(default=0.0, ge=0.0)
+    timing: Optional[TimingStats] = None
+
+
+class Environment(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    hardware: str = Field(min_length=1)
+    libs: dict[str, str] = Field(default_factory=dict)
+
+
+class Evaluation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: Status
+    environment: Environment
+    timestamp: str = Field(min_length=1)
+    log: str = ""
+    correctness: Optional[Correctness] = None
+    performance: Optional[Performance] = None
+    reason: Optional[str] = None
+    device: Optional[str] = None
+    seed: Optional[int] = None
+
+    @model_validator(mode="after")
+    def _fields_match_status(self):
+        has_c, has_p = self.correctness is not None, self.performance is not None
+        if self.status == Status.PASSED and not (has_c and has_p):
+            raise ValueError("a PASSED evaluation carries correctness and performance")
+        if self.status == Status.INCORRECT_NUMERICAL and (not has_c or has_p):
+            raise ValueError("an INCORRECT_NUMERICAL evaluation carries correctness and no performance")
+        if self.status not in (Status.PASSED, Status.INCORRECT_NUMERICAL) and (has_c or has_p):
+            raise ValueError(f"a {self.status.value} evaluation carries neither correctness nor performance")
+        return self
+
+
+class Trace(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    definition: str = Field(min_length=1)
+    workload: Workload
+    solution: Optional[str] = None
+    evaluation: Optional[Evaluation] = None
+
+    def is_workload_trace(self) -> bool:
+        return self.solution is None and self.evaluation is None
+
+    @property
+    def status(self) -> Optional[Status]:
+        return self.evaluation.status if self.evaluation else None
