@@ -85,6 +85,8 @@ class Solution(BaseModel):
 
     # Where the sources lie on disk (our layout), or None when they are embedded.
     _root: Optional[Path] = PrivateAttr(default=None)
+    # The JSON file it was loaded from, for error messages.
+    file: Optional[Path] = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _sources_consistent(self):

@@ -1,0 +1,274 @@
+"""fib's command line (typer + rich). Thin: parses, then calls the modules that do the work."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import FibError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_enable=False,
+                  help="fib: check, time and profile GPU kernel implementations on real workloads.")
+console = Console(stderr=True)
+out = Console()
+
+# Options that take a list: `--solutions a b`, `--solutions a,b` and `--solutions a --solutions b`.
+LIST_OPTIONS = {"--definitions", "--solutions", "--workloads", "--local", "--devices", "--device"}
+
+LocalOpt = typer.Option(None, "--local", help="Dataset root (repeatable). Default: $FIB_DATASET_PATH, "
+                        "else this repository.")
+DefsOpt = typer.Option(None, "--definitions", "-d", help="Definitions to use (default: all).")
+SolsOpt = typer.Option(None, "--solutions", "-s", help="Solutions to use (default: all of each definition).")
+WorkOpt = typer.Option(None, "--workloads", "-w", help="Workload uuids (or prefixes) or axis filters "
+                       "like seq_len=7 (default: all).")
+
+
+def expand_list_args(argv: list[str]) -> list[str]:
+    """Turn `--solutions a b,c` into `--solutions a --solutions b --solutions c`."""
+    result, current = [], None
+    for token in argv:
+        if token.startswith("-"):
+            name, eq, value = token.partition("=")
+            current = name if name in LIST_OPTIONS else None
+            if current and eq:
+                result += [x for v in value.split(",") if v for x in (name, v)]
+                continue
+            result.append(token)
+            if current:
+                result.pop()
+        elif current:
+            result += [x for v in token.split(",") if v for x in (current, v)]
+        else:
+            result.append(token)
+    return result
+
+
+def split_list(values: Optional[List[str]]) -> list[str]:
+    return [v for value in values or [] for v in value.split(",") if v]
+
+
+def _load(local: Optional[List[str]]):
+    from .dataset import load_dataset
+    roots = [Path(p) for p in split_list(local)] or None
+    return load_dataset(roots)
+
+
+def _print_problems(data, *, limit: int | None = None) -> None:
+    problems = data.problems if limit is None else data.problems[:limit]
+    for problem in problems:
+        console.print(f"[red]problem[/red] {problem.render()}", highlight=False)
+    if limit is not None and len(data.problems) > limit:
+        console.print(f"... and {len(data.problems) - limit} more (run `fib validate`)")
+
+
+def _fail(message: str, code: int = 2):
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _select(data, definitions, solutions, workloads):
+    """Resolve the user's selections; unknown names are errors that list what exists."""
+    def_names = split_list(definitions) or sorted(data.definitions)
+    unknown = [d for d in def_names if d not in data.definitions]
+    if unknown:
+        _fail(f"unknown definition(s) {', '.join(unknown)}; known: {', '.join(sorted(data.definitions)) or 'none'}")
+    sol_names = split_list(solutions)
+    chosen_sols, chosen_work = {}, {}
+    for d in def_names:
+        available = data.solutions.get(d, {})
+        chosen_sols[d] = [s for s in sol_names if s in available] if sol_names else sorted(available)
+        chosen_work[d] = [w.uuid for w in data.workloads.get(d, []) if _workload_selected(w, split_list(workloads))]
+    missing = [s for s in sol_names if not any(s in data.solutions.get(d, {}) for d in def_names)]
+    if missing:
+        known = sorted({s for d in def_names for s in data.solutions.get(d, {})})
+        _fail(f"unknown solution(s) {', '.join(missing)} for {', '.join(def_names)}; known: {', '.join(known)}")
+    def_names = [d for d in def_names if chosen_sols[d] and chosen_work[d]]
+    return def_names, chosen_sols, chosen_work
+
+
+def _workload_selected(workload, filters: list[str]) -> bool:
+    if not filters:
+        return True
+    for f in filters:
+        axis, eq, value = f.partition("=")
+        if eq and axis in workload.axes and str(workload.axes[axis]) == value:
+            return True
+        if not eq and workload.uuid.startswith(f):
+            return True
+    return False
+
+
+def _default_devices() -> list[str]:
+    import torch
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+def _normalise_devices(devices: list[str]) -> list[str]:
+    result = []
+    for d in devices:
+        d = d.strip().lower()
+        result.append(f"cuda:{d}" if d.isdigit() else ("cuda:0" if d == "cuda" else d))
+    return result
+
+
+@app.command()
+def run(
+    local: Optional[List[str]] = LocalOpt,
+    definitions: Optional[List[str]] = DefsOpt,
+    solutions: Optional[List[str]] = SolsOpt,
+    workloads: Optional[List[str]] = WorkOpt,
+    devices: Optional[List[str]] = typer.Option(None, "--devices", "--device",
+                                                help="Devices, e.g. cuda:0 cuda:1 or cpu (default: all GPUs, "
+                                                     "else cpu). One worker per device."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run directory (default: runs/<time>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output (or the latest under "
+                                "runs/), skipping pairs already measured."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds per (solution, workload) evaluation, "
+                                  "build/JIT excluded."),
+    build_timeout: Optional[float] = typer.Option(None, "--build-timeout", help="Seconds for a solution's build "
+                                                  "and first (JIT) call (default: its spec.build_timeout_s)."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the definition's)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the definition's)."),
+    required_matched_ratio: Optional[float] = typer.Option(None, "--required-matched-ratio",
+                                                           help="Fraction of elements that must be within "
+                                                                "tolerance (default: the definition's)."),
+    warmup_runs: int = typer.Option(10, "--warmup-runs", help="Warm-up calls before timing (at least)."),
+    iterations: int = typer.Option(50, "--iterations", help="Timed calls per trial."),
+    num_trials: int = typer.Option(3, "--num-trials", help="Trials; samples = iterations x trials."),
+    timer: str = typer.Option("auto", "--timer", help="auto, cupti, cuda_graph, cuda_event or wall."),
+    seed: int = typer.Option(0, "--seed", help="Seed the inputs are built from (recorded in each trace)."),
+    input_copies: int = typer.Option(0, "--input-copies", help="Input sets rotated while timing (0: auto)."),
+    no_fresh_check: bool = typer.Option(False, "--no-fresh-check", help="Skip the second check on a fresh "
+                                        "input set after timing."),
+    max_failures: int = typer.Option(3, "--max-failures", help="Skip a solution after this many crashes or "
+                                     "timeouts."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+):
+    """Check every solution on every workload against the FP32 reference, time those that pass,
+    and write a run directory (run.json, traces.jsonl, logs/) that reports and comparisons read."""
+    from .evaluate import RunSettings
+    from .runner import Runner, RunPlan, new_run_dir
+    from .progress import RunProgress, print_summary, summary_rows
+
+    data = _load(local)
+    if data.problems:
+        _print_problems(data, limit=20)
+        console.print("[yellow]the files above are skipped; the rest of the dataset runs[/yellow]")
+    def_names, sols, works = _select(data, definitions, solutions, workloads)
+    if not def_names:
+        _fail("nothing to run: no (solution, workload) pair matches the selection")
+    devs = _normalise_devices(split_list(devices)) or _default_devices()
+    settings = RunSettings(atol=atol, rtol=rtol, required_matched_ratio=required_matched_ratio,
+                           warmup_runs=warmup_runs, iterations=iterations, num_trials=num_trials, timer=timer,
+                           seed=seed, input_copies=input_copies, fresh_check=not no_fresh_check)
+    plan = RunPlan(settings=settings, definitions=def_names, solutions=sols, workloads=works, devices=devs,
+                   timeout_s=timeout, build_timeout_s=build_timeout, max_failures=max_failures)
+    run_dir = _run_dir(output, resume)
+    progress = RunProgress(console, total=len(plan.pairs()))
+    runner = Runner(data, plan, run_dir, on_trace=progress.trace, on_phase=progress.phase)
+    with progress:
+        result = runner.run(resume=resume, command=["fib", *sys.argv[1:]])
+    rows = summary_rows(result.traces)
+    if as_json:
+        out.print_json(json.dumps({"run_dir": str(run_dir), "interrupted": result.interrupted, "results": rows}))
+    else:
+        print_summary(out, rows)
+    note = " (interrupted: rerun with --resume to continue)" if result.interrupted else ""
+    console.print(f"run directory: [bold]{run_dir}[/bold]{note}", highlight=False)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+def _run_dir(output: Optional[Path], resume: bool) -> Path:
+    from .runner import new_run_dir
+    base = Path(os.environ.get("FIB_RUNS_DIR", "runs"))
+    if output is not None:
+        if output.exists() and (output / "traces.jsonl").exists() and not resume:
+            _fail(f"{output} already holds a run; pass --resume to continue it or choose another --output")
+        return output
+    if resume:
+        previous = sorted(p for p in base.glob("*") if (p / "run.json").is_file()) if base.is_dir() else []
+        if not previous:
+            _fail(f"--resume: no earlier run under {base}/ (pass --output RUN_DIR)")
+        return previous[-1]
+    return new_run_dir(base)
+
+
+@app.command("list")
+def list_(
+    local: Optional[List[str]] = LocalOpt,
+    definitions: Optional[List[str]] = DefsOpt,
+    workloads_too: bool = typer.Option(False, "--workloads", help="Also list each definition's workloads."),
+):
+    """List definitions, their workloads and solutions, and whether each solution can run here."""
+    from .solutions import device_info, solution_device, unsupported_reason
+    data = _load(local)
+    names = split_list(definitions) or sorted(data.definitions)
+    devices = _default_devices()
+    table = Table(title="definitions", title_justify="left")
+    for col in ("definition", "op_type", "var axes", "workloads", "solutions", "stages"):
+        table.add_column(col)
+    for name in names:
+        d = data.definitions.get(name)
+        if d is None:
+            _fail(f"unknown definition {name}")
+        table.add_row(name, d.op_type, ", ".join(d.var_axes()), str(len(data.workloads.get(name, []))),
+                      str(len(data.solutions.get(name, {}))), ", ".join(d.stage_names()) or "-")
+    out.print(table)
+    sol_table = Table(title="solutions", title_justify="left")
+    for col in ("definition", "solution", "language", "targets", "here"):
+        sol_table.add_column(col)
+    for name in names:
+        d = data.definitions[name]
+        first = data.workloads.get(name, [None])[0]
+        axes = d.resolve_axes(first.axes) if first else d.const_axes()
+        for sol in data.solutions.get(name, {}).values():
+            device = solution_device(sol, devices)
+            reason = unsupported_reason(sol, d, axes, device_info(device))
+            sol_table.add_row(name, sol.name, sol.spec.language.value, ", ".join(sol.spec.target_hardware),
+                              f"[red]unsupported: {reason}[/red]" if reason else f"[green]runs on {device}[/green]")
+    out.print(sol_table)
+    if workloads_too:
+        for name in names:
+            wt = Table(title=f"workloads of {name}", title_justify="left")
+            for col in ("uuid", "axes", "inputs"):
+                wt.add_column(col)
+            for w in data.workloads.get(name, []):
+                kinds = ", ".join(sorted({s.type for s in w.inputs.values()}))
+                wt.add_row(w.uuid, json.dumps(w.axes), kinds)
+            out.print(wt)
+    if data.problems:
+        console.print(f"[yellow]{len(data.problems)} problem(s) in the dataset: run `fib validate`[/yellow]")
+
+
+@app.command()
+def validate(local: Optional[List[str]] = LocalOpt):
+    """Check a dataset and list every problem found (not only the first). Exit code 1 if any."""
+    data = _load(local)
+    for warning in data.warnings:
+        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
+    _print_problems(data)
+    counts = (f"{len(data.definitions)} definitions, {sum(len(v) for v in data.workloads.values())} workloads, "
+              f"{len(data.solution_list())} solutions in {', '.join(str(r) for r in data.roots)}")
+    if data.problems:
+        out.print(f"[red]{len(data.problems)} problem(s)[/red]; loaded {counts}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"[green]ok[/green]: {counts}", highlight=False)
+
+
+def main() -> None:
+    sys.argv[1:] = expand_list_args(sys.argv[1:])
+    try:
+        app()
+    except FibError as err:
+        console.print(f"[red]error:[/red] {err.render()}", highlight=False)
+        sys.exit(2)

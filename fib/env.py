@@ -1,0 +1,68 @@
+"""The environment a run happened in: GPU, driver, CUDA, library versions, CPU, host, git commit."""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+LIBS = ("torch", "triton", "flashinfer-python", "numpy", "pydantic", "nvtx")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def collect_environment() -> dict:
+    import torch
+    from . import __version__
+    libs = {name.replace("-python", ""): v for name in LIBS if (v := _version(name))}
+    libs["python"] = platform.python_version()
+    libs["fib"] = __version__
+    env = {"cpu": _cpu_model(), "host": platform.node(), "platform": platform.platform(),
+           "python_executable": sys.executable, "libs": libs, "cuda": torch.version.cuda, "gpu": None}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env["gpu"] = {"name": props.name, "sm": props.major * 10 + props.minor,
+                      "memory_gb": round(props.total_memory / 2**30, 1), "count": torch.cuda.device_count(),
+                      "sm_count": props.multi_processor_count, "driver": _driver_version(),
+                      "l2_mb": round(getattr(props, "L2_cache_size", 0) / 2**20, 1)}
+        env["hardware"] = props.name
+    else:
+        env["hardware"] = f"CPU: {env['cpu']}"
+    return env
+
+
+def git_info(path: Path) -> dict:
+    def git(*args):
+        try:
+            out = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10)
+            return out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit, "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}

@@ -1,0 +1,228 @@
+"""Workload -> input tensors (deterministic from a seed), and the FP32 reference with its disk cache."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .dataset import resolve_blob
+from .errors import DatasetError
+from .schema import DTYPES, Definition, TensorSpec, Workload
+
+FLOAT_DTYPES = {"float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1"}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, DTYPES[name])
+
+
+def workload_seed(run_seed: int, workload: Workload) -> int:
+    """The seed a workload's inputs are built from: fixed by the run's seed and the workload uuid."""
+    digest = hashlib.sha256(f"{run_seed}:{workload.uuid}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FIB_CACHE_DIR", Path.home() / ".cache" / "fib"))
+
+
+# ---- compiled definition code (reference `run`, `generate`) -----------------------------------
+_COMPILED: dict[tuple[str, str], Callable] = {}
+
+
+def definition_function(definition: Definition, which: str) -> Callable:
+    """`run` from the reference or `generate` from the generator, compiled once per process."""
+    source = definition.reference if which == "run" else definition.generator
+    key = (hashlib.sha256(source.encode()).hexdigest(), which)
+    if key not in _COMPILED:
+        namespace: dict[str, Any] = {"__name__": f"fib_definition_{definition.name}"}
+        label = "reference" if which == "run" else "generator"
+        try:
+            exec(compile(source, f"<{definition.name}.{label}>", "exec"), namespace)  # noqa: S102
+        except Exception as exc:
+            raise DatasetError(f"{label} fails to load: {type(exc).__name__}: {exc}",
+                               where=f"definition '{definition.name}'", field=label) from exc
+        _COMPILED[key] = namespace[which]
+    return _COMPILED[key]
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+def _random_tensor(spec: TensorSpec, shape, gen: torch.Generator) -> torch.Tensor:
+    dtype = spec.dtype
+    if dtype in FLOAT_DTYPES:
+        values = torch.randn(shape, generator=gen, dtype=torch.float32)
+        if dtype.startswith("float8"):
+            values = values.clamp(-448, 448)
+        if dtype == "float4_e2m1":
+            raise DatasetError("random float4_e2m1 inputs are not supported; use a generator",
+                               field=f"inputs ({spec.dtype})")
+        return values.to(torch_dtype(dtype))
+    if dtype == "bool":
+        return torch.rand(shape, generator=gen) < 0.5
+    return torch.randint(0, 64, shape, generator=gen, dtype=torch_dtype(dtype))
+
+
+def _scalar_value(spec: TensorSpec, value):
+    if spec.dtype in FLOAT_DTYPES:
+        return float(value)
+    if spec.dtype == "bool":
+        return bool(value)
+    return int(value)
+
+
+def _check_tensor(name: str, tensor, spec: TensorSpec, shape, where: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise DatasetError(f"input '{name}' is a {type(tensor).__name__}, not a tensor", where=where)
+    if tuple(tensor.shape) != tuple(shape):
+        raise DatasetError(f"input '{name}' has shape {tuple(tensor.shape)}, definition says {tuple(shape)}",
+                           where=where)
+    if tensor.dtype != torch_dtype(spec.dtype):
+        raise DatasetError(f"input '{name}' has dtype {tensor.dtype}, definition says {spec.dtype}", where=where)
+
+
+def make_inputs(definition: Definition, workload: Workload, *, seed: int, device: str | torch.device,
+                root: Path) -> dict[str, Any]:
+    """The workload's inputs, in declaration order, on `device`. Same seed, same tensors."""
+    axes = definition.resolve_axes(workload.axes)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    scalars = {n: _scalar_value(definition.inputs[n], v) for n, v in workload.scalar_inputs().items()
+               if n in definition.inputs}
+    generated: dict[str, torch.Tensor] = {}
+    if any(s.type == "generator" for s in workload.inputs.values()):
+        generate = definition_function(definition, "generate")
+        generated = generate(dict(axes), dict(scalars), gen, str(device))
+        if not isinstance(generated, dict):
+            raise DatasetError("generate() must return a dict of tensors",
+                               where=f"definition '{definition.name}'", field="generator")
+    inputs: dict[str, Any] = {}
+    for name, spec in definition.inputs.items():
+        source = workload.inputs.get(name)
+        if source is None:
+            raise DatasetError(f"no spec for input '{name}'", where=f"workload {workload.uuid}", field="inputs")
+        shape = definition.shape_of(spec, axes)
+        if source.type == "scalar":
+            inputs[name] = scalars[name]
+            continue
+        if source.type == "random":
+            tensor = _random_tensor(spec, shape, gen)
+            where = f"workload {workload.uuid}"
+        elif source.type == "generator":
+            if name not in generated:
+                raise DatasetError(f"generate() returned no tensor for input '{name}'",
+                                   where=f"definition '{definition.name}'", field="generator")
+            tensor = generated[name]
+            where = f"definition '{definition.name}' generator"
+        else:
+            tensor = load_safetensor(root, source.path, source.tensor_key)
+            where = f"{resolve_blob(root, source.path)}[{source.tensor_key}]"
+        if spec.is_scalar:
+            inputs[name] = tensor.item() if isinstance(tensor, torch.Tensor) else tensor
+            continue
+        _check_tensor(name, tensor, spec, shape, where)
+        inputs[name] = tensor.to(device)
+    return inputs
+
+
+def load_safetensor(root: Path, path: str, key: str) -> torch.Tensor:
+    from safetensors import safe_open
+    file = resolve_blob(root, path)
+    if not file.is_file():
+        raise DatasetError(f"safetensors file {file} does not exist", field="path",
+                           fix="check the path (relative to the dataset root) or add the blob")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            if key not in handle.keys():
+                raise DatasetError(f"no tensor '{key}' in {file} (it has: {', '.join(handle.keys())})",
+                                   field="tensor_key")
+            return handle.get_tensor(key)
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(f"cannot read safetensors file {file}: {exc}", field="path") from exc
+
+
+def clone_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in inputs.items()}
+
+
+def input_bytes(inputs: dict[str, Any]) -> int:
+    return sum(v.numel() * v.element_size() for v in inputs.values() if isinstance(v, torch.Tensor))
+
+
+# ---- reference --------------------------------------------------------------------------------
+def _as_output_list(result, definition: Definition) -> list[torch.Tensor]:
+    outputs = list(result) if isinstance(result, (tuple, list)) else [result]
+    if len(outputs) != len(definition.outputs):
+        raise DatasetError(f"reference returned {len(outputs)} outputs, definition declares {len(definition.outputs)}",
+                           where=f"definition '{definition.name}'", field="reference")
+    return [o if isinstance(o, torch.Tensor) else torch.tensor(o) for o in outputs]
+
+
+def reference_key(definition: Definition, workload: Workload, seed: int, root: Path) -> str:
+    blobs = []
+    for spec in workload.inputs.values():
+        if spec.type == "safetensors":
+            file = resolve_blob(root, spec.path)
+            stat = file.stat() if file.exists() else None
+            blobs.append([str(file), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0])
+    payload = {"definition": definition.content_hash(), "seed": seed, "blobs": blobs,
+               "workload": workload.model_dump(mode="json", include={"uuid", "axes", "inputs"})}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class ReferenceCache:
+    """FP32 reference outputs on disk, one safetensors file per (definition, workload, seed)."""
+
+    def __init__(self, directory: Path | None = None):
+        self.directory = Path(directory) if directory else cache_dir() / "reference"
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, definition: Definition, key: str) -> Path:
+        return self.directory / definition.name / f"{key}.safetensors"
+
+    def get(self, definition: Definition, workload: Workload, inputs: dict[str, Any], *, seed: int,
+            root: Path, device) -> tuple[list[torch.Tensor], float]:
+        """(outputs as float32 on `device`, seconds the reference took when it was computed)."""
+        from safetensors.torch import load_file, save_file
+        file = self.path(definition, reference_key(definition, workload, seed, root))
+        if file.is_file():
+            try:
+                stored = load_file(str(file), device=str(device))
+                meta = json.loads(file.with_suffix(".json").read_text())
+                self.hits += 1
+                return [stored[f"out{i}"] for i in range(len(definition.outputs))], meta["seconds"]
+            except Exception:
+                pass  # a damaged cache entry is recomputed
+        self.misses += 1
+        outputs, seconds = compute_reference(definition, inputs)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp")
+        save_file({f"out{i}": o.detach().contiguous().cpu() for i, o in enumerate(outputs)}, str(tmp))
+        os.replace(tmp, file)
+        file.with_suffix(".json").write_text(json.dumps({"seconds": seconds, "workload": workload.uuid,
+                                                         "seed": seed}))
+        return [o.to(device) for o in outputs], seconds
+
+
+def compute_reference(definition: Definition, inputs: dict[str, Any]) -> tuple[list[torch.Tensor], float]:
+    run = definition_function(definition, "run")
+    device_is_cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in inputs.values())
+    if device_is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        try:
+            result = run(*inputs.values())
+        except Exception as exc:
+            raise DatasetError(f"reference raised {type(exc).__name__}: {exc}",
+                               where=f"definition '{definition.name}'", field="reference") from exc
+    if device_is_cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return [o.float() for o in _as_output_list(result, definition)], seconds

@@ -1,0 +1,158 @@
+"""The profiled child: `python -m fib.profile.target <spec.json>`.
+
+Runs only the timed calls of each (solution, workload) pair, eagerly: no reference, no checks.
+Warm-up calls run before the capture; then `cudaProfilerStart()` (nsys is started with
+`--capture-range=cudaProfilerApi`) or a torch.profiler session, `iterations` calls per pair each
+inside the range `fib.call/<solution>/<workload uuid>` (NVTX domain "fib", and a
+`record_function` under torch.profiler), then the capture stops. Solutions mark their stages
+with `fib.stage`. The child writes `spec["result"]`: the pairs it ran (with their axes and call
+counts), the pairs it skipped and why, and the definitions' stages.
+
+Spec keys: backend ("nsys" | "torch"), roots, definitions, solutions, workloads (uuids or null),
+iterations, warmup, seed, device, trace (torch: chrome trace path), result; or demo: true to run
+fib.profile.demo's synthetic pipelines instead of a dataset.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..stages import stage
+from .attribution import call_range_name
+
+
+@dataclass
+class Job:
+    solution: str
+    workload: str
+    call: Callable[[], object]
+    axes: dict
+    definition: str = ""
+    in_call: bool = True  # False: harness work captured beside the calls, in no call range
+
+
+def _synchronize(device: str) -> None:
+    import torch
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_jobs(jobs: list[Job], *, iterations: int, warmup: int, backend: str, device: str,
+             trace: str | None = None) -> dict[tuple[str, str], int]:
+    """Warm up every job, then capture `iterations` calls of each. Returns calls per pair."""
+    import torch
+    for job in jobs:
+        for _ in range(warmup):
+            job.call()
+    _synchronize(device)
+    calls: dict[tuple[str, str], int] = {}
+
+    def capture():
+        for job in jobs:
+            if not job.in_call:
+                job.call()
+                continue
+            name = call_range_name(job.solution, job.workload)
+            for _ in range(iterations):
+                with stage(name):
+                    job.call()
+            calls[(job.solution, job.workload)] = iterations
+        _synchronize(device)
+
+    if backend == "torch":
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            capture()
+        prof.export_chrome_trace(str(trace))
+    else:
+        torch.cuda.cudart().cudaProfilerStart()
+        try:
+            capture()
+        finally:
+            torch.cuda.cudart().cudaProfilerStop()
+    return calls
+
+
+def dataset_jobs(spec: dict) -> tuple[list[Job], list[dict], dict[str, list]]:
+    """Jobs for the spec's definitions × solutions × workloads, through fib's core APIs."""
+    from .. import dataset as fib_dataset
+    from .. import inputs as fib_inputs
+    from .. import solutions as fib_solutions
+
+    ds = fib_dataset.load_dataset([Path(r) for r in spec["roots"]])
+    device = spec.get("device", "cuda:0")
+    device_info = _device_info(device)
+    jobs, skipped, stages = [], [], {}
+    wanted = set(spec.get("workloads") or [])
+    for def_name in spec["definitions"]:
+        definition = ds.definitions[def_name]
+        stages[def_name] = [s.model_dump() for s in definition.stages]
+        root = ds.root_for(def_name)
+        for sol_name in spec["solutions"]:
+            solution = ds.solutions.get(def_name, {}).get(sol_name)
+            if solution is None:
+                continue
+            fn = None
+            for workload in ds.workloads.get(def_name, []):
+                if wanted and workload.uuid not in wanted and workload.uuid[:8] not in wanted:
+                    continue
+                axes = definition.resolve_axes(workload.axes)
+                reason = fib_solutions.unsupported_reason(solution, definition, axes, device_info)
+                if reason:
+                    skipped.append({"solution": sol_name, "workload": workload.uuid, "reason": reason})
+                    continue
+                fn = fn or fib_solutions.load_entry(solution, definition)
+                inputs = fib_inputs.make_inputs(definition, workload, seed=spec.get("seed", 0),
+                                                device=device, root=root)
+                args = list(inputs.values())
+                if solution.spec.destination_passing_style:
+                    args += list(fib_solutions.allocate_outputs(definition, axes, device))
+                jobs.append(Job(sol_name, workload.uuid, (lambda f=fn, a=args: f(*a)),
+                                dict(workload.axes), def_name))
+    return jobs, skipped, stages
+
+
+def _device_info(device: str) -> dict:
+    import torch
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        return {"type": "cpu"}
+    props = torch.cuda.get_device_properties(torch.device(device))
+    return {"type": "cuda", "name": props.name, "sm": props.major * 10 + props.minor,
+            "memory_gb": round(props.total_memory / 2**30, 1)}
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    result_path = Path(spec["result"])
+    try:
+        if spec.get("demo"):
+            from .demo import demo_jobs
+            jobs, skipped, stages = demo_jobs(spec.get("device", "cuda:0"))
+        else:
+            jobs, skipped, stages = dataset_jobs(spec)
+        calls = run_jobs(jobs, iterations=int(spec.get("iterations", 10)),
+                         warmup=int(spec.get("warmup", 2)), backend=spec.get("backend", "nsys"),
+                         device=spec.get("device", "cuda:0"), trace=spec.get("trace"))
+    except Exception as exc:  # the parent reports this: it names what failed
+        result_path.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}",
+                                           "traceback": traceback.format_exc()}))
+        print(traceback.format_exc(), file=sys.stderr)
+        return 1
+    result = {
+        "pairs": [{"definition": j.definition, "solution": j.solution, "workload": j.workload,
+                   "axes": j.axes, "calls": calls.get((j.solution, j.workload), 0)}
+                  for j in jobs if j.in_call],
+        "skipped": skipped, "stages": stages, "device": _device_info(spec.get("device", "cuda:0")),
+    }
+    result_path.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

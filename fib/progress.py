@@ -1,0 +1,90 @@
+"""What `fib run` shows: a live progress bar while it runs and a result table at the end."""
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .schema import Status, Trace
+
+STATUS_STYLE = {Status.PASSED: "green", Status.UNSUPPORTED: "dim", Status.INCORRECT_NUMERICAL: "red",
+                Status.INCORRECT_SHAPE: "red", Status.INCORRECT_DTYPE: "red", Status.RUNTIME_ERROR: "red",
+                Status.COMPILE_ERROR: "red", Status.TIMEOUT: "yellow"}
+
+
+class RunProgress:
+    def __init__(self, console: Console, total: int):
+        self.counts: Counter = Counter()
+        self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
+                                  console=console, transient=False)
+        self._task = self._progress.add_task("fib run", total=total, status="")
+
+    def __enter__(self):
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc)
+
+    def trace(self, trace: Trace) -> None:
+        self.counts[trace.status.value] += 1
+        tally = " ".join(f"{k}:{v}" for k, v in sorted(self.counts.items()))
+        self._progress.update(self._task, advance=1, status=tally)
+
+    def phase(self, device: str, solution: str | None, phase: str) -> None:
+        what = f"{solution} {phase}" if solution else phase
+        self._progress.update(self._task, description=f"{device}: {what}")
+
+
+def summary_rows(traces: list[Trace]) -> list[dict]:
+    rows = []
+    for t in traces:
+        ev = t.evaluation
+        c, p = ev.correctness, ev.performance
+        rows.append({"definition": t.definition, "solution": t.solution, "workload": t.workload.uuid,
+                     "axes": t.workload.axes, "status": ev.status.value, "reason": ev.reason,
+                     "latency_ms": p.latency_ms if p else None,
+                     "ci95_ms": [p.timing.ci95_low_ms, p.timing.ci95_high_ms] if p and p.timing else None,
+                     "speedup_vs_reference": p.speedup_factor if p else None,
+                     "max_abs_error": c.max_absolute_error if c else None,
+                     "max_rel_error": c.max_relative_error if c else None,
+                     "matched_ratio": c.matched_ratio if c else None, "device": ev.device})
+    return rows
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_summary(console: Console, rows: list[dict]) -> None:
+    """One table per definition, then the reasons for everything that did not pass (each once)."""
+    by_def: dict[str, list[dict]] = {}
+    for row in rows:
+        by_def.setdefault(row["definition"], []).append(row)
+    for definition, items in by_def.items():
+        table = Table(title=definition, title_justify="left")
+        for col, justify in (("solution", "left"), ("workload", "left"), ("status", "left"),
+                             ("latency ms", "right"), ("95% CI ms", "right"), ("vs ref", "right"),
+                             ("max abs err", "right"), ("max rel err", "right"), ("matched", "right")):
+            table.add_column(col, justify=justify)
+        for r in sorted(items, key=lambda r: (r["solution"], tuple(r["axes"].values()))):
+            style = STATUS_STYLE.get(Status(r["status"]), "")
+            axes = ",".join(f"{k}={v}" for k, v in r["axes"].items())
+            ci = f"{r['ci95_ms'][0]:.4f}-{r['ci95_ms'][1]:.4f}" if r["ci95_ms"] else "-"
+            table.add_row(r["solution"], axes, f"[{style}]{r['status']}[/{style}]", _fmt(r["latency_ms"], ".4f"), ci,
+                          _fmt(r["speedup_vs_reference"], ".2f"), _fmt(r["max_abs_error"], ".3g"),
+                          _fmt(r["max_rel_error"], ".3g"), _fmt(r["matched_ratio"], ".4f"))
+        console.print(table)
+        reasons: dict[tuple[str, str, str], list[str]] = {}
+        for r in items:
+            if r["status"] != Status.PASSED.value:
+                reasons.setdefault((r["solution"], r["status"], r["reason"] or ""), []).append(
+                    ",".join(f"{k}={v}" for k, v in r["axes"].items()))
+        for (solution, status, reason), where in sorted(reasons.items()):
+            console.print(f"  [bold]{solution}[/bold] {status} on {len(where)} workload(s): {reason}",
+                          highlight=False)
+    tally = Counter(r["status"] for r in rows)
+    console.print("  ".join(f"{k}: {v}" for k, v in sorted(tally.items())) or "no results")

@@ -1,0 +1,1 @@
+"""Reports built from run directories and profiler captures; no GPU needed."""

@@ -1,0 +1,204 @@
+"""Load a solution's entry point and decide whether it can run here (arch, packages, shapes)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import FibError
+from .inputs import cache_dir, torch_dtype
+from .schema import Definition, Solution
+
+
+class SolutionLoadError(FibError):
+    """The solution's code cannot be imported or has no such entry function (a COMPILE_ERROR)."""
+
+
+def device_info(device: str) -> dict[str, Any]:
+    """What `target_hardware` and `fib_supported` hooks are matched against."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        props = torch.cuda.get_device_properties(index)
+        return {"type": "cuda", "device": device, "name": props.name, "sm": props.major * 10 + props.minor,
+                "memory_gb": round(props.total_memory / 2**30, 1), "sm_count": props.multi_processor_count}
+    return {"type": "cpu", "device": "cpu", "name": "cpu", "sm": None}
+
+
+def solution_device(solution: Solution, devices: list[str]) -> str:
+    """The device a solution runs on: the first CUDA device if it targets GPUs and one is there."""
+    wants_gpu = any(t.lower() != "cpu" for t in solution.spec.target_hardware)
+    cuda = [d for d in devices if d.startswith("cuda")]
+    if wants_gpu and cuda:
+        return cuda[0]
+    return "cpu"
+
+
+def _hardware_matches(target: str, info: dict[str, Any]) -> bool:
+    target = target.strip().lower()
+    if target == "cpu":
+        return info["type"] == "cpu"
+    if info["type"] != "cuda":
+        return False
+    if target in ("cuda", "gpu", "nvidia"):
+        return True
+    match = re.fullmatch(r"sm_?(\d+)a?(\+?)", target)
+    if match:
+        wanted, at_least = int(match.group(1)), bool(match.group(2))
+        return info["sm"] >= wanted if at_least else info["sm"] == wanted
+    return target.replace("nvidia_", "").replace("_", " ") in info["name"].lower()
+
+
+def _missing_dependencies(solution: Solution) -> list[str]:
+    missing = []
+    for requirement in solution.spec.dependencies:
+        name = re.split(r"[<>=!~; \[]", requirement.strip(), maxsplit=1)[0]
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(f"{requirement} (not installed)")
+            continue
+        try:
+            from packaging.requirements import Requirement
+            spec = Requirement(requirement).specifier
+            if spec and installed not in spec:
+                missing.append(f"{requirement} (found {installed})")
+        except Exception:
+            pass  # an unparsable requirement is checked by name only
+    return missing
+
+
+def unsupported_reason(solution: Solution, definition: Definition, axes: dict[str, int],
+                       info: dict[str, Any]) -> str | None:
+    """Why this solution cannot run on this device and shape, or None. Checks what the JSON says;
+    the module's own `fib_supported` hook is asked after import (see `hook_reason`)."""
+    targets = solution.spec.target_hardware
+    if targets and not any(_hardware_matches(t, info) for t in targets):
+        here = info["name"] if info["type"] == "cpu" else f"{info['name']} (sm{info['sm']})"
+        return f"targets {', '.join(targets)}; this device is {here}"
+    missing = _missing_dependencies(solution)
+    if missing:
+        return f"missing dependencies: {', '.join(missing)}"
+    for text in solution.spec.shape_constraints:
+        try:
+            ok = eval(text, {"__builtins__": {}}, dict(axes))  # noqa: S307 - solution authors' expressions
+        except Exception as exc:
+            return f"shape constraint {text!r} cannot be evaluated: {exc}"
+        if not ok:
+            return f"shape constraint {text!r} does not hold for {axes}"
+    return None
+
+
+# ---- import -----------------------------------------------------------------------------------
+_LOADED_DIRS: dict[str, set[str]] = {}
+
+
+def source_dir(solution: Solution) -> Path:
+    """Where the solution's files are: its folder on disk, or its embedded sources written out."""
+    if solution.root is not None:
+        return solution.root
+    digest = hashlib.sha256("".join(f"{s.path}\0{s.content}" for s in solution.sources).encode()).hexdigest()[:16]
+    target = cache_dir() / "solutions" / f"{solution.name}-{digest}"
+    for src in solution.sources:
+        path = target / src.path
+        if not path.is_file() or path.read_text() != src.content:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(src.content or "")
+    return target
+
+
+def _forget_other_solutions(keep: str) -> None:
+    """Drop modules imported from other solutions' folders, so two solutions with a `kernels.py`
+    each never share one by accident within a worker."""
+    for folder, names in list(_LOADED_DIRS.items()):
+        if folder != keep:
+            for name in names:
+                sys.modules.pop(name, None)
+            del _LOADED_DIRS[folder]
+
+
+def import_entry_module(solution: Solution):
+    folder = source_dir(solution)
+    _forget_other_solutions(str(folder))
+    entry = folder / solution.spec.entry_file
+    if not entry.is_file():
+        raise SolutionLoadError(f"entry file {entry} does not exist", where=solution.file,
+                                field="spec.entry_point")
+    before = set(sys.modules)
+    sys.path.insert(0, str(folder))
+    module_name = f"fib_solution_{re.sub(r'[^0-9a-zA-Z_]', '_', solution.name)}"
+    try:
+        spec = importlib.util.spec_from_file_location(module_name, entry)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise SolutionLoadError(f"importing {solution.spec.entry_file} failed: {type(exc).__name__}: {exc}",
+                                where=solution.file, field="sources") from exc
+    finally:
+        sys.path.remove(str(folder))
+    added = {n for n in set(sys.modules) - before
+             if str(getattr(sys.modules[n], "__file__", "") or "").startswith(str(folder))}
+    _LOADED_DIRS.setdefault(str(folder), set()).update(added | {module_name})
+    return module
+
+
+def load_entry(solution: Solution, definition: Definition | None = None) -> Callable:
+    module = import_entry_module(solution)
+    function = getattr(module, solution.spec.entry_function, None)
+    if not callable(function):
+        raise SolutionLoadError(f"{solution.spec.entry_file} has no function '{solution.spec.entry_function}'",
+                                where=solution.file, field="spec.entry_point",
+                                fix="define it or correct entry_point")
+    return function
+
+
+def hook_reason(module, info: dict[str, Any], axes: dict[str, int]) -> str | None:
+    """The entry module's own `fib_supported(device_info, axes)` verdict, if it has one."""
+    hook = getattr(module, "fib_supported", None)
+    if hook is None:
+        return None
+    reason = hook(dict(info), dict(axes))
+    return str(reason) if reason else None
+
+
+# ---- calling ----------------------------------------------------------------------------------
+def allocate_outputs(definition: Definition, axes: dict[str, int], device) -> list[torch.Tensor]:
+    """Output buffers filled with NaN (floats) or an out-of-range value (ints), so elements that a
+    solution never writes cannot pass the check."""
+    outputs = []
+    for spec in definition.outputs.values():
+        shape = definition.shape_of(spec, axes) or ()
+        dtype = torch_dtype(spec.dtype)
+        tensor = torch.empty(shape, dtype=dtype, device=device)
+        poison_(tensor)
+        outputs.append(tensor)
+    return outputs
+
+
+def poison_(tensor: torch.Tensor) -> None:
+    if tensor.dtype.is_floating_point:
+        if tensor.dtype in (torch.float8_e4m3fn,):
+            tensor.view(torch.uint8).fill_(0x7F)  # e4m3fn NaN
+        else:
+            tensor.fill_(float("nan"))
+    elif tensor.dtype == torch.bool:
+        tensor.view(torch.uint8).fill_(0xFF)
+    else:
+        tensor.fill_(torch.iinfo(tensor.dtype).min)
+
+
+def call_solution(function: Callable, solution: Solution, inputs: dict[str, Any],
+                  outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Run once; returns the outputs (the DPS buffers, or what the function returned)."""
+    if solution.spec.destination_passing_style:
+        function(*inputs.values(), *outputs)
+        return outputs
+    result = function(*inputs.values())
+    return list(result) if isinstance(result, (tuple, list)) else [result]
