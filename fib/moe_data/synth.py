@@ -2,7 +2,7 @@
 
 # Expert popularity is Zipf-like: the expert of popularity rank r gets -POPULARITY_SKEW*ln(1+r)
 # added to every token's router logit, on top of per-token noise of std LOGIT_NOISE_STD.
-POPULARITY_SKEW = 0.5
+POPULARITY_SKEW = 0.3
 LOGIT_NOISE_STD = 1.0
 ROUTING_BIAS_STD = 0.05  # DeepSeek's selection-only bias: small next to sigmoid scores in (0, 1)
 
