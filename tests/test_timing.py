@@ -1,0 +1,234 @@
+"""fib.timing: statistics, warm-up, rotation and timer choice on CPU; the CUDA timers on a GPU."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fib.timing import (CALL_RANGE, TimingError, _warm_up, attribute_device_time, l2_flush_bytes,
+                        measure, summarize)
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+# ----------------------------------------------------------------------------- summarize
+
+def test_summarize_exact_statistics():
+    stats = summarize([4.0, 1.0, 3.0, 2.0, 5.0], timer="wall", warmup_runs=7, input_copies=3)
+    assert stats.median_ms == 3.0
+    assert stats.iqr_ms == 2.0  # p75 = 4, p25 = 2 (linear interpolation)
+    assert stats.min_ms == 1.0
+    assert stats.mean_ms == 3.0
+    assert stats.samples_ms == [4.0, 1.0, 3.0, 2.0, 5.0]  # raw order kept
+    assert (stats.timer, stats.warmup_runs, stats.input_copies) == ("wall", 7, 3)
+    assert stats.ci95_low_ms <= 3.0 <= stats.ci95_high_ms
+
+
+def test_summarize_ci_contains_median_and_narrows():
+    rng = np.random.default_rng(1)
+    small = summarize(rng.normal(10.0, 1.0, 20), timer="wall")
+    large = summarize(rng.normal(10.0, 1.0, 2000), timer="wall")
+    for s in (small, large):
+        assert s.ci95_low_ms <= s.median_ms <= s.ci95_high_ms
+    assert (large.ci95_high_ms - large.ci95_low_ms) < 0.5 * (small.ci95_high_ms - small.ci95_low_ms)
+    assert 9.8 < large.median_ms < 10.2
+
+
+def test_summarize_deterministic_with_seed():
+    x = np.random.default_rng(2).exponential(1.0, 50)
+    a, b = summarize(x, timer="wall", seed=3), summarize(x, timer="wall", seed=3)
+    assert (a.ci95_low_ms, a.ci95_high_ms) == (b.ci95_low_ms, b.ci95_high_ms)
+
+
+def test_summarize_small_and_constant_samples():
+    one = summarize([2.5], timer="wall")
+    assert (one.median_ms, one.iqr_ms, one.ci95_low_ms, one.ci95_high_ms) == (2.5, 0.0, 2.5, 2.5)
+    two = summarize([1.0, 3.0], timer="wall")
+    assert (two.median_ms, two.ci95_low_ms, two.ci95_high_ms) == (2.0, 1.0, 3.0)
+    flat = summarize([0.7] * 40, timer="wall")
+    assert (flat.median_ms, flat.iqr_ms, flat.ci95_low_ms, flat.ci95_high_ms) == (0.7, 0.0, 0.7, 0.7)
+    with pytest.raises(ValueError):
+        summarize([], timer="wall")
+
+
+def test_summarize_extra_fields_round_trip():
+    stats = summarize([1.0, 2.0, 3.0], timer="cupti", timer_note="probe ok", span_median_ms=2.5)
+    dumped = stats.model_dump()
+    assert dumped["timer_note"] == "probe ok" and dumped["span_median_ms"] == 2.5
+
+
+# ----------------------------------------------------------------------------- measure (wall, CPU)
+
+class FakeCall:
+    """Records the copy index of every call; sleeps `sleep_ms(n)` on the n-th call."""
+
+    def __init__(self, sleep_ms):
+        self.sleep_ms, self.indices = sleep_ms, []
+
+    def __call__(self, idx: int) -> None:
+        self.indices.append(idx)
+        time.sleep(self.sleep_ms(len(self.indices) - 1) / 1e3)
+
+
+def test_measure_rotates_copies_and_counts_samples():
+    call = FakeCall(lambda n: 0.2)
+    stats = measure(call, n_copies=3, device="cpu", timer="wall", warmup_runs=4, iterations=5,
+                    num_trials=2, min_warmup_ms=0, stable_rtol=float("inf"))
+    assert stats.timer == "wall" and stats.l2_flush is False and stats.input_copies == 3
+    assert len(stats.samples_ms) == 10
+    assert stats.warmup_runs == 5  # 4 asked for, then the stability window of 5
+    assert call.indices == [i % 3 for i in range(stats.warmup_runs + 10)]
+    assert len(stats.trial_medians_ms) == 2
+
+
+def test_measure_times_what_the_call_takes():
+    stats = measure(FakeCall(lambda n: 2.0), n_copies=1, device="cpu", timer="wall", warmup_runs=2,
+                    iterations=10, num_trials=1, min_warmup_ms=0, stable_rtol=float("inf"))
+    assert 2.0 <= stats.median_ms < 4.0
+    assert stats.min_ms >= 2.0
+
+
+def _warm(times, **kw):
+    """`_warm_up` fed a scripted sequence of per-call times (ms): deterministic, no sleeping."""
+    it = iter(times)
+    args = dict(warmup_runs=5, min_warmup_ms=0.0, max_warmup_runs=1000, max_warmup_ms=1e9,
+                window=5, rtol=0.1) | kw
+    return _warm_up(lambda: next(it), **args)
+
+
+def test_warmup_stops_at_the_minimum_when_stable():
+    assert _warm([1.0] * 100, warmup_runs=7) == (7, True)
+
+
+def test_warmup_continues_until_stable():
+    # the first 20 calls are slow and erratic (cold caches, a JIT): warm-up must run past them
+    times = [3.0 + 2.0 * (n % 2) for n in range(20)] + [1.0] * 100
+    assert _warm(times, warmup_runs=5, window=4) == (24, True)
+
+
+def test_warmup_cap_is_honoured():
+    never_stable = [0.1 if n % 2 else 1.5 for n in range(100)]
+    assert _warm(never_stable, warmup_runs=3, max_warmup_runs=12) == (12, False)
+    assert _warm(never_stable, warmup_runs=30, max_warmup_runs=12) == (30, False)  # minimum first
+
+
+def test_measure_reports_warmup_runs():
+    stats = measure(FakeCall(lambda n: 0.1), n_copies=2, device="cpu", timer="wall",
+                    warmup_runs=6, iterations=3, num_trials=1, min_warmup_ms=0,
+                    stable_rtol=float("inf"))
+    assert stats.warmup_runs == 6 and stats.warmup_stable is True
+
+
+def test_auto_on_cpu_picks_wall():
+    stats = measure(lambda i: None, n_copies=1, device="cpu", iterations=3, num_trials=1,
+                    warmup_runs=1, min_warmup_ms=0)
+    assert stats.timer == "wall" and "auto" in stats.timer_note
+
+
+@pytest.mark.parametrize("timer", ["cupti", "cuda_graph", "cuda_event"])
+def test_cuda_timer_on_cpu_is_a_clear_error(timer):
+    with pytest.raises(TimingError, match="needs a CUDA device"):
+        measure(lambda i: None, n_copies=1, device="cpu", timer=timer)
+
+
+def test_unknown_timer_is_an_error():
+    with pytest.raises(TimingError, match="unknown timer"):
+        measure(lambda i: None, n_copies=1, device="cpu", timer="stopwatch")
+
+
+def test_cpu_flushes_nothing():
+    assert l2_flush_bytes("cpu") == 0
+
+
+# ----------------------------------------------------------------------------- CUPTI attribution
+
+def _host(name, start, end, corr, thread=1):
+    return dict(name=name, gpu=False, start_ns=start, end_ns=end, correlation_id=corr,
+                linked_id=0, thread=thread, annotation=name == CALL_RANGE)
+
+
+def _dev(name, start, end, linked, annotation=False):
+    return dict(name=name, gpu=True, start_ns=start, end_ns=end, correlation_id=0,
+                linked_id=linked, thread=0, annotation=annotation)
+
+
+def test_attribution_excludes_flush_and_annotations():
+    records = [
+        _host("aten::sum", 0, 10, corr=1),              # flush, outside any call
+        _host(CALL_RANGE, 20, 100, corr=2),
+        _host("aten::mm", 30, 60, corr=3),
+        _host(CALL_RANGE, 120, 200, corr=4),             # a Triton launch: linked to the range
+        dict(_host("cudaLaunchKernel", 40, 50, corr=1), activity="cuda_runtime"),  # CUPTI's ids
+        _dev("reduce_kernel", 1000, 1400, linked=1),
+        _dev("gemm", 1500, 1800, linked=3),
+        _dev("epilogue", 1850, 1900, linked=3),
+        _dev(CALL_RANGE, 1500, 1900, linked=2, annotation=True),
+        _dev("triton_k", 2000, 2100, linked=4),
+    ]
+    kernel_ms, span_ms = attribute_device_time(records, 2)
+    assert kernel_ms == [350 / 1e6, 100 / 1e6]
+    assert span_ms == [400 / 1e6, 100 / 1e6]
+
+
+def test_attribution_rejects_calls_without_device_work():
+    records = [_host(CALL_RANGE, 0, 10, corr=1), _host(CALL_RANGE, 20, 30, corr=2),
+               _dev("k", 100, 200, linked=1)]
+    with pytest.raises(TimingError, match="no device work"):
+        attribute_device_time(records, 2)
+    with pytest.raises(TimingError, match="ranges for 3 calls"):
+        attribute_device_time(records, 3)
+
+
+# ----------------------------------------------------------------------------- GPU
+
+def _matmul_call(n: int, copies: int):
+    mats = [(torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+             torch.randn(n, n, device="cuda", dtype=torch.bfloat16)) for _ in range(copies)]
+    out = torch.empty(n, n, device="cuda", dtype=torch.bfloat16)
+    return lambda i: torch.matmul(*mats[i], out=out)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("timer", ["cupti", "cuda_graph", "cuda_event", "wall"])
+def test_cuda_timers_agree_on_a_large_matmul(timer):
+    call = _matmul_call(4096, 2)
+    stats = measure(call, n_copies=2, device="cuda", timer=timer, iterations=20, num_trials=2)
+    assert stats.timer == timer and stats.l2_flush and len(stats.samples_ms) == 40
+    ref = measure(call, n_copies=2, device="cuda", timer="cuda_event", iterations=20, num_trials=2)
+    # a ~0.2 ms matmul: launch overhead is small against it, so every timer lands within 15%
+    assert abs(stats.median_ms - ref.median_ms) < 0.15 * ref.median_ms
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_auto_on_cuda_picks_cupti_or_says_why():
+    stats = measure(_matmul_call(1024, 2), n_copies=2, device="cuda", iterations=10, num_trials=1)
+    assert stats.timer in ("cupti", "cuda_event") and stats.timer_note.startswith("auto")
+    assert l2_flush_bytes("cuda") >= 2 * 1024 * 1024
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_cupti_excludes_launch_gaps():
+    # 20 tiny kernels per call: events see the launch gaps, CUPTI only the kernels
+    x = torch.ones(1024, device="cuda")
+
+    def call(i):
+        for _ in range(20):
+            x.add_(1.0)
+    cupti = measure(call, n_copies=1, device="cuda", timer="cupti", iterations=20, num_trials=1)
+    event = measure(call, n_copies=1, device="cuda", timer="cuda_event", iterations=20, num_trials=1)
+    assert cupti.median_ms < event.median_ms
+    assert cupti.span_median_ms >= cupti.median_ms
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_cuda_graph_rejects_a_syncing_call():
+    x = torch.ones(16, device="cuda")
+    with pytest.raises(TimingError, match="CUDA graph"):
+        measure(lambda i: x.sum().item(), n_copies=1, device="cuda", timer="cuda_graph",
+                iterations=2, num_trials=1)
