@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Correctness + timing of the DeepSeek-V3 FP8 MoE solutions (torch_eager, triton_staged,
+triton_fused) at the dataset's token counts, on one GPU. Inputs come from the definition's own
+generator (skewed expert popularity), the reference from its own FP32 reference.
+
+    source .device/activate.sh && python3 benchmarks/moe_kernels.py [--tokens 1 80 ...] [--sweep]
+
+Timing: `ev` = CUDA events around one call after an L2 flush (median of repeats, includes the
+Python launch cost); `graph` = the call captured in a CUDA graph together with an L2 flush,
+replayed, minus the flush alone (device time without launch gaps). Full results go to
+$OUT/moe_kernels.json; a compact table is printed last.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+DEF = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
+SOLUTIONS = ["torch_eager", "triton_staged", "triton_fused"]
+ATOL, RTOL, MATCHED = 1.0, 0.3, 0.9
+
+
+def exec_source(source):
+    ns = {}
+    exec(compile(source, "<definition>", "exec"), ns)  # noqa: S102 - our own definition
+    return ns
+
+
+def load(name):
+    folder = REPO / "solutions" / DEF / name
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", folder / "moe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def workloads():
+    rows = []
+    for line in (REPO / "datasets" / "moe" / f"{DEF}.jsonl").read_text().splitlines():
+        w = json.loads(line)
+        rows.append((w["axes"]["seq_len"], w["inputs"]["local_expert_offset"]["value"]))
+    return rows
+
+
+_FLUSH = None
+
+
+def flush():
+    global _FLUSH
+    if _FLUSH is None:
+        _FLUSH = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    _FLUSH.zero_()
+
+
+def time_events(fn, reps):
+    times = []
+    for _ in range(reps):
+        flush()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def time_graph(fn, reps=10, inner=10):
+    """Median per-call device time of fn inside a CUDA graph, L2 flushed before each call."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+        flush()
+    torch.cuda.current_stream().wait_stream(s)
+    g_fn, g_flush = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g_fn):
+        for _ in range(inner):
+            flush()
+            fn()
+    with torch.cuda.graph(g_flush):
+        for _ in range(inner):
+            flush()
+
+    def replay(g):
+        out = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            g.replay()
+            b.record()
+            b.synchronize()
+            out.append(a.elapsed_time(b) / inner)
+        return statistics.median(out)
+    replay(g_fn)
+    return max(replay(g_fn) - replay(g_flush), 0.0)
+
+
+def ceilings():
+    x = torch.empty(2**30, dtype=torch.int8, device="cuda")
+    y = torch.empty_like(x)
+    y.copy_(x)
+    ms = time_events(lambda: y.copy_(x), 10)
+    bw = 2 * x.numel() / ms / 1e9  # TB/s (read + write)
+    del x, y
+    n = 8192
+    a = torch.randn(n, n, device="cuda").to(torch.float8_e4m3fn)
+    b = torch.randn(n, n, device="cuda").to(torch.float8_e4m3fn).t()
+    one = torch.ones((), device="cuda")
+    try:
+        f = lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+        f()
+        tflops = 2 * n**3 / time_events(f, 10) / 1e9
+    except Exception as exc:  # noqa: BLE001
+        print("scaled_mm unavailable:", exc)
+        tflops = float("nan")
+    return bw, tflops
+
+
+def floor_numbers(ids, offset, T, H, I, n_local, bw, tflops):
+    local = ids.long() - offset
+    mask = (local >= 0) & (local < n_local)
+    hit = int(torch.unique(local[mask]).numel())
+    entries = int(mask.sum())
+    w_bytes = hit * (2 * I * H + H * I + 4 * (2 * I // 128) * (H // 128) + 4 * (H // 128) * (I // 128))
+    act_bytes = T * H + 4 * T * (H // 128) + T * 256 * 4 + T * H * 2
+    flops = entries * 2 * (H * 2 * I + I * H)
+    mem_ms = (w_bytes + act_bytes) / bw / 1e9
+    cmp_ms = flops / tflops / 1e9
+    return dict(hit=hit, entries=entries, bytes=w_bytes + act_bytes, flops=flops,
+                floor_mem_ms=mem_ms, floor_cmp_ms=cmp_ms, floor_ms=max(mem_ms, cmp_ms))
+
+
+def errors(out, ref):
+    diff = (out.float() - ref.float()).abs()
+    ok = diff <= ATOL + RTOL * ref.float().abs()
+    return dict(max_abs=float(diff.max()), rel_l2=float(diff.norm() / ref.float().norm()),
+                matched=float(ok.float().mean()), finite=bool(torch.isfinite(out.float()).all()),
+                passed=bool(ok.float().mean() >= MATCHED and torch.isfinite(out.float()).all()))
+
+
+def sweep_configs(T):
+    if T > 128:
+        return [dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, quant=True),
+                dict(BM=128, BN1=128, BN2=128, warps=8, stages1=3, stages2=4, quant=True),
+                dict(BM=64, BN1=128, BN2=128, warps=4, stages1=4, stages2=5, quant=True)]
+    bm = 16 if T <= 16 else 32 if T <= 48 else 64
+    return [dict(BM=bm, BN1=bn1, BN2=bn2, warps=w, stages1=s, stages2=s, quant=q)
+            for bn1, bn2, w, s, q in [(64, 64, 4, 4, True), (64, 64, 4, 5, True), (128, 64, 4, 4, True),
+                                      (64, 128, 4, 4, True), (32, 64, 4, 5, True), (64, 32, 4, 6, True),
+                                      (64, 64, 4, 4, False)]]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, nargs="*")
+    parser.add_argument("--sweep", type=int, nargs="*", default=[],
+                        help="also time triton_fused tile configs at these T")
+    parser.add_argument("--profile", type=int, nargs="*", default=[], help="kernel table at these T")
+    args = parser.parse_args()
+    out_dir = Path(os.environ.get("OUT", "/tmp/moe_bench"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    definition = json.loads((REPO / "definitions" / "moe" / f"{DEF}.json").read_text())
+    generate = exec_source(definition["generator"])["generate"]
+    reference = exec_source(definition["reference"])["run"]
+    axes = {n: a["value"] for n, a in definition["axes"].items() if a["type"] == "const"}
+    H, I, n_local = axes["hidden_size"], axes["intermediate_size"], axes["num_local_experts"]
+    mods = {n: load(n) for n in SOLUTIONS}
+    dev_name = torch.cuda.get_device_name()
+    bw, tflops = ceilings()
+    print(f"device {dev_name}  copy {bw:.2f} TB/s  fp8 mm {tflops:.0f} TFLOP/s  torch {torch.__version__}",
+          flush=True)
+    results = dict(device=dev_name, copy_tb_s=bw, fp8_tflops=tflops, rows=[], sweep=[])
+    for T, offset in workloads():
+        if args.tokens and T not in args.tokens:
+            continue
+        axes["seq_len"] = T
+        made = generate(dict(axes), {}, torch.Generator().manual_seed(T), "cuda")
+        inputs = [made[n] if n in made else {"local_expert_offset": offset,
+                                             "routed_scaling_factor": 2.5}[n]
+                  for n in definition["inputs"]]
+        ref = reference(*inputs)
+        ref = ref[0] if isinstance(ref, (tuple, list)) else ref
+        row = dict(T=T, offset=offset)
+        ids = mods["torch_eager"]._route(inputs[0], inputs[1], 2.5)[0]
+        row.update(floor_numbers(ids, offset, T, H, I, n_local, bw, tflops))
+        for name in SOLUTIONS:
+            out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device="cuda")
+            fn = lambda m=mods[name], o=out: m.run(*inputs, o)
+            try:
+                fn()
+                torch.cuda.synchronize()
+                row[f"{name}_err"] = errors(out, ref)
+                reps = 5 if name == "torch_eager" else 30
+                row[f"{name}_ev_ms"] = time_events(fn, reps)
+                if name != "torch_eager":
+                    row[f"{name}_graph_ms"] = time_graph(fn)
+            except Exception as exc:  # noqa: BLE001
+                row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                print(T, name, row[f"{name}_error"], flush=True)
+        if T in args.sweep:
+            fused = mods["triton_fused"]
+            base = fused._config
+            for cfg in sweep_configs(T):
+                fused._config = lambda _T, c=cfg: dict(c)
+                out = torch.empty((T, H), dtype=torch.bfloat16, device="cuda")
+                try:
+                    fn = lambda o=out: fused.run(*inputs, o)
+                    fn()
+                    e = errors(out, ref)
+                    results["sweep"].append(dict(T=T, cfg=cfg, graph_ms=time_graph(fn), passed=e["passed"]))
+                except Exception as exc:  # noqa: BLE001
+                    results["sweep"].append(dict(T=T, cfg=cfg, error=str(exc)[:300]))
+                print("sweep", results["sweep"][-1], flush=True)
+            fused._config = base
+        if T in args.profile:
+            from torch.profiler import ProfilerActivity, profile
+            for name in ("triton_staged", "triton_fused"):
+                out = torch.empty((T, H), dtype=torch.bfloat16, device="cuda")
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(3):
+                        mods[name].run(*inputs, out)
+                    torch.cuda.synchronize()
+                table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
+                (out_dir / f"profile_{name}_T{T}.txt").write_text(table)
+                print(f"--- {name} T={T}\n{table}", flush=True)
+        results["rows"].append(row)
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                          if not k.endswith("_err")}), flush=True)
+        del made, inputs, ref
+        torch.cuda.empty_cache()
+    (out_dir / "moe_kernels.json").write_text(json.dumps(results, indent=1))
+    print(f"\n{dev_name}; ms; floor = max(bytes/{bw:.2f}TB/s, flops/{tflops:.0f}TFLOP/s); "
+          "pct = floor/fused_graph")
+    print(f"{'T':>6} {'hit':>3} {'floor':>7} {'eager':>8} {'stg_ev':>7} {'stg_gr':>7} {'fus_ev':>7} "
+          f"{'fus_gr':>7} {'pct':>5}  pass(e/s/f) rel_l2(s/f)")
+    for r in results["rows"]:
+        g = lambda k: r.get(k, float("nan"))
+        passed = "".join("y" if r.get(f"{n}_err", {}).get("passed") else "N" for n in SOLUTIONS)
+        rel = "/".join(f"{r.get(f'{n}_err', {}).get('rel_l2', float('nan')):.3f}" for n in SOLUTIONS[1:])
+        print(f"{r['T']:>6} {r['hit']:>3} {r['floor_ms']:7.3f} {g('torch_eager_ev_ms'):8.2f} "
+              f"{g('triton_staged_ev_ms'):7.3f} {g('triton_staged_graph_ms'):7.3f} "
+              f"{g('triton_fused_ev_ms'):7.3f} {g('triton_fused_graph_ms'):7.3f} "
+              f"{100 * r['floor_ms'] / g('triton_fused_graph_ms'):5.0f}  {passed:>11} {rel}")
+
+
+if __name__ == "__main__":
+    main()

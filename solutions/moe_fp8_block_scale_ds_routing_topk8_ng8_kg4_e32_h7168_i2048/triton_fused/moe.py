@@ -1,0 +1,388 @@
+"""DeepSeek-V3 MoE layer (FP8 block scale), Triton with the stages fused where it pays.
+
+- routing + align: up to SINGLE_ROUTE_MAX tokens, routing, counting, the padded-offset scan and
+  the scatter run in ONE single-program kernel; above, routing+count per token tile, then a scan
+  and a scatter (3 launches).
+- gemm1 computes the up and the gate tile of the same columns in one program and applies SwiGLU
+  and the fp8 re-quantization in its epilogue (quantization group = the tile's BN columns: 128
+  for prefill, 64 for decode so more programs stream the weights); gemm2 steps K by that group.
+  (A bf16-intermediate variant, `quant=False`, widens W2 to bf16 in gemm2: measured 2x slower.)
+- gemm2 multiplies by the routing weight in its epilogue and writes one bf16 row per routed
+  (token, slot); a light reduce sums a token's rows in slot order (deterministic, no atomics).
+Sizes come from the tensor shapes; no host sync (CUDA-graph capturable).
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+import fib
+
+N_GROUPS = 8        # expert groups (definition: ng8)
+TOPK_GROUPS = 4     # groups kept per token (kg4)
+TOPK = 8            # experts per token (topk8)
+ROUTE_TILE = 16     # tokens per routing tile of the single-program routing+align
+ROUTE_TILE_MULTI = 8  # tokens per program of the multi-program routing
+SINGLE_ROUTE_MAX = 16  # up to this many tokens: routing+align in one single-program launch
+DECODE_MAX = 128    # up to this many tokens: decode tile configurations
+# Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
+# exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
+# tl.dot also misreads a bf16 operand converted from fp8 in-kernel; under it that dot runs in fp32.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _to_fp8(x, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576  # round to nearest even, 3 bits
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(tl.float8e4nv)
+
+
+@triton.jit
+def _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, t0, T, scaling,
+                E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr,
+                TB: tl.constexpr):
+    """Route tokens t0..t0+TB (rows past T are skipped); store ids/weights; return the ids."""
+    GS: tl.constexpr = E // NG
+    tok = t0 + tl.arange(0, TB)
+    live = tok < T
+    ex = tl.arange(0, E)
+    s = tl.sigmoid(tl.load(logits_ptr + tok[:, None] * E + ex[None, :], mask=live[:, None], other=0.0))
+    b = s + tl.load(bias_ptr + ex).to(tl.float32)[None, :]
+    neg = float("-inf")
+    b3 = tl.reshape(b, [TB, NG, GS])
+    j = tl.arange(0, GS)[None, None, :]
+    m1 = tl.max(b3, axis=2)
+    first = tl.min(tl.where(b3 == m1[:, :, None], j, GS), axis=2)
+    group_score = m1 + tl.max(tl.where(j == first[:, :, None], neg, b3), axis=2)
+    g = tl.arange(0, NG)[None, :]
+    keep = group_score != group_score  # all False
+    for _ in tl.static_range(KG):
+        cand = tl.where(keep, neg, group_score)
+        best = tl.min(tl.where(cand == tl.max(cand, 1)[:, None], g, NG), 1)
+        keep = keep | (g == best[:, None])
+    keep_e = tl.reshape(tl.broadcast_to(keep[:, :, None], [TB, NG, GS]), [TB, E])
+    masked = tl.where(keep_e, b, neg)
+    k = tl.arange(0, TOPK)[None, :]
+    ids = tl.zeros([TB, TOPK], dtype=tl.int32)
+    w = tl.zeros([TB, TOPK], dtype=tl.float32)
+    for i in tl.static_range(TOPK):
+        top = tl.max(masked, 1)
+        e = tl.min(tl.where(masked == top[:, None], ex[None, :], E), 1)
+        hit = ex[None, :] == e[:, None]
+        ids = tl.where(k == i, e[:, None], ids)
+        w = tl.where(k == i, tl.sum(tl.where(hit, s, 0.0), 1)[:, None], w)
+        masked = tl.where(hit, neg, masked)
+    w = w / tl.sum(w, 1)[:, None] * scaling
+    offs = tok[:, None] * TOPK + k
+    tl.store(ids_ptr + offs, ids, mask=live[:, None])
+    tl.store(weights_ptr + offs, w, mask=live[:, None])
+    return ids, live
+
+
+@triton.jit
+def _onehot(ids, live, expert_offset, n_local, EP: tl.constexpr, N: tl.constexpr):
+    """[N, EP] int32 one-hot of each entry's local expert (zero rows for non-local entries)."""
+    local = tl.reshape(ids, [N]) - expert_offset
+    e = tl.arange(0, EP)[None, :]
+    return ((local[:, None] == e) & (e < n_local) & live[:, None]).to(tl.int32)
+
+
+@triton.jit
+def _align_offsets(total, sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_entries, n_local,
+                   BM: tl.constexpr, EP: tl.constexpr, BB: tl.constexpr):
+    """Given per-expert totals: write n_post, each BM block's expert, the padding sentinels;
+    return each expert's first row."""
+    e = tl.arange(0, EP)
+    padded = (total + BM - 1) // BM * BM
+    end = tl.cumsum(padded, 0)
+    start = end - padded
+    n_post = tl.sum(padded, 0)
+    tl.store(n_post_ptr, n_post)
+    pad = tl.arange(0, BM)
+    slot = (start + total)[:, None] + pad[None, :]
+    tl.store(sorted_ids_ptr + slot, n_entries + 0 * slot, mask=(slot < end[:, None]) & (e[:, None] < n_local))
+    end_live = tl.where(e < n_local, end, 2147483647)
+    bb = tl.arange(0, BB)
+    for b0 in range(0, n_post // BM, BB):
+        blk = b0 + bb
+        owner = tl.sum((end_live[None, :] <= blk[:, None] * BM).to(tl.int32), 1)
+        tl.store(expert_ids_ptr + blk, owner, mask=blk < n_post // BM)
+    return start
+
+
+@triton.jit
+def _routing_align_kernel(logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr,
+                          expert_ids_ptr, n_post_ptr, T, scaling, expert_offset, n_local,
+                          E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr,
+                          TB: tl.constexpr, BM: tl.constexpr, EP: tl.constexpr):
+    """Decode: the whole routing + moe_align in one program (one launch instead of four)."""
+    NE: tl.constexpr = TB * TOPK
+    total = tl.zeros([EP], dtype=tl.int32)
+    for t0 in range(0, T, TB):
+        ids, live = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, t0, T, scaling,
+                                E, NG, KG, TOPK, TB)
+        entry = t0 * TOPK + tl.arange(0, NE)
+        total += tl.sum(_onehot(ids, entry < T * TOPK, expert_offset, n_local, EP, NE), 0)
+    start = _align_offsets(total, sorted_ids_ptr, expert_ids_ptr, n_post_ptr, T * TOPK, n_local,
+                           BM, EP, 128)
+    tl.debug_barrier()  # the ids written above are read back by other threads of this program
+    carry = start
+    for t0 in range(0, T, TB):
+        entry = t0 * TOPK + tl.arange(0, NE)
+        live = entry < T * TOPK
+        ids = tl.load(ids_ptr + entry, mask=live, other=-1)
+        onehot = _onehot(ids, live, expert_offset, n_local, EP, NE)
+        pos = tl.sum(onehot * (carry[None, :] + tl.cumsum(onehot, 0) - 1), 1)
+        tl.store(sorted_ids_ptr + pos, entry, mask=tl.sum(onehot, 1) > 0)
+        carry += tl.sum(onehot, 0)
+
+
+@triton.jit
+def _routing_kernel(logits_ptr, bias_ptr, ids_ptr, weights_ptr, counts_ptr, T, scaling,
+                    expert_offset, n_local,
+                    E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr,
+                    TB: tl.constexpr, EP: tl.constexpr):
+    """Prefill: route one token tile and count its entries per local expert."""
+    pid = tl.program_id(0)
+    ids, live = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, pid * TB, T, scaling,
+                            E, NG, KG, TOPK, TB)
+    entry = pid * TB * TOPK + tl.arange(0, TB * TOPK)
+    onehot = _onehot(ids, entry < T * TOPK, expert_offset, n_local, EP, TB * TOPK)
+    tl.store(counts_ptr + pid * EP + tl.arange(0, EP), tl.sum(onehot, 0))
+
+
+@triton.jit
+def _moe_align_scan_kernel(counts_ptr, chunk_base_ptr, sorted_ids_ptr, expert_ids_ptr, n_post_ptr,
+                           n_chunks, n_entries, n_local,
+                           BM: tl.constexpr, EP: tl.constexpr, CB: tl.constexpr):
+    """One program: padded per-expert offsets, and where each tile's entries start."""
+    e = tl.arange(0, EP)
+    c = tl.arange(0, CB)
+    total = tl.zeros([EP], dtype=tl.int32)
+    for c0 in range(0, n_chunks, CB):
+        rows = c0 + c
+        total += tl.sum(tl.load(counts_ptr + rows[:, None] * EP + e[None, :],
+                                mask=rows[:, None] < n_chunks, other=0), 0)
+    carry = _align_offsets(total, sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_entries, n_local,
+                           BM, EP, 128)
+    for c0 in range(0, n_chunks, CB):
+        rows = c0 + c
+        mask = rows[:, None] < n_chunks
+        tile = tl.load(counts_ptr + rows[:, None] * EP + e[None, :], mask=mask, other=0)
+        tl.store(chunk_base_ptr + rows[:, None] * EP + e[None, :],
+                 carry[None, :] + tl.cumsum(tile, 0) - tile, mask=mask)
+        carry += tl.sum(tile, 0)
+
+
+@triton.jit
+def _moe_align_scatter_kernel(ids_ptr, chunk_base_ptr, sorted_ids_ptr, n_entries, expert_offset,
+                              n_local, CHUNK: tl.constexpr, EP: tl.constexpr):
+    """sorted_ids[position] = entry index, stable within each expert (token order)."""
+    pid = tl.program_id(0)
+    entry = pid * CHUNK + tl.arange(0, CHUNK)
+    live = entry < n_entries
+    ids = tl.load(ids_ptr + entry, mask=live, other=-1)
+    onehot = _onehot(ids, live, expert_offset, n_local, EP, CHUNK)
+    base = tl.load(chunk_base_ptr + pid * EP + tl.arange(0, EP))
+    pos = tl.sum(onehot * (base[None, :] + tl.cumsum(onehot, 0) - 1), 1)
+    tl.store(sorted_ids_ptr + pos, entry, mask=tl.sum(onehot, 1) > 0)
+
+
+@triton.jit
+def _tile_ids(n_m, n_n, GROUP_M: tl.constexpr):
+    """Grouped launch order: GROUP_M row blocks sweep the column tiles together (L2 reuse)."""
+    pid = tl.program_id(0)
+    per_group = GROUP_M * n_n
+    first_m = (pid // per_group) * GROUP_M
+    rows = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % rows
+    pid_n = (pid % per_group) // rows
+    return pid_m, pid_n
+
+
+@triton.jit
+def _gemm1_swiglu_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, c_ptr, c_scale_ptr,
+                         sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_tokens, n_entries, I, K,
+                         n_m, n_rows,
+                         TOPK: tl.constexpr, QB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                         GROUP_M: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr):
+    """C[row, cols] = silu(A W_gate^T) * (A W_up^T) for the BN columns `cols` of one expert;
+    QUANT: fp8 out with one scale per row of this tile (quantization group = BN <= QB columns),
+    stored block-major at c_scale[pid_n, row]; else bf16 out."""
+    pid_m, pid_n = _tile_ids(n_m, I // BN, GROUP_M)
+    if pid_m * BM >= tl.load(n_post_ptr):
+        return
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    rows = pid_m * BM + tl.arange(0, BM)
+    entry = tl.load(sorted_ids_ptr + rows)
+    live = entry < n_entries
+    token = tl.where(live, entry // TOPK, 0).to(tl.int64)
+    cols = pid_n * BN + tl.arange(0, BN)
+    kk = tl.arange(0, QB)
+    a_ptrs = a_ptr + token[:, None] * K + kk[None, :]
+    up_ptrs = w_ptr + expert * 2 * I * K + cols[None, :].to(tl.int64) * K + kk[:, None]
+    gate_ptrs = up_ptrs + I * K
+    n_kb = K // QB
+    up_s_ptrs = w_scale_ptr + expert * (2 * I // QB) * n_kb + (cols // QB) * n_kb
+    gate_s_ptrs = up_s_ptrs + (I // QB) * n_kb
+    acc_up = tl.zeros([BM, BN], dtype=tl.float32)
+    acc_gate = tl.zeros([BM, BN], dtype=tl.float32)
+    for kb in range(0, n_kb):
+        a = tl.load(a_ptrs, mask=live[:, None], other=0.0)
+        a_s = tl.load(a_scale_ptr + kb * n_tokens + token)[:, None]
+        w_up = tl.load(up_ptrs)
+        w_gate = tl.load(gate_ptrs)
+        acc_up += tl.dot(a, w_up) * (a_s * tl.load(up_s_ptrs + kb)[None, :])
+        acc_gate += tl.dot(a, w_gate) * (a_s * tl.load(gate_s_ptrs + kb)[None, :])
+        a_ptrs += QB
+        up_ptrs += QB
+        gate_ptrs += QB
+    c = acc_gate / (1.0 + tl.exp(-acc_gate)) * acc_up
+    out = c_ptr + rows[:, None].to(tl.int64) * I + cols[None, :]
+    if QUANT:
+        scale = tl.maximum(tl.max(tl.abs(c), 1), 1e-12) / 448.0
+        tl.store(out, _to_fp8(c / scale[:, None], INTERPRET))
+        tl.store(c_scale_ptr + pid_n * n_rows + rows, scale)
+    else:
+        tl.store(out, c.to(tl.bfloat16))
+
+
+@triton.jit
+def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights_ptr,
+                          sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_rows, n_entries, N, K, n_m,
+                          QB: tl.constexpr, QG: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                          GROUP_M: tl.constexpr, A_FP8: tl.constexpr, INTERPRET: tl.constexpr):
+    """y[entry(row), cols] = weight(entry) * C[row] @ dequant(W2[expert])[cols]^T (bf16).
+    A_FP8: C is fp8 with one scale per 1xQG group (QG divides QB; K steps by QG, fp8 dot);
+    else C is bf16 and W2 is widened to bf16 (K steps by QG too)."""
+    pid_m, pid_n = _tile_ids(n_m, N // BN, GROUP_M)
+    if pid_m * BM >= tl.load(n_post_ptr):
+        return
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    rows = pid_m * BM + tl.arange(0, BM)
+    entry = tl.load(sorted_ids_ptr + rows)
+    live = entry < n_entries
+    cols = pid_n * BN + tl.arange(0, BN)
+    kk = tl.arange(0, QG)
+    a_ptrs = c_ptr + rows[:, None].to(tl.int64) * K + kk[None, :]
+    w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
+    n_kb = K // QB
+    ws_ptrs = w_scale_ptr + expert * (N // QB) * n_kb + (cols // QB) * n_kb
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for kb in range(0, K // QG):
+        a = tl.load(a_ptrs)
+        w = tl.load(w_ptrs)
+        w_s = tl.load(ws_ptrs + kb * QG // QB)[None, :]
+        if A_FP8:
+            acc += tl.dot(a, w) * (tl.load(c_scale_ptr + kb * n_rows + rows)[:, None] * w_s)
+        elif INTERPRET:
+            acc += tl.dot(a.to(tl.float32), w.to(tl.float32)) * w_s
+        else:
+            acc += tl.dot(a, w.to(tl.bfloat16)) * w_s
+        a_ptrs += QG
+        w_ptrs += QG
+    weight = tl.load(weights_ptr + entry, mask=live, other=0.0)
+    tl.store(y_ptr + entry[:, None].to(tl.int64) * N + cols[None, :],
+             (acc * weight[:, None]).to(tl.bfloat16), mask=live[:, None])
+
+
+@triton.jit
+def _finalize_reduce_kernel(y_ptr, ids_ptr, out_ptr, expert_offset, n_local, H,
+                            TOPK: tl.constexpr, BH: tl.constexpr):
+    """out[t] = sum of the token's weighted local rows, in slot order (fp32, then bf16)."""
+    t = tl.program_id(0)
+    cols = tl.program_id(1) * BH + tl.arange(0, BH)
+    k = tl.arange(0, TOPK)
+    local = tl.load(ids_ptr + t * TOPK + k) - expert_offset
+    hit = (local >= 0) & (local < n_local)
+    rows = (t * TOPK + k).to(tl.int64)
+    y = tl.load(y_ptr + rows[:, None] * H + cols[None, :], mask=hit[:, None] & (cols[None, :] < H),
+                other=0.0)
+    tl.store(out_ptr + t.to(tl.int64) * H + cols, tl.sum(y.to(tl.float32), 0).to(tl.bfloat16),
+             mask=cols < H)
+
+
+def _config(T):
+    """Per token-count bucket: BM (rows per expert block), gemm1 BN, gemm2 BN, warps, stages."""
+    if T > DECODE_MAX:
+        return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, quant=True)
+    if T <= 16:
+        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
+    if T <= 48:
+        return dict(BM=32, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
+    return dict(BM=64, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
+
+
+def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_local, BM):
+    T, E = routing_logits.shape
+    dev = routing_logits.device
+    n_entries = T * TOPK
+    EP = triton.next_power_of_2(n_local)
+    ids = torch.empty(T, TOPK, dtype=torch.int32, device=dev)
+    weights = torch.empty(T, TOPK, dtype=torch.float32, device=dev)
+    blocks_max = min((n_entries + n_local * (BM - 1)) // BM, n_local * triton.cdiv(T, BM))
+    sorted_ids = torch.empty(blocks_max * BM, dtype=torch.int32, device=dev)
+    expert_ids = torch.empty(blocks_max, dtype=torch.int32, device=dev)
+    n_post = torch.empty(1, dtype=torch.int32, device=dev)
+    logits = routing_logits.contiguous()
+    consts = dict(E=E, NG=N_GROUPS, KG=TOPK_GROUPS, TOPK=TOPK, TB=ROUTE_TILE)
+    if T <= SINGLE_ROUTE_MAX:
+        _routing_align_kernel[(1,)](logits, routing_bias, ids, weights, sorted_ids, expert_ids,
+                                    n_post, T, float(scaling), expert_offset, n_local,
+                                    BM=BM, EP=EP, **consts, num_warps=8)
+        return ids, weights, sorted_ids, expert_ids, n_post
+    consts["TB"] = ROUTE_TILE_MULTI
+    n_tiles = triton.cdiv(T, ROUTE_TILE_MULTI)
+    counts = torch.empty(n_tiles, EP, dtype=torch.int32, device=dev)
+    chunk_base = torch.empty(n_tiles, EP, dtype=torch.int32, device=dev)
+    _routing_kernel[(n_tiles,)](logits, routing_bias, ids, weights, counts, T, float(scaling),
+                                expert_offset, n_local, EP=EP, **consts, num_warps=4)
+    _moe_align_scan_kernel[(1,)](counts, chunk_base, sorted_ids, expert_ids, n_post, n_tiles,
+                                 n_entries, n_local, BM=BM, EP=EP, CB=64)
+    _moe_align_scatter_kernel[(n_tiles,)](ids, chunk_base, sorted_ids, n_entries, expert_offset,
+                                          n_local, CHUNK=ROUTE_TILE_MULTI * TOPK, EP=EP)
+    return ids, weights, sorted_ids, expert_ids, n_post
+
+
+def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
+        gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, local_expert_offset,
+        routed_scaling_factor, output):
+    T, H = hidden_states.shape
+    n_local = gemm1_weights.shape[0]
+    I = gemm2_weights.shape[2]
+    QB = H // hidden_states_scale.shape[0]
+    cfg = _config(T)
+    BM = cfg["BM"]
+    quant = cfg["quant"]
+    BN1, BN2 = min(cfg["BN1"], I, QB), min(cfg["BN2"], H)
+    dev = hidden_states.device
+    n_entries = T * TOPK
+    with fib.stage("routing"):
+        ids, weights, sorted_ids, expert_ids, n_post = _route_and_align(
+            routing_logits, routing_bias, routed_scaling_factor, local_expert_offset, n_local, BM)
+    rows_max = sorted_ids.numel()
+    n_m = rows_max // BM
+    with fib.stage("gemm1"):
+        c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn if quant else torch.bfloat16, device=dev)
+        c_scale = torch.empty(I // BN1 if quant else 1, rows_max, dtype=torch.float32, device=dev)
+        _gemm1_swiglu_kernel[(n_m * (I // BN1),)](
+            hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale, c, c_scale,
+            sorted_ids, expert_ids, n_post, T, n_entries, I, H, n_m, rows_max,
+            TOPK=TOPK, QB=QB, BM=BM, BN=BN1, GROUP_M=8, QUANT=quant, INTERPRET=INTERPRET,
+            num_warps=cfg["warps"], num_stages=cfg["stages1"])
+    with fib.stage("gemm2"):
+        y = torch.empty(n_entries, H, dtype=torch.bfloat16, device=dev)
+        _gemm2_combine_kernel[(n_m * (H // BN2),)](
+            c, c_scale, gemm2_weights, gemm2_weights_scale, y, weights, sorted_ids, expert_ids,
+            n_post, rows_max, n_entries, H, I, n_m,
+            QB=QB, QG=BN1 if quant else QB, BM=BM, BN=BN2, GROUP_M=8, A_FP8=quant,
+            INTERPRET=INTERPRET,
+            num_warps=cfg["warps"], num_stages=cfg["stages2"])
+    with fib.stage("finalize"):
+        BH = min(1024, triton.next_power_of_2(H))
+        _finalize_reduce_kernel[(T, triton.cdiv(H, BH))](y, ids, output, local_expert_offset,
+                                                          n_local, H, TOPK=TOPK, BH=BH)
