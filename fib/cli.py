@@ -173,6 +173,7 @@ def run(
     plan = RunPlan(settings=settings, definitions=def_names, solutions=sols, workloads=works, devices=devs,
                    timeout_s=timeout, build_timeout_s=build_timeout, max_failures=max_failures)
     run_dir = _run_dir(output, resume)
+    plan.build_failures = _prebuild(data, plan, build_timeout, run_dir)
     progress = RunProgress(console, total=len(plan.pairs()))
     runner = Runner(data, plan, run_dir, on_trace=progress.trace, on_phase=progress.phase)
     with progress:
@@ -186,6 +187,28 @@ def run(
     console.print(f"run directory: [bold]{run_dir}[/bold]{note}", highlight=False)
     if result.interrupted:
         raise typer.Exit(130)
+
+
+def _prebuild(data, plan, build_timeout, run_dir: Path) -> dict[str, tuple[str, str]]:
+    """Build the solutions that have a build hook before any evaluation; returns the failures as
+    solution -> (status, reason), so their pairs are answered without running them."""
+    from .build import find_build, has_build_hook
+    from .solutions import solution_device
+    device = next((d for d in plan.devices if d.startswith("cuda")), plan.devices[0])
+    todo = [data.solutions[d][n] for d in plan.definitions for n in plan.solutions[d]]
+    todo = [s for s in todo if has_build_hook(s) and solution_device(s, plan.devices) == device
+            and find_build(s, device=device) is None]
+    if not todo:
+        return {}
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    results = _build_all(todo, device, force=False, timeout=build_timeout, log_dir=run_dir / "logs")
+    failures = {}
+    for name, r in results.items():
+        if r.status in ("failed", "timeout"):
+            failures[name] = ("COMPILE_ERROR", f"build {r.status}: {r.reason or ''} (log: {r.log_path})")
+        elif r.status == "unsupported":
+            failures[name] = ("UNSUPPORTED", r.reason or "unsupported")
+    return failures
 
 
 def _run_dir(output: Optional[Path], resume: bool) -> Path:
@@ -263,6 +286,63 @@ def validate(local: Optional[List[str]] = LocalOpt):
         out.print(f"[red]{len(data.problems)} problem(s)[/red]; loaded {counts}", highlight=False)
         raise typer.Exit(1)
     out.print(f"[green]ok[/green]: {counts}", highlight=False)
+
+
+def _build_all(solutions_to_build, device: str, *, force: bool, timeout: Optional[float], log_dir: Optional[Path]):
+    """Run each solution's build hook apart from evaluation, with a spinner and its own budget."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from .build import build_solution
+    results = {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        for sol in solutions_to_build:
+            task = bar.add_task(f"building {sol.name}", total=None)
+            log_path = (log_dir / f"build-{sol.name}.log") if log_dir else None
+            result = build_solution(sol, timeout_s=timeout, log_path=log_path, force=force, device=device,
+                                    progress=lambda _s, t=task: bar.update(t))
+            bar.update(task, description=f"{sol.name}: {result.status}"
+                       + (" (cached)" if result.cached else f" in {result.seconds:.1f} s"), completed=1, total=1)
+            results[sol.name] = result
+    return results
+
+
+@app.command()
+def build(
+    local: Optional[List[str]] = LocalOpt,
+    definitions: Optional[List[str]] = DefsOpt,
+    solutions: Optional[List[str]] = SolsOpt,
+    device: str = typer.Option("cuda", "--device", help="Device the build is for."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per solution (default: its "
+                                            "spec.build_timeout_s)."),
+    force: bool = typer.Option(False, "--force", help="Build again even if a record of a build exists."),
+):
+    """Build (compile, JIT-warm) solutions ahead of `fib run`, each under its own time budget.
+    Solutions without a `fib_build()` hook need no build and are listed as skipped."""
+    data = _load(local)
+    def_names, sols, _ = _select(data, definitions, solutions, None)
+    chosen = [data.solutions[d][n] for d in def_names for n in sols[d]]
+    results = _build_all(chosen, _normalise_devices([device])[0], force=force, timeout=timeout, log_dir=None)
+    table = Table(title="builds", title_justify="left")
+    for col in ("solution", "status", "seconds", "reason / log"):
+        table.add_column(col)
+    for name, r in results.items():
+        table.add_row(name, r.status, f"{r.seconds:.1f}", (r.reason or r.log_path or "")[:200])
+    out.print(table)
+    if any(r.status in ("failed", "timeout") for r in results.values()):
+        raise typer.Exit(1)
+
+
+def _register_subcommands() -> None:
+    from .cli_history import compare_command, dashboard_command, history_app
+    from .profile.cli import profile_command
+    from .report.cli import report_app
+    app.command("profile")(profile_command)
+    app.add_typer(report_app, name="report")
+    app.add_typer(history_app, name="history")
+    app.command("compare")(compare_command)
+    app.command("dashboard")(dashboard_command)
+
+
+_register_subcommands()
 
 
 def main() -> None:

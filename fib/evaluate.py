@@ -18,7 +18,8 @@ from .check import CheckResult, Tolerances, check_outputs, modified_inputs
 from .errors import FibError
 from .inputs import ReferenceCache, clone_inputs, input_bytes, make_inputs, workload_seed
 from .schema import Correctness, Definition, Evaluation, Performance, Solution, Status, Trace, Workload
-from .stages import harness_stage
+from .profile.attribution import call_range_name
+from .stages import harness_stage, stage
 
 CUDA_FATAL = ("illegal memory access", "device-side assert", "unspecified launch failure",
               "misaligned address", "CUDA error: an illegal instruction", "CUBLAS_STATUS_EXECUTION_FAILED")
@@ -244,8 +245,13 @@ class Evaluator:
         dps = solution.spec.destination_passing_style
         args = [tuple(s.values()) + (tuple(o) if dps else ()) for s, o in zip(sets, outs)]
 
+        # Each timed call is an NVTX range of its own, so a whole-run capture (`nsys profile fib run`)
+        # can tell solutions and workloads apart.
+        range_name = call_range_name(solution.name, prep.workload.uuid)
+
         def call(i: int) -> None:
-            function(*args[i % len(args)])
+            with stage(range_name):
+                function(*args[i % len(args)])
 
         s = self.settings
         return measure(call, n_copies=len(args), device=device, timer=s.timer, warmup_runs=s.warmup_runs,

@@ -38,6 +38,7 @@ class RunPlan:
     prepare_timeout_s: float = 1800.0
     max_failures: int = 3
     cache_dir: str | None = None
+    build_failures: dict[str, tuple[str, str]] = field(default_factory=dict)  # solution -> (status, reason)
 
     def pairs(self) -> list[tuple[str, str, str]]:
         return [(d, s, w) for d in self.definitions for w in self.workloads[d] for s in self.solutions[d]]
@@ -137,7 +138,10 @@ class Runner:
         """Answer at once for solutions that already crashed or hung too often; the rest still run."""
         keep = []
         for name in job["solutions"]:
-            if self.failures[(job["definition"], name)] >= self.plan.max_failures:
+            if name in self.plan.build_failures:
+                status, reason = self.plan.build_failures[name]
+                self._emit_failure(job, name, Status(status), reason)
+            elif self.failures[(job["definition"], name)] >= self.plan.max_failures:
                 self._emit_failure(job, name, Status.RUNTIME_ERROR,
                                    f"skipped: crashed or timed out {self.plan.max_failures} times in this run")
             else:
