@@ -1,0 +1,84 @@
+"""The CLI as a new user meets it: help texts, list, validate, and `fib run` end to end."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fib.cli import app, expand_list_args
+from tinydata import make_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e8_h512_i256"
+
+
+def test_list_options_accept_spaces_commas_and_repeats():
+    argv = ["run", "--solutions", "a", "b,c", "--timeout", "5", "--solutions=d", "-o", "x", "--local", "p"]
+    assert expand_list_args(argv) == ["run", "--solutions", "a", "--solutions", "b", "--solutions", "c",
+                                      "--timeout", "5", "--solutions", "d", "-o", "x", "--local", "p"]
+
+
+@pytest.mark.parametrize("command,words", [
+    (["run", "--help"], ["--definitions", "--solutions", "--timeout", "--rtol", "--atol", "--required-matched-ratio",
+                         "--warmup-runs", "--iterations", "--num-trials", "--resume", "--workloads", "--device",
+                         "--output", "--json", "FP32 reference"]),
+    (["list", "--help"], ["whether each solution can run here"]),
+    (["validate", "--help"], ["every problem"]),
+    (["build", "--help"], ["time budget"]),
+])
+def test_help_says_what_each_command_does(command, words):
+    result = CliRunner().invoke(app, command, env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for word in words:
+        assert word in result.output
+
+
+def test_list_shows_definitions_and_support_here():
+    result = CliRunner().invoke(app, ["list"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert SMALL in result.output
+    assert "runs on cpu" in result.output  # torch_eager
+    assert "unsupported: targets sm100" in result.output  # flashinfer_trtllm, on any machine but SM100
+
+
+def test_validate_repository_dataset_is_clean():
+    result = CliRunner().invoke(app, ["validate"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output
+
+
+def test_validate_reports_problems_with_exit_1(tmp_path):
+    root = make_dataset(tmp_path, solutions=["good"])
+    (root / "definitions" / "elementwise" / "broken.json").write_text("{")
+    result = CliRunner().invoke(app, ["validate", "--local", str(root)], env={"COLUMNS": "250"})
+    assert result.exit_code == 1
+    assert "broken.json: malformed JSON" in result.output
+
+
+def test_unknown_solution_is_a_usage_error(tmp_path):
+    root = make_dataset(tmp_path, solutions=["good"])
+    result = CliRunner().invoke(app, ["run", "--local", str(root), "--solutions", "nope"], env={"COLUMNS": "250"})
+    assert result.exit_code == 2
+    assert "unknown solution(s) nope" in result.output and "known: good" in result.output
+
+
+@pytest.mark.slow
+def test_fib_run_on_cpu_demo(tmp_path):
+    """What the README's main command does on a CPU machine: torch_eager runs, Triton is UNSUPPORTED."""
+    env = dict(os.environ, FIB_CACHE_DIR=str(tmp_path / "cache"), COLUMNS="200")
+    cmd = [sys.executable, "-m", "fib", "run", "--definitions", SMALL, "--solutions", "torch_eager", "triton_fused",
+           "--workloads", "seq_len=1,seq_len=16", "--iterations", "3", "--num-trials", "1", "--warmup-runs", "1",
+           "--output", str(tmp_path / "run"), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads(proc.stdout)
+    statuses = {(r["solution"], r["axes"]["seq_len"]): r["status"] for r in payload["results"]}
+    assert statuses == {("torch_eager", 1): "PASSED", ("torch_eager", 16): "PASSED",
+                        ("triton_fused", 1): "UNSUPPORTED", ("triton_fused", 16): "UNSUPPORTED"}
+    assert "run directory" in proc.stderr
+    assert (tmp_path / "run" / "run.json").is_file()
