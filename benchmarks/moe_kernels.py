@@ -154,11 +154,9 @@ def sweep_configs(T):
         return [dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, quant=True),
                 dict(BM=128, BN1=128, BN2=128, warps=8, stages1=3, stages2=4, quant=True),
                 dict(BM=64, BN1=128, BN2=128, warps=4, stages1=4, stages2=5, quant=True)]
-    bm = 16 if T <= 16 else 32 if T <= 48 else 64
-    return [dict(BM=bm, BN1=bn1, BN2=bn2, warps=w, stages1=s, stages2=s, quant=q)
-            for bn1, bn2, w, s, q in [(64, 64, 4, 4, True), (64, 64, 4, 5, True), (128, 64, 4, 4, True),
-                                      (64, 128, 4, 4, True), (32, 64, 4, 5, True), (64, 32, 4, 6, True),
-                                      (64, 64, 4, 4, False)]]
+    return [dict(BM=bm, BN1=bn1, BN2=bn2, warps=4, stages1=st, stages2=st, quant=True)
+            for bm, bn1, bn2, st in [(16, 64, 64, 4), (32, 64, 64, 4), (64, 64, 64, 4),
+                                     (32, 64, 128, 4), (32, 128, 64, 4), (32, 64, 64, 3)]]
 
 
 def main():

@@ -25,7 +25,9 @@ class CheckResult:
 
 
 def check_outputs(definition: Definition, axes: dict[str, int], outputs: list, references: list[torch.Tensor],
-                  tol: Tolerances) -> CheckResult:
+                  tol: Tolerances, also: list[Tolerances] = ()) -> CheckResult:
+    """The verdict at `tol`; each of `also` (e.g. a stricter setting) is evaluated on the same
+    outputs and recorded in `correctness.extra["also_checked"]` without changing the verdict."""
     if len(outputs) != len(definition.outputs):
         return CheckResult(Status.INCORRECT_SHAPE, None,
                            f"returned {len(outputs)} outputs, definition declares {len(definition.outputs)}")
@@ -46,12 +48,19 @@ def check_outputs(definition: Definition, axes: dict[str, int], outputs: list, r
         worst.max_absolute_error = max(worst.max_absolute_error, stats["max_absolute_error"])
         worst.max_relative_error = max(worst.max_relative_error, stats["max_relative_error"])
         worst.matched_ratio = min(worst.matched_ratio, stats["matched_ratio"])
-        worst.extra = {**(worst.extra or {}), name: stats}
+        worst.extra = worst.extra or {"outputs": {}, "also_checked": []}
+        worst.extra["outputs"][name] = stats
         if stats["non_finite"]:
             failures.append(f"output '{name}' has {stats['non_finite']} NaN/Inf elements where the reference is finite")
         if stats["matched_ratio"] < tol.required_matched_ratio:
             failures.append(f"output '{name}': {stats['matched_ratio']:.4f} of elements within tolerance "
                             f"(atol {tol.atol}, rtol {tol.rtol}), {tol.required_matched_ratio} required")
+    for other in also:
+        ratio = min(compare(o, r.to(o.device), other)["matched_ratio"] for o, r in zip(outputs, references))
+        worst.extra["also_checked"].append({"atol": other.atol, "rtol": other.rtol,
+                                            "required_matched_ratio": other.required_matched_ratio,
+                                            "matched_ratio": ratio, "passed": ratio >= other.required_matched_ratio
+                                            and not any(st["non_finite"] for st in worst.extra["outputs"].values())})
     if failures:
         return CheckResult(Status.INCORRECT_NUMERICAL, worst, "; ".join(failures))
     return CheckResult(Status.PASSED, worst)

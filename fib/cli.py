@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                   pretty_exceptions_enable=False,
                   help="fib: check, time and profile GPU kernel implementations on real workloads.")
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 # Options that take a list: `--solutions a b`, `--solutions a,b` and `--solutions a --solutions b`.
 LIST_OPTIONS = {"--definitions", "--solutions", "--workloads", "--local", "--devices", "--device"}
@@ -75,6 +75,7 @@ def _fail(message: str, code: int = 2):
 
 def _select(data, definitions, solutions, workloads):
     """Resolve the user's selections; unknown names are errors that list what exists."""
+    from .dataset import workload_matches
     def_names = split_list(definitions) or sorted(data.definitions)
     unknown = [d for d in def_names if d not in data.definitions]
     if unknown:
@@ -84,25 +85,13 @@ def _select(data, definitions, solutions, workloads):
     for d in def_names:
         available = data.solutions.get(d, {})
         chosen_sols[d] = [s for s in sol_names if s in available] if sol_names else sorted(available)
-        chosen_work[d] = [w.uuid for w in data.workloads.get(d, []) if _workload_selected(w, split_list(workloads))]
+        chosen_work[d] = [w.uuid for w in data.workloads.get(d, []) if workload_matches(w, split_list(workloads))]
     missing = [s for s in sol_names if not any(s in data.solutions.get(d, {}) for d in def_names)]
     if missing:
         known = sorted({s for d in def_names for s in data.solutions.get(d, {})})
         _fail(f"unknown solution(s) {', '.join(missing)} for {', '.join(def_names)}; known: {', '.join(known)}")
     def_names = [d for d in def_names if chosen_sols[d] and chosen_work[d]]
     return def_names, chosen_sols, chosen_work
-
-
-def _workload_selected(workload, filters: list[str]) -> bool:
-    if not filters:
-        return True
-    for f in filters:
-        axis, eq, value = f.partition("=")
-        if eq and axis in workload.axes and str(workload.axes[axis]) == value:
-            return True
-        if not eq and workload.uuid.startswith(f):
-            return True
-    return False
 
 
 def _default_devices() -> list[str]:
@@ -151,6 +140,9 @@ def run(
                                         "input set after timing."),
     max_failures: int = typer.Option(3, "--max-failures", help="Skip a solution after this many crashes or "
                                      "timeouts."),
+    also_check: Optional[List[str]] = typer.Option(None, "--also-check", help="Also record the verdict at "
+                                                  "another tolerance, as 'atol,rtol,ratio' (repeatable), e.g. "
+                                                  "0.1,0.2,0.85; the status keeps the main tolerance."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ):
     """Check every solution on every workload against the FP32 reference, time those that pass,
@@ -169,7 +161,8 @@ def run(
     devs = _normalise_devices(split_list(devices)) or _default_devices()
     settings = RunSettings(atol=atol, rtol=rtol, required_matched_ratio=required_matched_ratio,
                            warmup_runs=warmup_runs, iterations=iterations, num_trials=num_trials, timer=timer,
-                           seed=seed, input_copies=input_copies, fresh_check=not no_fresh_check)
+                           seed=seed, input_copies=input_copies, fresh_check=not no_fresh_check,
+                           also_check=[_tolerance_triple(t) for t in also_check or []])
     plan = RunPlan(settings=settings, definitions=def_names, solutions=sols, workloads=works, devices=devs,
                    timeout_s=timeout, build_timeout_s=build_timeout, max_failures=max_failures)
     run_dir = _run_dir(output, resume)
@@ -209,6 +202,14 @@ def _prebuild(data, plan, build_timeout, run_dir: Path) -> dict[str, tuple[str, 
         elif r.status == "unsupported":
             failures[name] = ("UNSUPPORTED", r.reason or "unsupported")
     return failures
+
+
+def _tolerance_triple(text: str) -> list[float]:
+    try:
+        atol, rtol, ratio = (float(v) for v in text.split(","))
+    except ValueError:
+        _fail(f"--also-check {text!r}: expected 'atol,rtol,ratio', e.g. 0.1,0.2,0.85")
+    return [atol, rtol, ratio]
 
 
 def _run_dir(output: Optional[Path], resume: bool) -> Path:

@@ -149,6 +149,19 @@ def workload_problems(definition: Definition, workload: Workload, root: Path) ->
     return problems
 
 
+def workload_matches(workload: Workload, filters: list[str]) -> bool:
+    """True when no filter is given or any matches: a uuid prefix, or an axis value like seq_len=7."""
+    if not filters:
+        return True
+    for text in filters:
+        axis, eq, value = text.partition("=")
+        if eq and axis in workload.axes and str(workload.axes[axis]) == value:
+            return True
+        if not eq and workload.uuid.startswith(text):
+            return True
+    return False
+
+
 def resolve_blob(root: Path, path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() else (root / p)

@@ -6,7 +6,9 @@ run timeout to "evaluate", and kills the worker when either runs out.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -38,6 +40,7 @@ class RunSettings:
     input_copies: int = 0  # 0: choose from the input size
     flush_l2: bool = True
     fresh_check: bool = True
+    also_check: list = field(default_factory=list)  # [[atol, rtol, required_matched_ratio], ...]
 
     def tolerances(self, definition: Definition) -> Tolerances:
         base = definition.tolerance
@@ -63,6 +66,7 @@ class Prepared:
     reference_seconds: float
     device: str
     _fresh: tuple | None = None
+    timings: dict = field(default_factory=dict)
     _moved: dict[str, dict] = field(default_factory=dict)
 
     def inputs_on(self, device: str) -> dict[str, Any]:
@@ -74,17 +78,38 @@ class Prepared:
         return self._moved[device]
 
 
+class PhaseClock:
+    """Wall seconds per harness phase (device work synchronised), for the harness-overhead split."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync(self.device)
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
 def prepare(definition: Definition, workload: Workload, *, settings: RunSettings, device: str, root,
             cache: ReferenceCache) -> Prepared:
     seed = workload_seed(settings.seed, workload)
     axes = definition.resolve_axes(workload.axes)
-    with harness_stage("inputs"):
+    clock = PhaseClock(device)
+    misses = cache.misses
+    with clock("inputs"), harness_stage("inputs"):
         inputs = make_inputs(definition, workload, seed=seed, device=device, root=root)
-    with harness_stage("reference"):
+    with clock("reference"), harness_stage("reference"):
         refs, seconds = cache.get(definition, workload, inputs, seed=seed, root=root, device=device)
     prep = Prepared(definition, workload, axes, seed, inputs, refs, seconds, device)
     if settings.fresh_check:
-        fresh_inputs(prep, settings=settings, root=root, cache=cache)
+        with clock("fresh_inputs_and_reference"):
+            fresh_inputs(prep, settings=settings, root=root, cache=cache)
+    prep.timings = {**clock.seconds, "reference_computed": cache.misses - misses}
     return prep
 
 
@@ -153,6 +178,16 @@ class Evaluator:
         return self._entries[key]
 
     def evaluate(self, solution: Solution, prep: Prepared, devices: list[str], *, root, cache) -> Trace:
+        """The trace of one solution on one prepared workload, with the harness's wall time per phase
+        (`evaluation.phases_s`) and what preparing the workload cost (`evaluation.workload_prepare_s`,
+        shared by every solution evaluated on that workload)."""
+        self.clock = PhaseClock(sol_mod.solution_device(solution, devices))
+        trace = self._evaluate(solution, prep, devices, root=root, cache=cache)
+        trace.evaluation.phases_s = {k: round(v, 6) for k, v in self.clock.seconds.items()}
+        trace.evaluation.workload_prepare_s = prep.timings
+        return trace
+
+    def _evaluate(self, solution: Solution, prep: Prepared, devices: list[str], *, root, cache) -> Trace:
         device = sol_mod.solution_device(solution, devices)
         common = dict(environment=self.environment, device=device, seed=prep.seed)
         definition, workload = prep.definition, prep.workload
@@ -163,8 +198,9 @@ class Evaluator:
 
         self.report_phase(solution.name, "build")
         try:
-            module, function = self._entry(solution)
-            reason = sol_mod.hook_reason(module, info, prep.axes)
+            with self.clock("build"):
+                module, function = self._entry(solution)
+                reason = sol_mod.hook_reason(module, info, prep.axes)
         except FibError as err:
             return make_trace(definition, workload, solution, Status.COMPILE_ERROR, reason=err.render(), **common)
         except Exception as exc:
@@ -177,7 +213,8 @@ class Evaluator:
         try:
             # First call: JIT compilation happens here, under the build budget.
             self.report_phase(solution.name, "first_call")
-            self._call(function, solution, prep, clone_inputs(inputs), device)
+            with self.clock("first_call"):
+                self._call(function, solution, prep, clone_inputs(inputs), device)
             self.report_phase(solution.name, "evaluate")
             return self._check_and_time(function, solution, prep, inputs, device, common, root, cache)
         except Exception as exc:
@@ -208,22 +245,27 @@ class Evaluator:
                     inputs[name].copy_(snapshot[name])
                 return CheckResult(Status.RUNTIME_ERROR, None,
                                    f"solution modified its input(s) in place: {', '.join(changed)}")
+            also = [Tolerances(*t) for t in self.settings.also_check]
             return check_outputs(prep.definition, prep.axes, result, references,
-                                 self.settings.tolerances(prep.definition))
+                                 self.settings.tolerances(prep.definition), also)
 
     def _check_and_time(self, function, solution, prep, inputs, device, common, root, cache) -> Trace:
         definition, workload = prep.definition, prep.workload
         refs = [r.to(device) for r in prep.references]
-        first = self._check_once(function, solution, prep, inputs, refs, device)
+        with self.clock("check"):
+            first = self._check_once(function, solution, prep, inputs, refs, device)
         if first.status != Status.PASSED:
             return make_trace(definition, workload, solution, first.status, reason=first.reason,
                               correctness=first.correctness if first.status == Status.INCORRECT_NUMERICAL else None,
                               **common)
-        timing = self._time(function, solution, prep, inputs, device)
+        with self.clock("timing"):
+            timing = self._time(function, solution, prep, inputs, device)
         if self.settings.fresh_check:
-            fresh, fresh_refs = fresh_inputs(prep, settings=self.settings, root=root, cache=cache)
-            fresh = prep_move(fresh, device)
-            second = self._check_once(function, solution, prep, fresh, [r.to(device) for r in fresh_refs], device)
+            with self.clock("fresh_check"):
+                fresh, fresh_refs = fresh_inputs(prep, settings=self.settings, root=root, cache=cache)
+                fresh = prep_move(fresh, device)
+                second = self._check_once(function, solution, prep, fresh, [r.to(device) for r in fresh_refs],
+                                          device)
             if second.status != Status.PASSED:
                 return make_trace(definition, workload, solution, second.status,
                                   reason="passed on the first input set but failed on a fresh one after timing "

@@ -195,7 +195,7 @@ def test_triton_interpreted(solution, seed, T, offset):
 @pytest.mark.parametrize("solution,overrides", [
     ("triton_staged", {}),
     ("triton_fused", {}),                                           # single-program routing+align
-    ("triton_fused", {"SINGLE_ROUTE_MAX": 0, "ROUTE_TILE_MULTI": 4}),  # routing+count, scan, scatter
+    ("triton_fused", {"SINGLE_ROUTE_MAX": 0, "ROUTE_TILE_SMALL": 2}),  # routing+count, scan, scatter
 ])
 @pytest.mark.parametrize("seed,T,offset,BM", [(0, 7, 0, 16), (4, 37, 24, 16), (5, 24, 56, 32)])
 def test_routing_and_align(solution, overrides, seed, T, offset, BM):

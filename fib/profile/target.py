@@ -87,9 +87,10 @@ def dataset_jobs(spec: dict) -> tuple[list[Job], list[dict], dict[str, list]]:
 
     ds = fib_dataset.load_dataset([Path(r) for r in spec["roots"]])
     device = spec.get("device", "cuda:0")
-    device_info = _device_info(device)
+    device_info = fib_solutions.device_info(device)
     jobs, skipped, stages = [], [], {}
-    wanted = set(spec.get("workloads") or [])
+    wanted = list(spec.get("workloads") or [])
+    shared_inputs: dict[tuple[str, str], dict] = {}  # one input set per workload, shared by its solutions
     for def_name in spec["definitions"]:
         definition = ds.definitions[def_name]
         stages[def_name] = [s.model_dump() for s in definition.stages]
@@ -100,7 +101,7 @@ def dataset_jobs(spec: dict) -> tuple[list[Job], list[dict], dict[str, list]]:
                 continue
             fn = None
             for workload in ds.workloads.get(def_name, []):
-                if wanted and workload.uuid not in wanted and workload.uuid[:8] not in wanted:
+                if not fib_dataset.workload_matches(workload, wanted):
                     continue
                 axes = definition.resolve_axes(workload.axes)
                 reason = fib_solutions.unsupported_reason(solution, definition, axes, device_info)
@@ -108,8 +109,13 @@ def dataset_jobs(spec: dict) -> tuple[list[Job], list[dict], dict[str, list]]:
                     skipped.append({"solution": sol_name, "workload": workload.uuid, "reason": reason})
                     continue
                 fn = fn or fib_solutions.load_entry(solution, definition)
-                inputs = fib_inputs.make_inputs(definition, workload, seed=spec.get("seed", 0),
-                                                device=device, root=root)
+                key = (def_name, workload.uuid)
+                if key not in shared_inputs:
+                    # The same seed derivation as `fib run`, so both see the same inputs (and routing).
+                    seed = fib_inputs.workload_seed(spec.get("seed", 0), workload)
+                    shared_inputs[key] = fib_inputs.make_inputs(definition, workload, seed=seed, device=device,
+                                                                root=root)
+                inputs = shared_inputs[key]
                 args = list(inputs.values())
                 if solution.spec.destination_passing_style:
                     args += list(fib_solutions.allocate_outputs(definition, axes, device))
@@ -118,16 +124,8 @@ def dataset_jobs(spec: dict) -> tuple[list[Job], list[dict], dict[str, list]]:
     return jobs, skipped, stages
 
 
-def _device_info(device: str) -> dict:
-    import torch
-    if not (device.startswith("cuda") and torch.cuda.is_available()):
-        return {"type": "cpu"}
-    props = torch.cuda.get_device_properties(torch.device(device))
-    return {"type": "cuda", "name": props.name, "sm": props.major * 10 + props.minor,
-            "memory_gb": round(props.total_memory / 2**30, 1)}
-
-
 def main(argv: list[str]) -> int:
+    from ..solutions import device_info
     spec = json.loads(Path(argv[0]).read_text())
     result_path = Path(spec["result"])
     try:
@@ -148,7 +146,7 @@ def main(argv: list[str]) -> int:
         "pairs": [{"definition": j.definition, "solution": j.solution, "workload": j.workload,
                    "axes": j.axes, "calls": calls.get((j.solution, j.workload), 0)}
                   for j in jobs if j.in_call],
-        "skipped": skipped, "stages": stages, "device": _device_info(spec.get("device", "cuda:0")),
+        "skipped": skipped, "stages": stages, "device": device_info(spec.get("device", "cuda:0")),
     }
     result_path.write_text(json.dumps(result, indent=1))
     return 0

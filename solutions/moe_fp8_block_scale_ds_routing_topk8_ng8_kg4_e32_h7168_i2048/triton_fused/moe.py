@@ -5,7 +5,7 @@
   and a scatter (3 launches).
 - gemm1 computes the up and the gate tile of the same columns in one program and applies SwiGLU
   and the fp8 re-quantization in its epilogue (quantization group = the tile's BN columns: 128
-  for prefill, 64 for decode so more programs stream the weights); gemm2 steps K by that group.
+  except at T <= 8, where 64 lets more programs stream the weights); gemm2 steps K by that group.
   (A bf16-intermediate variant, `quant=False`, widens W2 to bf16 in gemm2: measured 2x slower.)
 - gemm2 multiplies by the routing weight in its epilogue and writes one bf16 row per routed
   (token, slot); a light reduce sums a token's rows in slot order (deterministic, no atomics).
@@ -23,7 +23,8 @@ N_GROUPS = 8        # expert groups (definition: ng8)
 TOPK_GROUPS = 4     # groups kept per token (kg4)
 TOPK = 8            # experts per token (topk8)
 ROUTE_TILE = 16     # tokens per routing tile of the single-program routing+align
-ROUTE_TILE_MULTI = 8  # tokens per program of the multi-program routing
+ROUTE_TILE_MULTI = 16  # tokens per program of the multi-program routing (prefill)
+ROUTE_TILE_SMALL = 4   # ... for T <= DECODE_MAX (more programs, shorter serial top-k chains)
 SINGLE_ROUTE_MAX = 16  # up to this many tokens: routing+align in one single-program launch
 DECODE_MAX = 128    # up to this many tokens: decode tile configurations
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
@@ -310,11 +311,12 @@ def _config(T):
     """Per token-count bucket: BM (rows per expert block), gemm1 BN, gemm2 BN, warps, stages."""
     if T > DECODE_MAX:
         return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, quant=True)
-    if T <= 16:
+    # v3 sweep (H200): BN1=128 (1x128 groups, gemm2 K step 128) beat BN1=64 by 5-25% from T=16
+    # on (gemm2's 64-wide K steps cost more than gemm1 loses with fewer programs); BM=16 wins at
+    # the smallest T. See benchmarks/NOTES.md.
+    if T <= 8:
         return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
-    if T <= 48:
-        return dict(BM=32, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
-    return dict(BM=64, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
+    return dict(BM=32, BN1=128, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
 
 
 def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_local, BM):
@@ -335,8 +337,9 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
                                     n_post, T, float(scaling), expert_offset, n_local,
                                     BM=BM, EP=EP, **consts, num_warps=8)
         return ids, weights, sorted_ids, expert_ids, n_post
-    consts["TB"] = ROUTE_TILE_MULTI
-    n_tiles = triton.cdiv(T, ROUTE_TILE_MULTI)
+    tile = ROUTE_TILE_SMALL if T <= DECODE_MAX else ROUTE_TILE_MULTI
+    consts["TB"] = tile
+    n_tiles = triton.cdiv(T, tile)
     counts = torch.empty(n_tiles, EP, dtype=torch.int32, device=dev)
     chunk_base = torch.empty(n_tiles, EP, dtype=torch.int32, device=dev)
     _routing_kernel[(n_tiles,)](logits, routing_bias, ids, weights, counts, T, float(scaling),
@@ -344,7 +347,7 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
     _moe_align_scan_kernel[(1,)](counts, chunk_base, sorted_ids, expert_ids, n_post, n_tiles,
                                  n_entries, n_local, BM=BM, EP=EP, CB=64)
     _moe_align_scatter_kernel[(n_tiles,)](ids, chunk_base, sorted_ids, n_entries, expert_offset,
-                                          n_local, CHUNK=ROUTE_TILE_MULTI * TOPK, EP=EP)
+                                          n_local, CHUNK=tile * TOPK, EP=EP)
     return ids, weights, sorted_ids, expert_ids, n_post
 
 

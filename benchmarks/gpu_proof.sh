@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One device call's worth of proof for the DeepSeek MoE solutions (run from the repo root on the
+# GPU machine, carrying .device). Part A: `fib run` cold and warm (harness overhead), the roofline.
+# Part B: `fib profile` under nsys and torch.profiler, nsys's own nvtx_kern_sum, fib's verify,
+# the stage report, fib's median against nsys. Everything lands in $OUT/proof.tar.gz.
+set -uo pipefail
+source .device/activate.sh
+P=${1:-A}
+R=$OUT/proof
+mkdir -p $R
+DS=moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > $R/nvidia-smi-$P.csv 2>&1
+if [ "$P" = A ]; then
+  python3 benchmarks/harness_overhead.py --output $R/harness --definition $DS \
+    --solutions torch_eager triton_staged triton_fused flashinfer_cutlass flashinfer_trtllm \
+    --also-check 0.1,0.2,0.85 --iterations 20 --num-trials 3 2>&1 | tail -40
+  python3 benchmarks/moe_roofline.py $R/harness/run_warm --output $R/roofline 2>&1 | tail -70
+  rm -rf $R/harness/cache
+fi
+if [ "$P" = B ]; then
+  W="--workloads seq_len=7 seq_len=80 seq_len=901 seq_len=14107"
+  python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \
+    $W --backend nsys --iterations 10 --output $R/prof_nsys 2>&1 | tail -5
+  $FIB_NSYS stats --report nvtx_kern_sum --format csv -o $R/prof_nsys/profile/stats \
+    $R/prof_nsys/profile/capture.nsys-rep > /dev/null 2>&1
+  python3 -m fib.profile.verify $R/prof_nsys/profile/capture.sqlite \
+    --nvtx-kern-sum $R/prof_nsys/profile/stats_nvtx_kern_sum.csv 2>&1 | tail -25
+  python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \
+    $W --backend torch --iterations 10 --output $R/prof_torch 2>&1 | tail -3
+  python3 -m fib run --definitions $DS --solutions torch_eager triton_staged triton_fused $W \
+    --iterations 20 --num-trials 3 --output $R/run_timing 2>&1 | tail -3
+  python3 benchmarks/timing_vs_nsys.py $R/run_timing $R/prof_nsys 2>&1 | tail -20
+  python3 -m fib report stages $R/prof_nsys --output $R/report_nsys --title "DeepSeek MoE stages (nsys)" 2>&1 | tail -3
+  python3 -m fib report stages $R/prof_torch --output $R/report_torch --title "DeepSeek MoE stages (torch.profiler)" 2>&1 | tail -3
+  python3 tests/fixtures/profile/make_nsys_fixture.py shrink $R/prof_nsys/profile/capture.sqlite $R/moe_fixture.sqlite 2>&1 | tail -2
+  rm -f $R/prof_nsys/profile/capture.nsys-rep $R/prof_torch/profile/trace.json
+fi
+cd $OUT && tar czf proof-$P.tar.gz proof && rm -rf proof
+ls -la $OUT
