@@ -50,6 +50,9 @@ def log_tail(path: Path | None, start: int = 0, limit: int = 4000) -> str:
 
 def worker_main(conn, device: str, roots: list[str], settings: dict, log_dir: str, cache_dir: str | None) -> None:
     """Entry point of the worker process."""
+    import signal
+    # Ctrl-C reaches the whole process group; the parent alone decides, and kills the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     redirect = _FdRedirect()
     log_root = Path(log_dir)
     redirect.to(log_root / f"worker-{device.replace(':', '')}.log")
@@ -114,6 +117,7 @@ def worker_main(conn, device: str, roots: list[str], settings: dict, log_dir: st
             sys.stdout.flush()
             sys.stderr.flush()
             trace.evaluation.log = log_tail(log_path, start)
+            trace.evaluation.worker = f"{device}/pid{os.getpid()}"
             conn.send(("trace", solution.name, trace.model_dump_json(exclude_none=True)))
         del prep
         conn.send(("done",))

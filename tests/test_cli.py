@@ -82,3 +82,35 @@ def test_fib_run_on_cpu_demo(tmp_path):
                         ("triton_fused", 1): "UNSUPPORTED", ("triton_fused", 16): "UNSUPPORTED"}
     assert "run directory" in proc.stderr
     assert (tmp_path / "run" / "run.json").is_file()
+
+
+def test_ctrl_c_keeps_measured_traces_and_resume_continues(tmp_path):
+    import signal
+    import time
+    root = make_dataset(tmp_path / "ds", solutions=["good", "hangs_later"])
+    env = dict(os.environ, FIB_CACHE_DIR=str(tmp_path / "cache"), COLUMNS="200")
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fib", "run", "--local", str(root), "--output", str(run_dir), "--timeout", "300",
+           "--iterations", "2", "--num-trials", "1", "--warmup-runs", "1", "--timer", "wall"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    traces = run_dir / "traces.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (traces.exists() and traces.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+    time.sleep(1.0)  # hangs_later is now stuck in its timed calls
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "--resume" in err
+    kept = [json.loads(line) for line in traces.read_text().splitlines()]
+    assert kept and all(t["evaluation"]["status"] == "PASSED" for t in kept)
+    assert json.loads((run_dir / "run.json").read_text())["state"] == "interrupted"
+    # --resume picks up where it stopped and does not repeat what was measured
+    done = {(t["solution"], t["workload"]["uuid"]) for t in kept}
+    resumed = subprocess.run(cmd[:-10] + ["--solutions", "good", "--resume", "--timer", "wall", "--iterations", "2"],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = [json.loads(line) for line in traces.read_text().splitlines()]
+    pairs = [(t["solution"], t["workload"]["uuid"]) for t in after]
+    assert len(pairs) == len(set(pairs)) and done <= set(pairs)
+    assert {p for p in pairs if p[0] == "good"} == {("good", "w-n3"), ("good", "w-n8")}

@@ -149,3 +149,21 @@ def test_reference_is_cached_across_runs(tmp_path):
     stamps = [f.stat().st_mtime_ns for f in files]
     run_plan(root, tmp_path / "run2", ["good"])
     assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_jobs_spread_over_several_workers(tmp_path):
+    """One worker per device; two 'devices' here (both the CPU) share the workloads between them."""
+    os.environ["FIB_CACHE_DIR"] = str(tmp_path / "cache")
+    workloads = [{"uuid": f"w{i}", "axes": {"n": i + 1},
+                  "inputs": {"x": {"type": "random"}, "alpha": {"type": "scalar", "value": 1.0}}} for i in range(6)]
+    root = make_dataset(tmp_path / "ds", solutions=["good", "raises"], workloads=workloads)
+    data = load_dataset([root])
+    plan = RunPlan(settings=FAST, definitions=["scale_add"], solutions={"scale_add": ["good", "raises"]},
+                   workloads={"scale_add": [w["uuid"] for w in workloads]}, devices=["cpu", "cpu"], timeout_s=20)
+    traces = Runner(data, plan, tmp_path / "run").run().traces
+    assert len(traces) == 12
+    workers = {t.evaluation.model_extra["worker"] for t in traces}
+    assert len(workers) == 2
+    # a workload's solutions stay together on one worker (its inputs and reference are shared)
+    for w in workloads:
+        assert len({t.evaluation.model_extra["worker"] for t in traces if t.workload.uuid == w["uuid"]}) == 1
