@@ -30,10 +30,16 @@ if [ "$P" = B ]; then
   python3 -m fib run --definitions $DS --solutions torch_eager triton_staged triton_fused $W \
     --iterations 20 --num-trials 3 --output $R/run_timing 2>&1 | tail -3
   python3 benchmarks/timing_vs_nsys.py $R/run_timing $R/prof_nsys 2>&1 | tail -20
+  for T in cuda_event cuda_graph; do
+    python3 -m fib run --definitions $DS --solutions triton_staged triton_fused $W --timer $T \
+      --iterations 20 --num-trials 3 --output $R/run_$T 2>&1 | tail -1
+    python3 benchmarks/timing_vs_nsys.py $R/run_$T $R/prof_nsys --output $R/vs_nsys_$T 2>&1 | tail -10
+  done
   python3 -m fib report stages $R/prof_nsys --output $R/report_nsys --title "DeepSeek MoE stages (nsys)" 2>&1 | tail -3
   python3 -m fib report stages $R/prof_torch --output $R/report_torch --title "DeepSeek MoE stages (torch.profiler)" 2>&1 | tail -3
   python3 tests/fixtures/profile/make_nsys_fixture.py shrink $R/prof_nsys/profile/capture.sqlite $R/moe_fixture.sqlite 2>&1 | tail -2
   rm -f $R/prof_nsys/profile/capture.nsys-rep $R/prof_torch/profile/trace.json
+  timeout 120 python3 benchmarks/timing_fidelity.py --output $R/fidelity 2>&1 | tail -15
 fi
 cd $OUT && tar czf proof-$P.tar.gz proof && rm -rf proof
 ls -la $OUT

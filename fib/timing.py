@@ -384,18 +384,37 @@ def attribute_device_time(records: list[dict], n_calls: int) -> tuple[list[float
     if len(calls) != n_calls:
         raise TimingError(f"profiler saw {len(calls)} '{CALL_RANGE}' ranges for {n_calls} calls")
     starts = np.array([c["start_ns"] for c in calls])
-    owner: dict[int, int] = {}
-    for r in records:
-        # runtime/driver events carry CUPTI correlation ids, another numbering than the ops'
-        if r["gpu"] or any(w in r.get("activity", "") for w in ("runtime", "driver")):
-            continue
+
+    def call_of(r) -> int | None:
         k = int(np.searchsorted(starts, r["start_ns"], side="right")) - 1
         if k >= 0 and r["end_ns"] <= calls[k]["end_ns"] and r["thread"] == calls[k]["thread"]:
-            owner[r["correlation_id"]] = k
+            return k
+        return None
+
+    # Two ways from a device event to its call: (1) the runtime/driver launch call (cudaLaunchKernel,
+    # cuLaunchKernel: Triton and other direct launches) shares the kernel's CUPTI correlation id;
+    # (2) the host op that launched it (an aten op) is its linked correlation id.
+    by_launch: dict[int, int] = {}
+    by_op: dict[int, int] = {}
+    for r in records:
+        if r["gpu"]:
+            continue
+        k = call_of(r)
+        if k is None:
+            continue
+        if any(w in r.get("activity", "") for w in ("runtime", "driver")):
+            by_launch[r["correlation_id"]] = k
+        else:
+            by_op[r["correlation_id"]] = k
     per_call: list[list[tuple[int, int]]] = [[] for _ in calls]
     for r in records:
-        if r["gpu"] and not r["annotation"] and r["linked_id"] in owner:
-            per_call[owner[r["linked_id"]]].append((r["start_ns"], r["end_ns"]))
+        if not r["gpu"] or r["annotation"]:
+            continue
+        k = by_launch.get(r["correlation_id"])
+        if k is None:
+            k = by_op.get(r["linked_id"])
+        if k is not None:
+            per_call[k].append((r["start_ns"], r["end_ns"]))
     empty = [k for k, evs in enumerate(per_call) if not evs]
     if empty:
         raise TimingError(f"no device work attributed to {len(empty)} of {n_calls} calls "

@@ -232,3 +232,19 @@ def test_cuda_graph_rejects_a_syncing_call():
     with pytest.raises(TimingError, match="CUDA graph"):
         measure(lambda i: x.sum().item(), n_copies=1, device="cuda", timer="cuda_graph",
                 iterations=2, num_trials=1)
+
+
+def test_attribution_through_the_driver_launch_correlation():
+    """Triton launches through cuLaunchKernel outside any aten op: the kernel shares the CUPTI
+    correlation id of its driver call, which lies inside the call's range."""
+    launch = lambda start, corr: dict(_host("cuLaunchKernel", start, start + 5, corr=corr),  # noqa: E731
+                                      activity="cuda_driver")
+    kernel = lambda start, end, corr: dict(_dev("_gemm1_kernel", start, end, linked=0),  # noqa: E731
+                                           correlation_id=corr)
+    records = [_host(CALL_RANGE, 0, 100, corr=900), launch(10, 51), launch(20, 52),
+               _host(CALL_RANGE, 200, 300, corr=901), launch(210, 53),
+               launch(400, 54),  # after the calls: the L2 flush, not counted
+               kernel(1000, 1300, 51), kernel(1300, 1350, 52), kernel(2000, 2200, 53), kernel(3000, 3900, 54)]
+    kernel_ms, span_ms = attribute_device_time(records, 2)
+    assert kernel_ms == [350 / 1e6, 200 / 1e6]
+    assert span_ms == [350 / 1e6, 200 / 1e6]
