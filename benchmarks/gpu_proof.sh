@@ -17,6 +17,11 @@ if [ "$P" = A ]; then
   python3 benchmarks/moe_roofline.py $R/harness/run_warm --output $R/roofline 2>&1 | tail -70
   rm -rf $R/harness/cache
 fi
+if [ "$P" = C ]; then
+  python3 -m fib run --definitions $DS --also-check 0.1,0.2,0.85 --iterations 20 --num-trials 3 \
+    --output $R/run_ds 2>&1 | tail -45
+  python3 benchmarks/moe_roofline.py $R/run_ds --output $R/roofline 2>&1 | tail -60
+fi
 if [ "$P" = B ]; then
   W="--workloads seq_len=7 seq_len=80 seq_len=901 seq_len=14107"
   python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \

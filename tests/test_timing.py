@@ -248,3 +248,23 @@ def test_attribution_through_the_driver_launch_correlation():
     kernel_ms, span_ms = attribute_device_time(records, 2)
     assert kernel_ms == [350 / 1e6, 200 / 1e6]
     assert span_ms == [350 / 1e6, 200 / 1e6]
+
+
+def test_attribution_splits_the_timeline_at_flushes_when_launches_are_unseen():
+    """No host record for the solution's launches: the flush kernels (seen through their aten op)
+    mark where each call's device work begins and ends."""
+    from fib.timing import FLUSH_RANGE
+    records = [
+        _host(FLUSH_RANGE, 0, 10, corr=1), _host("aten::sum", 1, 5, corr=2), _host("aten::zero_", 6, 9, corr=3),
+        _host(CALL_RANGE, 10, 50, corr=4),
+        _host(FLUSH_RANGE, 60, 70, corr=5), _host("aten::sum", 61, 65, corr=6), _host("aten::zero_", 66, 69, corr=7),
+        _host(CALL_RANGE, 70, 90, corr=8),
+        _dev("reduce", 100, 200, linked=2), _dev("fill", 200, 210, linked=3),
+        dict(_dev("_gemm1_kernel", 220, 320, linked=0), correlation_id=77),
+        dict(_dev("_gemm2_kernel", 330, 380, linked=0), correlation_id=78),
+        _dev("reduce", 400, 500, linked=6), _dev("fill", 500, 505, linked=7),
+        dict(_dev("_gemm1_kernel", 510, 600, linked=0), correlation_id=79),
+    ]
+    kernel_ms, span_ms = attribute_device_time(records, 2)
+    assert kernel_ms == [150 / 1e6, 90 / 1e6]
+    assert span_ms == [160 / 1e6, 90 / 1e6]
