@@ -5,6 +5,8 @@
 # the stage report, fib's median against nsys. Everything lands in $OUT/proof.tar.gz.
 set -uo pipefail
 source .device/activate.sh
+# The tree arrives without .git: `git rev-parse HEAD > .device/git-commit` before the call records it.
+[ -f .device/git-commit ] && export FIB_GIT_COMMIT=$(cat .device/git-commit)
 P=${1:-A}
 R=$OUT/proof
 mkdir -p $R
@@ -21,6 +23,18 @@ if [ "$P" = C ]; then
   python3 -m fib run --definitions $DS --also-check 0.1,0.2,0.85 --iterations 20 --num-trials 3 \
     --output $R/run_ds 2>&1 | tail -45
   python3 benchmarks/moe_roofline.py $R/run_ds --output $R/roofline 2>&1 | tail -60
+fi
+if [ "$P" = D ]; then  # several GPUs: the same run on one and on two devices (warm reference cache)
+  nvidia-smi -L > $R/gpus.txt
+  F="--definitions $DS --solutions triton_staged triton_fused --iterations 10 --num-trials 3"
+  for RUN in "fill cuda:0 cuda:1" "one cuda:0" "two cuda:0 cuda:1"; do
+    set -- $RUN
+    NAME=$1; shift
+    S=$(date +%s.%N)
+    python3 -m fib run $F --devices "$@" --output $R/run_$NAME > $R/run_$NAME.log 2>&1
+    E=$(date +%s.%N)
+    echo "$NAME devices=$* wall_s=$(python3 -c "print(round($E-$S,1))") $(tail -2 $R/run_$NAME.log | head -1)" | tee -a $R/multi_gpu.txt
+  done
 fi
 if [ "$P" = B ]; then
   W="--workloads seq_len=7 seq_len=80 seq_len=901 seq_len=14107"

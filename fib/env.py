@@ -64,5 +64,10 @@ def git_info(path: Path) -> dict:
         except (OSError, subprocess.TimeoutExpired):
             return None
     commit = git("rev-parse", "HEAD")
+    if commit is None:
+        # A copy without .git (e.g. a working tree shipped to a GPU machine): the sender may say.
+        import os
+        return {"commit": os.environ.get("FIB_GIT_COMMIT"), "branch": os.environ.get("FIB_GIT_BRANCH"),
+                "dirty": None, "source": "FIB_GIT_COMMIT" if os.environ.get("FIB_GIT_COMMIT") else None}
     return {"commit": commit, "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
