@@ -15,6 +15,7 @@ Verdicts (decided in this order):
   no test is possible and the row is `unchanged` with a note.
 - environment mismatch (GPU, driver, CUDA, torch/triton/flashinfer versions differ) and no
   `--allow-env-mismatch`: the timing verdicts become `env-mismatch` (never counted as regressions);
+  the same for a row whose two sides were timed by different timers (e.g. cupti vs cuda_event);
   the figures are still shown.
 
 The bootstrap resamples each side independently (the samples are not paired), `percentile`
@@ -186,6 +187,11 @@ def compare_results(base: Optional[Result], cand: Optional[Result], s: CompareSe
         return row
     row.timing_verdict = _timing_verdict(row, base, cand, s)
     row.verdict = ENV_MISMATCH if env_mismatch else row.timing_verdict
+    if base.timer and cand.timer and base.timer != cand.timer:
+        # Different timers measure different things (kernel time vs launch-inclusive time).
+        row.note = f"timer differs: {base.timer} -> {cand.timer}" + (f"; {row.note}" if row.note else "")
+        if not s.allow_env_mismatch:
+            row.verdict = ENV_MISMATCH
     return row
 
 

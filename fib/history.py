@@ -51,6 +51,7 @@ class Result:
     matched_ratio: Optional[float] = None
     device: Optional[str] = None
     timestamp: Optional[str] = None
+    timer: Optional[str] = None  # which fib timer produced the samples (cupti, cuda_event, ...)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -121,6 +122,7 @@ def _result_from_trace(trace: Trace) -> Result:
         result.latency_ms = ev.performance.latency_ms
         if ev.performance.timing is not None:
             result.samples_ms = [float(x) for x in ev.performance.timing.samples_ms]
+            result.timer = ev.performance.timing.timer
     return result
 
 
@@ -263,6 +265,9 @@ MIGRATIONS: list[tuple[int, str]] = [
         instances INTEGER NOT NULL, total_ms REAL NOT NULL);
     CREATE INDEX stages_run ON stages(run_id);
     """),
+    (3, """
+    ALTER TABLE results ADD COLUMN timer TEXT;
+    """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -337,11 +342,13 @@ class HistoryDB:
                  env.get("cuda"), json.dumps(env.get("libs") or {}, sort_keys=True),
                  json.dumps(env, sort_keys=True), json.dumps(run.config, sort_keys=True)))
             self.conn.executemany(
-                "INSERT INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO results (run_id, definition, solution, workload_uuid, workload_axes_json, status,"
+                " reason, max_absolute_error, max_relative_error, matched_ratio, latency_ms, median_ms,"
+                " samples_json, device, timestamp, timer) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(run.run_id, r.definition, r.solution, r.workload_uuid,
                   json.dumps(r.workload_axes, sort_keys=True), r.status, r.reason,
                   r.max_absolute_error, r.max_relative_error, r.matched_ratio, r.latency_ms,
-                  r.median_ms, json.dumps(r.samples_ms), r.device, r.timestamp)
+                  r.median_ms, json.dumps(r.samples_ms), r.device, r.timestamp, r.timer)
                  for r in run.results.values()])
             self.conn.executemany(
                 "INSERT INTO stages VALUES (?,?,?,?,?,?,?)",
@@ -423,7 +430,8 @@ def _result_from_row(r: sqlite3.Row) -> Result:
                   status=r["status"], samples_ms=json.loads(r["samples_json"]),
                   latency_ms=r["latency_ms"], reason=r["reason"],
                   max_absolute_error=r["max_absolute_error"], max_relative_error=r["max_relative_error"],
-                  matched_ratio=r["matched_ratio"], device=r["device"], timestamp=r["timestamp"])
+                  matched_ratio=r["matched_ratio"], device=r["device"], timestamp=r["timestamp"],
+                  timer=r["timer"])
 
 
 def load_side(spec: str, db_path: str | Path | None) -> Run:

@@ -157,3 +157,17 @@ def test_cli_exit_codes_and_selectors(tmp_path):
     assert runner.invoke(app, [str(tmp_path / "nope"), str(c)]).exit_code == 2
     assert runner.invoke(app, ["branch:nope", str(c), "--db", str(db)]).exit_code == 2
     assert runner.invoke(app, ["latest", str(c), "--db", str(tmp_path / "absent.db")]).exit_code == 2
+
+
+def test_rows_timed_by_different_timers_are_not_compared():
+    from fib.compare import CompareSettings, compare_results
+    from fib.history import Result
+    base = Result(definition="d", solution="s", workload_uuid="w", workload_axes={"n": 1}, status="PASSED",
+                  samples_ms=[1.0, 1.01, 0.99, 1.0] * 5, timer="cuda_event")
+    cand = Result(definition="d", solution="s", workload_uuid="w", workload_axes={"n": 1}, status="PASSED",
+                  samples_ms=[0.5, 0.51, 0.49, 0.5] * 5, timer="cupti")
+    row = compare_results(base, cand, CompareSettings(), env_mismatch=False)
+    assert row.verdict == "env-mismatch" and row.timing_verdict == "improved"
+    assert "timer differs: cuda_event -> cupti" in row.note
+    allowed = compare_results(base, cand, CompareSettings(allow_env_mismatch=True), env_mismatch=False)
+    assert allowed.verdict == "improved"

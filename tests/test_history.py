@@ -143,11 +143,12 @@ def test_schema_is_versioned_and_migrates_an_old_file(tmp_path):
     conn.commit()
     conn.close()
     with HistoryDB(path) as db:
-        assert db.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert db.conn.execute("SELECT run_id FROM runs").fetchall()[0][0] == "old"
         assert db.conn.execute("SELECT COUNT(*) FROM stages").fetchone()[0] == 0
-        assert migrate(db.conn) == 2  # a second migration is a no-op
-        assert db.conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 2
+        assert "timer" in [c[1] for c in db.conn.execute("PRAGMA table_info(results)")]  # v3
+        assert migrate(db.conn) == 3  # a second migration is a no-op
+        assert db.conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 3
 
 
 def test_newer_schema_is_refused(tmp_path):
