@@ -36,6 +36,17 @@ if [ "$P" = D ]; then  # several GPUs: the same run on one and on two devices (w
     echo "$NAME devices=$* wall_s=$(python3 -c "print(round($E-$S,1))") $(tail -2 $R/run_$NAME.log | head -1)" | tee -a $R/multi_gpu.txt
   done
 fi
+if [ "$P" = E ]; then  # the seed's way: nsys around a whole (warm) `fib run`, then `fib report stages` on it
+  F="--definitions $DS --solutions torch_eager triton_staged triton_fused"
+  python3 -m fib run $F --iterations 1 --num-trials 1 --warmup-runs 1 --output $R/run_fill > $R/run_fill.log 2>&1
+  tail -1 $R/run_fill.log
+  $FIB_NSYS profile --trace cuda,nvtx --force-overwrite true -o $R/whole_run \
+    python3 -m fib run $F --iterations 20 --num-trials 3 --output $R/run_under_nsys > $R/run_under_nsys.log 2>&1
+  tail -2 $R/run_under_nsys.log
+  python3 -m fib report stages $R/whole_run.nsys-rep --output $R/report_whole_run \
+    --definition definitions/moe/$DS.json --workloads datasets/moe/$DS.jsonl --title "Whole fib run under nsys" 2>&1 | tail -3
+  rm -f $R/whole_run.nsys-rep; gzip -f $R/whole_run.sqlite 2>/dev/null
+fi
 if [ "$P" = B ]; then
   W="--workloads seq_len=7 seq_len=80 seq_len=901 seq_len=14107"
   python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \
