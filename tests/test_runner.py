@@ -11,7 +11,7 @@ from fib.dataset import load_dataset
 from fib.evaluate import RunSettings
 from fib.runner import Runner, RunPlan, completed_pairs
 from fib.schema import Status, Trace
-from tinydata import make_dataset
+from tinydata import make_dataset, write_solution
 
 FAST = RunSettings(warmup_runs=1, iterations=3, num_trials=2, timer="wall")
 
@@ -155,13 +155,16 @@ def test_jobs_spread_over_several_workers(tmp_path):
     """One worker per device; two 'devices' here (both the CPU) share the workloads between them."""
     os.environ["FIB_CACHE_DIR"] = str(tmp_path / "cache")
     workloads = [{"uuid": f"w{i}", "axes": {"n": i + 1},
-                  "inputs": {"x": {"type": "random"}, "alpha": {"type": "scalar", "value": 1.0}}} for i in range(6)]
-    root = make_dataset(tmp_path / "ds", solutions=["good", "raises"], workloads=workloads)
+                  "inputs": {"x": {"type": "random"}, "alpha": {"type": "scalar", "value": 1.0}}} for i in range(8)]
+    root = make_dataset(tmp_path / "ds", solutions=["raises"], workloads=workloads)
+    # Each evaluation takes a few seconds, so the second worker is up before the first is done.
+    write_solution(root, "scale_add", "slow", "import time\n\ndef run(x, alpha, y):\n    time.sleep(0.3)\n"
+                   "    y.copy_(x * alpha + 1.0)\n")
     data = load_dataset([root])
-    plan = RunPlan(settings=FAST, definitions=["scale_add"], solutions={"scale_add": ["good", "raises"]},
-                   workloads={"scale_add": [w["uuid"] for w in workloads]}, devices=["cpu", "cpu"], timeout_s=20)
+    plan = RunPlan(settings=FAST, definitions=["scale_add"], solutions={"scale_add": ["slow", "raises"]},
+                   workloads={"scale_add": [w["uuid"] for w in workloads]}, devices=["cpu", "cpu"], timeout_s=60)
     traces = Runner(data, plan, tmp_path / "run").run().traces
-    assert len(traces) == 12
+    assert len(traces) == 16
     workers = {t.evaluation.model_extra["worker"] for t in traces}
     assert len(workers) == 2
     # a workload's solutions stay together on one worker (its inputs and reference are shared)
