@@ -18,7 +18,7 @@ import torch
 from . import solutions as sol_mod
 from .check import CheckResult, Tolerances, check_outputs, modified_inputs
 from .errors import FibError
-from .inputs import ReferenceCache, clone_inputs, input_bytes, make_inputs, workload_seed
+from .inputs import ReferenceCache, clone_inputs, input_bytes, make_inputs, move_inputs, workload_seed
 from .schema import Correctness, Definition, Evaluation, Performance, Solution, Status, Trace, Workload
 from .profile.attribution import call_range_name
 from .stages import harness_stage, stage
@@ -73,8 +73,7 @@ class Prepared:
         if device == self.device:
             return self.inputs
         if device not in self._moved:
-            self._moved[device] = {n: v.to(device) if isinstance(v, torch.Tensor) else v
-                                   for n, v in self.inputs.items()}
+            self._moved[device] = move_inputs(self.inputs, device)
         return self._moved[device]
 
 
@@ -263,7 +262,7 @@ class Evaluator:
         if self.settings.fresh_check:
             with self.clock("fresh_check"):
                 fresh, fresh_refs = fresh_inputs(prep, settings=self.settings, root=root, cache=cache)
-                fresh = prep_move(fresh, device)
+                fresh = move_inputs(fresh, device)
                 second = self._check_once(function, solution, prep, fresh, [r.to(device) for r in fresh_refs],
                                           device)
             if second.status != Status.PASSED:
@@ -306,7 +305,4 @@ class Evaluator:
         budget = 2 * 2**30 if device.startswith("cuda") else 256 * 2**20
         return int(max(1, min(4, budget // size)))
 
-
-def prep_move(inputs: dict, device: str) -> dict:
-    return {n: v.to(device) if isinstance(v, torch.Tensor) else v for n, v in inputs.items()}
 

@@ -146,6 +146,10 @@ def load_safetensor(root: Path, path: str, key: str) -> torch.Tensor:
         raise DatasetError(f"cannot read safetensors file {file}: {exc}", field="path") from exc
 
 
+def move_inputs(inputs: dict[str, Any], device) -> dict[str, Any]:
+    return {n: v.to(device) if isinstance(v, torch.Tensor) else v for n, v in inputs.items()}
+
+
 def clone_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     return {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in inputs.items()}
 
