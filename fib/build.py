@@ -87,22 +87,13 @@ def sources_hash(solution: Solution) -> str:
     return digest.hexdigest()[:16]
 
 
-def _dist_version(*names: str) -> Optional[str]:
-    import importlib.metadata
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def build_environment(device: str = "cuda") -> dict[str, Optional[str]]:
     """What else a build depends on: torch, flashinfer, and the GPU (name and SM) it was made for."""
+    from .env import dist_version
     from .solutions import device_info
     info = device_info(device)
     gpu = f"{info['name']} sm{info['sm']}" if info["type"] == "cuda" else "cpu"
-    return {"torch": _dist_version("torch"), "flashinfer": _dist_version("flashinfer-python", "flashinfer"),
+    return {"torch": dist_version("torch"), "flashinfer": dist_version("flashinfer-python", "flashinfer"),
             "gpu": gpu}
 
 

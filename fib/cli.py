@@ -148,7 +148,7 @@ def run(
     """Check every solution on every workload against the FP32 reference, time those that pass,
     and write a run directory (run.json, traces.jsonl, logs/) that reports and comparisons read."""
     from .evaluate import RunSettings
-    from .runner import Runner, RunPlan, new_run_dir
+    from .runner import Runner, RunPlan
     from .progress import RunProgress, print_summary, summary_rows
 
     data = _load(local)

@@ -10,11 +10,14 @@ from pathlib import Path
 LIBS = ("torch", "triton", "flashinfer-python", "numpy", "pydantic", "nvtx")
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+def dist_version(*names: str) -> str | None:
+    """The installed version of the first of these distributions that is installed, else None."""
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def _cpu_model() -> str:
@@ -39,18 +42,18 @@ def _driver_version() -> str | None:
 def collect_environment() -> dict:
     import torch
     from . import __version__
-    libs = {name.replace("-python", ""): v for name in LIBS if (v := _version(name))}
+    libs = {name.replace("-python", ""): v for name in LIBS if (v := dist_version(name))}
     libs["python"] = platform.python_version()
     libs["fib"] = __version__
     env = {"cpu": _cpu_model(), "host": platform.node(), "platform": platform.platform(),
            "python_executable": sys.executable, "libs": libs, "cuda": torch.version.cuda, "gpu": None}
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        env["gpu"] = {"name": props.name, "sm": props.major * 10 + props.minor,
-                      "memory_gb": round(props.total_memory / 2**30, 1), "count": torch.cuda.device_count(),
-                      "sm_count": props.multi_processor_count, "driver": _driver_version(),
-                      "l2_mb": round(getattr(props, "L2_cache_size", 0) / 2**20, 1)}
-        env["hardware"] = props.name
+        from .solutions import device_info
+        info = device_info("cuda:0")
+        env["gpu"] = {k: info[k] for k in ("name", "sm", "memory_gb", "sm_count")}
+        env["gpu"].update(count=torch.cuda.device_count(), driver=_driver_version(),
+                          l2_mb=round(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) / 2**20, 1))
+        env["hardware"] = info["name"]
     else:
         env["hardware"] = f"CPU: {env['cpu']}"
     return env

@@ -7,6 +7,7 @@ run timeout to "evaluate", and kills the worker when either runs out.
 from __future__ import annotations
 
 import contextlib
+import sys
 import datetime as _dt
 import time
 import traceback
@@ -169,7 +170,7 @@ class Evaluator:
         key = f"{solution.definition}/{solution.name}"
         if key not in self._entries:
             function = sol_mod.load_entry(solution)
-            module = __import__("sys").modules[function.__module__]
+            module = sys.modules[function.__module__]
             build = getattr(module, "fib_build", None)
             if build is not None:
                 build()

@@ -21,7 +21,7 @@ from typing import Callable
 from .dataset import Dataset
 from .env import collect_environment, git_info
 from .evaluate import RunSettings, make_trace
-from .schema import Solution, Status, Trace, write_jsonl_line
+from .schema import Status, Trace, write_jsonl_line
 from .schema.io import load_jsonl
 from .worker import WorkerHandle, log_tail
 
@@ -275,9 +275,3 @@ class Runner:
         self._blame(handle, status, reason)
         self._replace(handle, workers, jobs)
 
-
-def select_solutions(data: Dataset, definition: str, names: list[str] | None) -> list[Solution]:
-    available = data.solutions.get(definition, {})
-    if not names:
-        return list(available.values())
-    return [available[n] for n in names if n in available]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import re
 import sys
@@ -11,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+from .env import dist_version
 from .errors import FibError
 from .inputs import cache_dir, torch_dtype
 from .schema import Definition, Solution
@@ -58,9 +58,8 @@ def _missing_dependencies(solution: Solution) -> list[str]:
     missing = []
     for requirement in solution.spec.dependencies:
         name = re.split(r"[<>=!~; \[]", requirement.strip(), maxsplit=1)[0]
-        try:
-            installed = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
+        installed = dist_version(name)
+        if installed is None:
             missing.append(f"{requirement} (not installed)")
             continue
         try:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 

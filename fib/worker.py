@@ -23,10 +23,6 @@ from pathlib import Path
 class _FdRedirect:
     """Send this process's fd 1 and 2 to a file until the next redirect."""
 
-    def __init__(self):
-        self._saved = (os.dup(1), os.dup(2))
-        self.path: Path | None = None
-
     def to(self, path: Path) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -35,7 +31,6 @@ class _FdRedirect:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-        self.path = path
 
 
 def log_tail(path: Path | None, start: int = 0, limit: int = 4000) -> str:
