@@ -150,13 +150,17 @@ def errors(out, ref):
 
 
 def sweep_configs(T):
+    """triton_fused tile configurations tried by --sweep (v4: BN1=64 with QB-deep gemm2 steps)."""
+    def cfg(bm, bn1, bn2, warps, st1, st2):
+        return dict(BM=bm, BN1=bn1, BN2=bn2, warps=warps, stages1=st1, stages2=st2, quant=True)
+    if T > 1024:
+        return [cfg(128, 128, 128, 8, 4, 5), cfg(128, 128, 128, 8, 3, 4), cfg(64, 128, 128, 4, 4, 5)]
     if T > 128:
-        return [dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, quant=True),
-                dict(BM=128, BN1=128, BN2=128, warps=8, stages1=3, stages2=4, quant=True),
-                dict(BM=64, BN1=128, BN2=128, warps=4, stages1=4, stages2=5, quant=True)]
-    return [dict(BM=bm, BN1=bn1, BN2=bn2, warps=4, stages1=st, stages2=st, quant=True)
-            for bm, bn1, bn2, st in [(16, 64, 64, 4), (32, 64, 64, 4), (64, 64, 64, 4),
-                                     (32, 64, 128, 4), (32, 128, 64, 4), (32, 64, 64, 3)]]
+        return [cfg(32, 64, 64, 4, 4, 4), cfg(64, 64, 64, 4, 4, 4), cfg(64, 64, 128, 4, 4, 4),
+                cfg(32, 64, 128, 4, 4, 4), cfg(64, 128, 128, 4, 3, 3), cfg(128, 128, 128, 8, 4, 5)]
+    return [cfg(16, 64, 64, 4, 4, 4), cfg(32, 64, 64, 4, 4, 4), cfg(32, 64, 64, 4, 5, 5),
+            cfg(32, 64, 64, 4, 3, 3), cfg(32, 64, 64, 8, 4, 4), cfg(32, 128, 64, 4, 4, 4),
+            cfg(32, 64, 128, 4, 4, 4), cfg(16, 64, 64, 4, 6, 6)]
 
 
 def main():

@@ -26,7 +26,7 @@ ROUTE_TILE = 16     # tokens per routing tile of the single-program routing+alig
 ROUTE_TILE_MULTI = 16  # tokens per program of the multi-program routing (prefill)
 ROUTE_TILE_SMALL = 4   # ... for T <= DECODE_MAX (more programs, shorter serial top-k chains)
 SINGLE_ROUTE_MAX = 16  # up to this many tokens: routing+align in one single-program launch
-DECODE_MAX = 128    # up to this many tokens: decode tile configurations
+DECODE_MAX = 1024   # up to this many tokens: decode tile configurations (v4; was 128)
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
 # tl.dot also misreads a bf16 operand converted from fp8 in-kernel; under it that dot runs in fp32.
@@ -258,8 +258,8 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
                           QB: tl.constexpr, QG: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                           GROUP_M: tl.constexpr, A_FP8: tl.constexpr, INTERPRET: tl.constexpr):
     """y[entry(row), cols] = weight(entry) * C[row] @ dequant(W2[expert])[cols]^T (bf16).
-    A_FP8: C is fp8 with one scale per 1xQG group (QG divides QB; K steps by QG, fp8 dot);
-    else C is bf16 and W2 is widened to bf16 (K steps by QG too)."""
+    A_FP8: C is fp8 with one scale per 1xQG group (QG divides QB; fp8 dots);
+    else C is bf16 (QG = QB) and W2 is widened to bf16."""
     pid_m, pid_n = _tile_ids(n_m, N // BN, GROUP_M)
     if pid_m * BM >= tl.load(n_post_ptr):
         return
@@ -273,19 +273,24 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
     w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
     n_kb = K // QB
     ws_ptrs = w_scale_ptr + expert * (N // QB) * n_kb + (cols // QB) * n_kb
+    SUB: tl.constexpr = QB // QG
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for kb in range(0, K // QG):
-        a = tl.load(a_ptrs)
-        w = tl.load(w_ptrs)
-        w_s = tl.load(ws_ptrs + kb * QG // QB)[None, :]
-        if A_FP8:
-            acc += tl.dot(a, w) * (tl.load(c_scale_ptr + kb * n_rows + rows)[:, None] * w_s)
-        elif INTERPRET:
-            acc += tl.dot(a.to(tl.float32), w.to(tl.float32)) * w_s
-        else:
-            acc += tl.dot(a, w.to(tl.bfloat16)) * w_s
-        a_ptrs += QG
-        w_ptrs += QG
+    # K steps by the weight's scale block QB; with narrower activation groups (QG < QB) each
+    # step runs QB // QG dots, so every pipelined step still streams a QB-deep weight tile.
+    for kb in range(0, n_kb):
+        w_s = tl.load(ws_ptrs + kb)[None, :]
+        for g in tl.static_range(SUB):
+            a = tl.load(a_ptrs + g * QG)
+            w = tl.load(w_ptrs + g * QG)
+            if A_FP8:
+                a_s = tl.load(c_scale_ptr + (kb * SUB + g) * n_rows + rows)[:, None]
+                acc += tl.dot(a, w) * (a_s * w_s)
+            elif INTERPRET:
+                acc += tl.dot(a.to(tl.float32), w.to(tl.float32)) * w_s
+            else:
+                acc += tl.dot(a, w.to(tl.bfloat16)) * w_s
+        a_ptrs += QB
+        w_ptrs += QB
     weight = tl.load(weights_ptr + entry, mask=live, other=0.0)
     tl.store(y_ptr + entry[:, None].to(tl.int64) * N + cols[None, :],
              (acc * weight[:, None]).to(tl.bfloat16), mask=live[:, None])
@@ -311,12 +316,13 @@ def _config(T):
     """Per token-count bucket: BM (rows per expert block), gemm1 BN, gemm2 BN, warps, stages."""
     if T > DECODE_MAX:
         return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, quant=True)
-    # v3 sweep (H200): BN1=128 (1x128 groups, gemm2 K step 128) beat BN1=64 by 5-25% from T=16
-    # on (gemm2's 64-wide K steps cost more than gemm1 loses with fewer programs); BM=16 wins at
-    # the smallest T. See benchmarks/NOTES.md.
+    # v4: BN1=64 (32 gemm1 programs per expert instead of 16) now that gemm2 streams QB-deep
+    # weight tiles with 64-wide activation groups. See benchmarks/NOTES.md.
     if T <= 8:
         return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
-    return dict(BM=32, BN1=128, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
+    if T <= 128:
+        return dict(BM=32, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
+    return dict(BM=32, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
 
 
 def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_local, BM):
