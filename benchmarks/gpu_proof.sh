@@ -46,6 +46,12 @@ if [ "$P" = E ]; then  # the seed's way: nsys around a whole (warm) `fib run`, t
   python3 -m fib report stages $R/whole_run.nsys-rep --output $R/report_whole_run \
     --definition definitions/moe/$DS.json --workloads datasets/moe/$DS.jsonl --title "Whole fib run under nsys" 2>&1 | tail -3
   rm -f $R/whole_run.nsys-rep; gzip -f $R/whole_run.sqlite 2>/dev/null
+  # the export is tens of MB: it travels beside the tarball only when it fits the 16 MB return limit
+  if [ -f $R/whole_run.sqlite.gz ]; then
+    if [ $(stat -c %s $R/whole_run.sqlite.gz) -lt 15000000 ]; then mv $R/whole_run.sqlite.gz $OUT/; else
+      echo "whole_run.sqlite.gz is $(stat -c %s $R/whole_run.sqlite.gz) bytes: not returned" | tee $R/whole_run.sqlite.txt
+      rm -f $R/whole_run.sqlite.gz; fi
+  fi
 fi
 if [ "$P" = B ]; then
   W="--workloads seq_len=7 seq_len=80 seq_len=901 seq_len=14107"
@@ -57,10 +63,17 @@ if [ "$P" = B ]; then
     --nvtx-kern-sum $R/prof_nsys/profile/stats_nvtx_kern_sum.csv 2>&1 | tail -25
   python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \
     $W --backend torch --iterations 10 --output $R/prof_torch 2>&1 | tail -3
+  # the same launches seen by both tools: torch.profiler inside the nsys capture
+  python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \
+    $W --backend both --iterations 10 --output $R/prof_both 2>&1 | tail -3
+  python3 -c "import json;m=json.load(open('$R/prof_both/profile/meta.json'));print('both:', m.get('torch_error') or m.get('torch_kernels_total'))"
+  python3 benchmarks/profile_backends_agree.py $R/prof_both --output $R/torch_vs_nsys_same_run.csv 2>&1 | tail -4
+  python3 benchmarks/profile_backends_agree.py $R/prof_nsys $R/prof_torch --output $R/torch_vs_nsys.csv 2>&1 | tail -2
+  rm -f $R/prof_both/profile/capture.nsys-rep $R/prof_both/profile/capture.sqlite $R/prof_both/profile/trace.json
   python3 -m fib run --definitions $DS --solutions torch_eager triton_staged triton_fused $W \
     --iterations 20 --num-trials 3 --output $R/run_timing 2>&1 | tail -3
   python3 benchmarks/timing_vs_nsys.py $R/run_timing $R/prof_nsys 2>&1 | tail -20
-  for T in cuda_event cuda_graph; do
+  [ "${FIB_PROOF_TIMERS:-1}" = 1 ] && for T in cuda_event cuda_graph; do
     python3 -m fib run --definitions $DS --solutions triton_staged triton_fused $W --timer $T \
       --iterations 20 --num-trials 3 --output $R/run_$T 2>&1 | tail -1
     python3 benchmarks/timing_vs_nsys.py $R/run_$T $R/prof_nsys --output $R/vs_nsys_$T 2>&1 | tail -10
@@ -69,7 +82,7 @@ if [ "$P" = B ]; then
   python3 -m fib report stages $R/prof_torch --output $R/report_torch --title "DeepSeek MoE stages (torch.profiler)" 2>&1 | tail -3
   python3 tests/fixtures/profile/make_nsys_fixture.py shrink $R/prof_nsys/profile/capture.sqlite $R/moe_fixture.sqlite 2>&1 | tail -2
   rm -f $R/prof_nsys/profile/capture.nsys-rep $R/prof_torch/profile/trace.json
-  timeout 120 python3 benchmarks/timing_fidelity.py --output $R/fidelity 2>&1 | tail -15
+  [ "${FIB_PROOF_TIMERS:-1}" = 1 ] && timeout 120 python3 benchmarks/timing_fidelity.py --output $R/fidelity 2>&1 | tail -15
 fi
 cd $OUT && tar czf proof-$P.tar.gz proof && rm -rf proof
 ls -la $OUT

@@ -209,6 +209,12 @@ def test_routing_and_align(solution, overrides, seed, T, offset, BM):
     assert stats["weights_max_err"] < 1e-5, stats
 
 
+def test_fused_mid_bucket_interpreted():
+    """Between SMALL_MAX and DECODE_MAX: BM=32, 64-wide fp8 groups, gemm2 with 128-wide N tiles."""
+    stats = check_in_subprocess("triton_fused", 6, 21, 16, {"SMALL_MAX": 8})
+    _assert_close(stats, 5e-2)
+
+
 def test_fused_prefill_path_interpreted():
     """T above the decode bucket: 128-wide tiles, multi-program routing, 1x128 fp8 groups."""
     stats = check_in_subprocess("triton_fused", 2, 33, 0, {"DECODE_MAX": 0, "SINGLE_ROUTE_MAX": 0,

@@ -50,3 +50,14 @@ def test_build_spec(tmp_path):
                              profile_dir=tmp_path, demo=False)
     assert spec["trace"] == str(tmp_path / "trace.json") and spec["workloads"] is None
     assert json.loads(json.dumps(spec))["solutions"] == ["a", "b"]
+
+
+def test_both_backend_needs_nsys(tmp_path, monkeypatch):
+    """`both` (torch.profiler inside the nsys capture) is accepted, and without nsys it says so."""
+    assert driver.resolve_backend("both") == "both"
+    monkeypatch.setenv("FIB_NSYS", str(tmp_path / "missing-nsys"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(nsys, "find_nsys", lambda: None)
+    with pytest.raises(FibError) as info:
+        driver.profile(definitions=["d"], solutions=["s"], backend="both", output=tmp_path / "run")
+    assert "nsys" in str(info.value)

@@ -136,7 +136,8 @@ SWIGLU_TEXT = ("Each chosen expert computes G1 = A W13^T ([tokens, 2I]), C = sil
 GENERATOR_TEXT = ("Generator (datasets/moe/README.md): counter-based hash RNG seeded from the "
                   "harness's torch.Generator, bit-identical on CPU and CUDA; Zipf-like expert "
                   "popularity (logit offset -0.3 ln(1 + rank)) plus unit-variance per-token "
-                  "logit noise; weights ~ N(0, 1/fan_in) with log-normal row factors; "
+                  "logit noise; weights ~ N(0, 1/fan_in) with log-normal row factors, one "
+                  "layer's weights shared by every workload (fixed key, built once per process); "
                   "activations with log-normal channel and token factors.")
 FP8_TEXT = ("FP8 E4M3 with 128-block scales (amax / 448): weights per 128x128 block, activations "
             "per 1x128 group along hidden, scales stored block-major [hidden / 128, seq_len].")

@@ -11,8 +11,8 @@ def generate(axes, scalars, generator, device):
     popularity = expert_popularity(experts, generator, device)
     hidden_states, hidden_states_scale = quantize_token_groups(
         activations(tokens, hidden, stream_key(seed, 3), device))
-    gemm1_weights, gemm1_weights_scale = fp8_expert_stack(local, 2 * inter, hidden, stream_key(seed, 4), device)
-    gemm2_weights, gemm2_weights_scale = fp8_expert_stack(local, hidden, inter, stream_key(seed, 5), device)
+    gemm1_weights, gemm1_weights_scale = fp8_expert_stack(local, 2 * inter, hidden, stream_key(WEIGHTS_KEY, 4), device)
+    gemm2_weights, gemm2_weights_scale = fp8_expert_stack(local, hidden, inter, stream_key(WEIGHTS_KEY, 5), device)
     return {
         "routing_logits": routing_logits(tokens, popularity, stream_key(seed, 1), device),
         "routing_bias": (normal((experts,), stream_key(seed, 2), device) * ROUTING_BIAS_STD).to(torch.bfloat16),

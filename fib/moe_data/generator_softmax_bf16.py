@@ -11,6 +11,6 @@ def generate(axes, scalars, generator, device):
     return {
         "routing_logits": routing_logits(tokens, popularity, stream_key(seed, 1), device),
         "hidden_states": activations(tokens, hidden, stream_key(seed, 3), device).to(torch.bfloat16),
-        "gemm1_weights": bf16_expert_stack(experts, 2 * inter, hidden, stream_key(seed, 4), device),
-        "gemm2_weights": bf16_expert_stack(experts, hidden, inter, stream_key(seed, 5), device),
+        "gemm1_weights": bf16_expert_stack(experts, 2 * inter, hidden, stream_key(WEIGHTS_KEY, 4), device),
+        "gemm2_weights": bf16_expert_stack(experts, hidden, inter, stream_key(WEIGHTS_KEY, 5), device),
     }

@@ -10,8 +10,8 @@ def generate(axes, scalars, generator, device):
     popularity = expert_popularity(experts, generator, device)
     hidden_states, hidden_states_scale = quantize_token_groups(
         activations(tokens, hidden, stream_key(seed, 3), device))
-    gemm1_weights, gemm1_weights_scale = fp8_expert_stack(experts, 2 * inter, hidden, stream_key(seed, 4), device)
-    gemm2_weights, gemm2_weights_scale = fp8_expert_stack(experts, hidden, inter, stream_key(seed, 5), device)
+    gemm1_weights, gemm1_weights_scale = fp8_expert_stack(experts, 2 * inter, hidden, stream_key(WEIGHTS_KEY, 4), device)
+    gemm2_weights, gemm2_weights_scale = fp8_expert_stack(experts, hidden, inter, stream_key(WEIGHTS_KEY, 5), device)
     return {
         "routing_logits": routing_logits(tokens, popularity, stream_key(seed, 1), device),
         "hidden_states": hidden_states,

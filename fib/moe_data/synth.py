@@ -37,8 +37,32 @@ def expert_weight(out_features, in_features, key, device):
     return values * row.unsqueeze(1)
 
 
+# The expert weights are one layer's: every workload and input set of a definition shares them
+# (in serving only the tokens change), so generators key them by WEIGHTS_KEY, not the workload's
+# seed. They are most of a generator's GPU work, so each stack is built once per process and
+# handed out as copies: a solution that writes into its inputs cannot taint a later input set.
+WEIGHTS_KEY = 0x3C6EF372
+_WEIGHT_MEMO = {}
+_WEIGHT_MEMO_MAX = 2  # the two stacks of this definition (the namespace is per definition)
+
+
+def memo_weights(label, build):
+    """build() once per label (evicting the oldest beyond _WEIGHT_MEMO_MAX); fresh clones after."""
+    if label not in _WEIGHT_MEMO:
+        while len(_WEIGHT_MEMO) >= _WEIGHT_MEMO_MAX:
+            _WEIGHT_MEMO.pop(next(iter(_WEIGHT_MEMO)))
+        _WEIGHT_MEMO[label] = build()
+    made = _WEIGHT_MEMO[label]
+    return tuple(t.clone() for t in made) if isinstance(made, tuple) else made.clone()
+
+
 def fp8_expert_stack(experts, out_features, in_features, key, device):
     """(float8_e4m3fn [E, out, in], fp32 [E, out/BLOCK, in/BLOCK]) block-quantised expert weights."""
+    return memo_weights(("fp8", experts, out_features, in_features, key, str(device)),
+                        lambda: _fp8_expert_stack(experts, out_features, in_features, key, device))
+
+
+def _fp8_expert_stack(experts, out_features, in_features, key, device):
     values = torch.empty(experts, out_features, in_features, dtype=torch.float8_e4m3fn, device=device)
     scales = torch.empty(experts, out_features // BLOCK, in_features // BLOCK, dtype=torch.float32,
                          device=device)
@@ -50,6 +74,11 @@ def fp8_expert_stack(experts, out_features, in_features, key, device):
 
 def bf16_expert_stack(experts, out_features, in_features, key, device):
     """bfloat16 [E, out, in] expert weights."""
+    return memo_weights(("bf16", experts, out_features, in_features, key, str(device)),
+                        lambda: _bf16_expert_stack(experts, out_features, in_features, key, device))
+
+
+def _bf16_expert_stack(experts, out_features, in_features, key, device):
     values = torch.empty(experts, out_features, in_features, dtype=torch.bfloat16, device=device)
     for expert in range(experts):
         values[expert] = expert_weight(out_features, in_features, stream_key(key, expert), device)

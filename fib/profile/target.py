@@ -8,7 +8,7 @@ inside the range `fib.call/<solution>/<workload uuid>` (NVTX domain "fib", and a
 with `fib.stage`. The child writes `spec["result"]`: the pairs it ran (with their axes and call
 counts), the pairs it skipped and why, and the definitions' stages.
 
-Spec keys: backend ("nsys" | "torch"), roots, definitions, solutions, workloads (uuids or null),
+Spec keys: backend ("nsys" | "torch" | "both": torch.profiler inside the nsys capture), roots, definitions, solutions, workloads (uuids or null),
 iterations, warmup, seed, device, trace (torch: chrome trace path), result; or demo: true to run
 fib.profile.demo's synthetic pipelines instead of a dataset.
 """
@@ -63,17 +63,22 @@ def run_jobs(jobs: list[Job], *, iterations: int, warmup: int, backend: str, dev
             calls[(job.solution, job.workload)] = iterations
         _synchronize(device)
 
-    if backend == "torch":
+    def torch_profiled():
         activities = [torch.profiler.ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=activities) as prof:
             capture()
         prof.export_chrome_trace(str(trace))
+
+    if backend == "torch":
+        torch_profiled()
     else:
+        # nsys: the capture range is the cudaProfilerApi one; "both": torch.profiler records the
+        # very same launches inside it, so the two attributions can be compared call for call.
         torch.cuda.cudart().cudaProfilerStart()
         try:
-            capture()
+            torch_profiled() if backend == "both" else capture()
         finally:
             torch.cuda.cudart().cudaProfilerStop()
     return calls

@@ -4,8 +4,9 @@
   the scatter run in ONE single-program kernel; above, routing+count per token tile, then a scan
   and a scatter (3 launches).
 - gemm1 computes the up and the gate tile of the same columns in one program and applies SwiGLU
-  and the fp8 re-quantization in its epilogue (quantization group = the tile's BN columns: 128
-  except at T <= 8, where 64 lets more programs stream the weights); gemm2 steps K by that group.
+  and the fp8 re-quantization in its epilogue (quantization group = the tile's BN columns: 64 up
+  to DECODE_MAX tokens, so more programs stream the weights; 128 above); gemm2 steps K by the
+  weight's 128-block with one dot per activation group.
   (A bf16-intermediate variant, `quant=False`, widens W2 to bf16 in gemm2: measured 2x slower.)
 - gemm2 multiplies by the routing weight in its epilogue and writes one bf16 row per routed
   (token, slot); a light reduce sums a token's rows in slot order (deterministic, no atomics).
@@ -27,6 +28,7 @@ ROUTE_TILE_MULTI = 16  # tokens per program of the multi-program routing (prefil
 ROUTE_TILE_SMALL = 4   # ... for T <= DECODE_MAX (more programs, shorter serial top-k chains)
 SINGLE_ROUTE_MAX = 16  # up to this many tokens: routing+align in one single-program launch
 DECODE_MAX = 1024   # up to this many tokens: decode tile configurations (v4; was 128)
+SMALL_MAX = 128     # ... of which up to this many: the smallest row blocks (BM=16)
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
 # tl.dot also misreads a bf16 operand converted from fp8 in-kernel; under it that dot runs in fp32.
@@ -316,13 +318,13 @@ def _config(T):
     """Per token-count bucket: BM (rows per expert block), gemm1 BN, gemm2 BN, warps, stages."""
     if T > DECODE_MAX:
         return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, quant=True)
-    # v4: BN1=64 (32 gemm1 programs per expert instead of 16) now that gemm2 streams QB-deep
-    # weight tiles with 64-wide activation groups. See benchmarks/NOTES.md.
-    if T <= 8:
+    # v4 sweep (H200, graph ms, benchmarks/NOTES.md): with gemm2 streaming QB-deep weight tiles
+    # over 64-wide activation groups, BN1=64 (32 gemm1 programs per expert) and BM=16 won at
+    # every decode size tried (T=7..80: 0.157/0.145/0.301/0.310 ms vs 0.167/0.166/0.340/0.346
+    # for v3's BM=32, BN1=128); at T=901, BM=32 with BN2=128 (0.486 vs 0.635 for the prefill tiles).
+    if T <= SMALL_MAX:
         return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
-    if T <= 128:
-        return dict(BM=32, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
-    return dict(BM=32, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
+    return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=True)
 
 
 def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_local, BM):
