@@ -53,6 +53,18 @@ if [ "$P" = E ]; then  # the seed's way: nsys around a whole (warm) `fib run`, t
       rm -f $R/whole_run.sqlite.gz; fi
   fi
 fi
+if [ "$P" = F ]; then  # control for the torch-vs-nsys agreement: each backend against itself, run to run
+  W="--workloads seq_len=7 seq_len=80 seq_len=901 seq_len=14107"
+  for RUN in nsys1 nsys2 torch1 torch2; do
+    python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \
+      $W --backend ${RUN%?} --iterations 10 --output $R/prof_$RUN 2>&1 | tail -1
+    rm -f $R/prof_$RUN/profile/capture.nsys-rep $R/prof_$RUN/profile/capture.sqlite $R/prof_$RUN/profile/trace.json
+  done
+  for PAIR in "nsys1 nsys2" "torch1 torch2" "nsys1 torch1" "nsys2 torch2"; do
+    set -- $PAIR
+    python3 benchmarks/profile_backends_agree.py $R/prof_$1 $R/prof_$2 --labels $1 $2 --output $R/agree_$1_$2.csv 2>&1 | tail -1 | sed "s/^/$1 vs $2: /"
+  done
+fi
 if [ "$P" = B ]; then
   W="--workloads seq_len=7 seq_len=80 seq_len=901 seq_len=14107"
   python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \
@@ -63,13 +75,7 @@ if [ "$P" = B ]; then
     --nvtx-kern-sum $R/prof_nsys/profile/stats_nvtx_kern_sum.csv 2>&1 | tail -25
   python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \
     $W --backend torch --iterations 10 --output $R/prof_torch 2>&1 | tail -3
-  # the same launches seen by both tools: torch.profiler inside the nsys capture
-  python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \
-    $W --backend both --iterations 10 --output $R/prof_both 2>&1 | tail -3
-  python3 -c "import json;m=json.load(open('$R/prof_both/profile/meta.json'));print('both:', m.get('torch_error') or m.get('torch_kernels_total'))"
-  python3 benchmarks/profile_backends_agree.py $R/prof_both --output $R/torch_vs_nsys_same_run.csv 2>&1 | tail -4
   python3 benchmarks/profile_backends_agree.py $R/prof_nsys $R/prof_torch --output $R/torch_vs_nsys.csv 2>&1 | tail -2
-  rm -f $R/prof_both/profile/capture.nsys-rep $R/prof_both/profile/capture.sqlite $R/prof_both/profile/trace.json
   python3 -m fib run --definitions $DS --solutions torch_eager triton_staged triton_fused $W \
     --iterations 20 --num-trials 3 --output $R/run_timing 2>&1 | tail -3
   python3 benchmarks/timing_vs_nsys.py $R/run_timing $R/prof_nsys 2>&1 | tail -20

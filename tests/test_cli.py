@@ -92,14 +92,23 @@ def test_ctrl_c_keeps_measured_traces_and_resume_continues(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "fib", "run", "--local", str(root), "--output", str(run_dir), "--timeout", "300",
            "--iterations", "2", "--num-trials", "1", "--warmup-runs", "1", "--timer", "wall"]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Output goes to files, not pipes: a pipe nobody drains until the signal could block the run
+    # on a write, and a pipe's EOF would also wait for every process that inherited it.
+    out_path, err_path = tmp_path / "run.out", tmp_path / "run.err"
+    with open(out_path, "w") as out_file, open(err_path, "w") as err_file:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out_file, stderr=err_file, text=True)
     traces = run_dir / "traces.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (traces.exists() and traces.read_text().count("\n") >= 1):
         time.sleep(0.2)
     time.sleep(1.0)  # hangs_later is now stuck in its timed calls
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("fib run did not stop within 120 s of Ctrl-C:\n" + err_path.read_text()[-3000:])
+    err = err_path.read_text()
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "--resume" in err
     kept = [json.loads(line) for line in traces.read_text().splitlines()]

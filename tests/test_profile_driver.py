@@ -52,12 +52,8 @@ def test_build_spec(tmp_path):
     assert json.loads(json.dumps(spec))["solutions"] == ["a", "b"]
 
 
-def test_both_backend_needs_nsys(tmp_path, monkeypatch):
-    """`both` (torch.profiler inside the nsys capture) is accepted, and without nsys it says so."""
-    assert driver.resolve_backend("both") == "both"
-    monkeypatch.setenv("FIB_NSYS", str(tmp_path / "missing-nsys"))
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(nsys, "find_nsys", lambda: None)
+
+def test_backend_both_is_refused_with_the_reason_it_cannot_work():
     with pytest.raises(FibError) as info:
-        driver.profile(definitions=["d"], solutions=["s"], backend="both", output=tmp_path / "run")
-    assert "nsys" in str(info.value)
+        driver.resolve_backend("both")
+    assert "--backend" in str(info.value)

@@ -13,7 +13,7 @@ def profile_command(
     definitions: Annotated[list[str], typer.Option("--definitions", "-d", help="definition names")] = [],  # noqa: B006
     solutions: Annotated[list[str], typer.Option("--solutions", "-s", help="solution names")] = [],  # noqa: B006
     workloads: Annotated[Optional[list[str]], typer.Option("--workloads", "-w", help="workload uuids (or 8-char prefixes)")] = None,
-    backend: Annotated[str, typer.Option(help="auto (nsys if found, else torch), nsys, torch, or both (torch.profiler inside the nsys capture: the same launches seen by each)")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto (nsys if found, else torch), nsys or torch")] = "auto",
     iterations: Annotated[int, typer.Option(min=1, help="captured calls per (solution, workload)")] = 20,
     warmup: Annotated[int, typer.Option(min=0, help="calls before the capture starts")] = 3,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="run directory (default runs/profile-<time>)")] = None,

@@ -3,9 +3,7 @@
 The parent writes a spec, starts `python -m fib.profile.target <spec>` (under `nsys profile ...
 --capture-range=cudaProfilerApi` for nsys, directly for torch.profiler), then reads the capture
 back (nsys: `nsys export --type sqlite`; torch: the chrome trace) and writes the run directory's
-`profile/` tables (see tables.py) and `profile/meta.json`. `both`: torch.profiler runs inside the
-nsys capture, so both tools see the same launches; nsys's tables go to `profile/`, torch's to
-`profile/torch/` (benchmarks/profile_backends_agree.py compares them).
+`profile/` tables (see tables.py) and `profile/meta.json`.
 """
 from __future__ import annotations
 
@@ -28,8 +26,8 @@ from .torch_trace import load_torch_trace
 
 
 def resolve_backend(backend: str) -> str:
-    if backend not in ("auto", "nsys", "torch", "both"):
-        raise FibError(f"unknown backend {backend!r}", field="--backend", fix="use auto, nsys, torch or both")
+    if backend not in ("auto", "nsys", "torch"):
+        raise FibError(f"unknown backend {backend!r}", field="--backend", fix="use auto, nsys or torch")
     if backend == "auto":
         return "nsys" if nsys_mod.find_nsys() else "torch"
     return backend
@@ -95,7 +93,7 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
             "started": _dt.datetime.now().isoformat(timespec="seconds"), "environment": environment(),
             "argv": sys.argv}
     nsys_version = None
-    if backend in ("nsys", "both"):
+    if backend == "nsys":
         nsys = nsys_mod.require_nsys()
         nsys_version = nsys_mod.version(nsys)
         out = profile_dir / "capture"
@@ -107,7 +105,7 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
     result = _read_result(Path(spec["result"]), cmd, proc)
     rules = StageRules.from_stages([s for stages in result.get("stages", {}).values() for s in stages])
     axes = {p["workload"]: p["axes"] for p in result["pairs"]}
-    if backend in ("nsys", "both"):
+    if backend == "nsys":
         report = nsys_mod.find_report(out)
         sqlite = nsys_mod.export_sqlite(nsys, report)
         instances, calls = load_sqlite(sqlite, rules)
@@ -115,14 +113,6 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
     else:
         instances, calls = load_torch_trace(spec["trace"], rules)
         meta.update(trace=spec["trace"])
-    if backend == "both":
-        t_instances, t_calls = load_torch_trace(spec["trace"], rules)
-        if t_instances.empty:  # e.g. CUPTI refused a second subscriber: say so, keep nsys's tables
-            meta["torch_error"] = ("torch.profiler recorded no GPU kernels inside the nsys capture "
-                                   "(see child.log); only the nsys tables were written")
-        else:
-            write_tables(profile_dir / "torch", t_instances, t_calls, axes)
-            meta.update(trace=spec["trace"], torch_kernels_total=int(len(t_instances)))
     tables = write_tables(profile_dir, instances, calls, axes)
     meta.update(command=shlex.join(cmd), calls_per_pair={f"{p['solution']}/{p['workload']}": p["calls"]
                                                           for p in result["pairs"]},

@@ -8,7 +8,7 @@ inside the range `fib.call/<solution>/<workload uuid>` (NVTX domain "fib", and a
 with `fib.stage`. The child writes `spec["result"]`: the pairs it ran (with their axes and call
 counts), the pairs it skipped and why, and the definitions' stages.
 
-Spec keys: backend ("nsys" | "torch" | "both": torch.profiler inside the nsys capture), roots, definitions, solutions, workloads (uuids or null),
+Spec keys: backend ("nsys" | "torch"), roots, definitions, solutions, workloads (uuids or null),
 iterations, warmup, seed, device, trace (torch: chrome trace path), result; or demo: true to run
 fib.profile.demo's synthetic pipelines instead of a dataset.
 """
@@ -63,22 +63,20 @@ def run_jobs(jobs: list[Job], *, iterations: int, warmup: int, backend: str, dev
             calls[(job.solution, job.workload)] = iterations
         _synchronize(device)
 
-    def torch_profiled():
+    if backend == "torch":
         activities = [torch.profiler.ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=activities) as prof:
             capture()
         prof.export_chrome_trace(str(trace))
-
-    if backend == "torch":
-        torch_profiled()
     else:
-        # nsys: the capture range is the cudaProfilerApi one; "both": torch.profiler records the
-        # very same launches inside it, so the two attributions can be compared call for call.
+        # torch.profiler cannot run inside this capture: nsys's CUPTI injection is the only
+        # subscriber CUPTI allows (Kineto logs CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED and
+        # records no GPU activity; tried on an H200, 2026-11-22).
         torch.cuda.cudart().cudaProfilerStart()
         try:
-            torch_profiled() if backend == "both" else capture()
+            capture()
         finally:
             torch.cuda.cudart().cudaProfilerStop()
     return calls
