@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Correctness + timing of the DeepSeek-V3 FP8 MoE solutions (torch_eager, triton_staged,
-triton_fused) at the dataset's token counts, on one GPU. Inputs come from the definition's own
-generator (skewed expert popularity), the reference from its own FP32 reference.
+triton_fused) at the dataset's token counts, on one GPU. Inputs are those `fib run`
+builds for each dataset workload (same seed, same routing; --seed-by-t: the generator seeded with
+T, as in the v1-v4 tables), the reference is the definition's own FP32 reference.
 
     source .device/activate.sh && python3 benchmarks/moe_kernels.py [--tokens 1 80 ...] [--sweep]
 
@@ -155,6 +156,11 @@ def sweep_configs(T):
         return dict(BM=bm, BN1=bn1, BN2=bn2, warps=warps, stages1=st1, stages2=st2, quant=True)
     if T > 1024:
         return [cfg(128, 128, 128, 8, 4, 5), cfg(128, 128, 128, 8, 3, 4), cfg(64, 128, 128, 4, 4, 5)]
+    if T <= 16:  # v5: fewer gemm1 programs per expert than SMs when 1-2 experts are hit
+        base = [cfg(16, 64, 64, 4, 4, 4), cfg(16, 32, 64, 4, 4, 4), cfg(16, 32, 64, 4, 6, 4),
+                cfg(16, 64, 64, 4, 6, 4), cfg(16, 64, 64, 4, 8, 4), cfg(16, 32, 64, 2, 6, 4),
+                cfg(16, 64, 128, 4, 4, 4)]
+        return base + [dict(cfg(16, 64, 64, 4, 4, 4), **{"mod.SINGLE_ROUTE_WARPS": w}) for w in (1, 2, 4)]
     if T > 128:
         return [cfg(32, 64, 64, 4, 4, 4), cfg(64, 64, 64, 4, 4, 4), cfg(64, 64, 128, 4, 4, 4),
                 cfg(32, 64, 128, 4, 4, 4), cfg(64, 128, 128, 4, 3, 3), cfg(128, 128, 128, 8, 4, 5)]
@@ -169,7 +175,20 @@ def main():
     parser.add_argument("--sweep", type=int, nargs="*", default=[],
                         help="also time triton_fused tile configs at these T")
     parser.add_argument("--profile", type=int, nargs="*", default=[], help="kernel table at these T")
+    parser.add_argument("--seed-by-t", action="store_true",
+                        help="seed the generator with T (v1-v4 tables) instead of fib run's workload seed")
     args = parser.parse_args()
+    from fib import dataset as fib_dataset
+    from fib import inputs as fib_inputs_mod
+    data = fib_dataset.load_dataset([REPO])
+    fib_def = data.definitions[DEF]
+    by_t = {w.axes["seq_len"]: w for w in data.workloads[DEF]}
+
+    def fib_inputs(T):
+        w = by_t[T]
+        return fib_inputs_mod.make_inputs(fib_def, w, seed=fib_inputs_mod.workload_seed(0, w), device="cuda",
+                                          root=data.root_for(DEF))
+
     out_dir = Path(os.environ.get("OUT", "/tmp/moe_bench"))
     out_dir.mkdir(parents=True, exist_ok=True)
     definition = json.loads((REPO / "definitions" / "moe" / f"{DEF}.json").read_text())
@@ -187,10 +206,13 @@ def main():
         if args.tokens and T not in args.tokens:
             continue
         axes["seq_len"] = T
-        made = generate(dict(axes), {}, torch.Generator().manual_seed(T), "cuda")
-        inputs = [made[n] if n in made else {"local_expert_offset": offset,
-                                             "routed_scaling_factor": 2.5}[n]
-                  for n in definition["inputs"]]
+        if args.seed_by_t:  # the v1-v4 tables: generator seeded with T (other routing than fib run)
+            made = generate(dict(axes), {}, torch.Generator().manual_seed(T), "cuda")
+            inputs = [made[n] if n in made else {"local_expert_offset": offset,
+                                                 "routed_scaling_factor": 2.5}[n]
+                      for n in definition["inputs"]]
+        else:  # exactly the inputs `fib run --seed 0` builds for this workload (same routing)
+            inputs = list(fib_inputs(T).values())
         ref = reference(*inputs)
         ref = ref[0] if isinstance(ref, (tuple, list)) else ref
         row = dict(T=T, offset=offset)
@@ -214,7 +236,13 @@ def main():
             fused = mods["triton_fused"]
             base = fused._config
             for cfg in sweep_configs(T):
-                fused._config = lambda _T, c=cfg: dict(c)
+                # "mod.NAME" keys set module constants (e.g. the routing kernel's warps) for this cfg
+                saved = {k[4:]: getattr(fused, k[4:]) for k in cfg if k.startswith("mod.")}
+                for k, v in cfg.items():
+                    if k.startswith("mod."):
+                        setattr(fused, k[4:], v)
+                tiles = {k: v for k, v in cfg.items() if not k.startswith("mod.")}
+                fused._config = lambda _T, c=tiles: dict(c)
                 out = torch.empty((T, H), dtype=torch.bfloat16, device="cuda")
                 try:
                     fn = lambda o=out: fused.run(*inputs, o)
@@ -224,6 +252,8 @@ def main():
                 except Exception as exc:  # noqa: BLE001
                     results["sweep"].append(dict(T=T, cfg=cfg, error=str(exc)[:300]))
                 print("sweep", results["sweep"][-1], flush=True)
+                for k, v in saved.items():
+                    setattr(fused, k, v)
             fused._config = base
         if T in args.profile:
             from torch.profiler import ProfilerActivity, profile
@@ -239,7 +269,7 @@ def main():
         results["rows"].append(row)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                           if not k.endswith("_err")}), flush=True)
-        del made, inputs, ref
+        del inputs, ref
         torch.cuda.empty_cache()
     (out_dir / "moe_kernels.json").write_text(json.dumps(results, indent=1))
     print(f"\n{dev_name}; ms; floor = max(bytes/{bw:.2f}TB/s, flops/{tflops:.0f}TFLOP/s); "

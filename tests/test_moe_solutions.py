@@ -197,7 +197,8 @@ def test_triton_interpreted(solution, seed, T, offset):
     ("triton_fused", {}),                                           # single-program routing+align
     ("triton_fused", {"SINGLE_ROUTE_MAX": 0, "ROUTE_TILE_SMALL": 2}),  # routing+count, scan, scatter
 ])
-@pytest.mark.parametrize("seed,T,offset,BM", [(0, 7, 0, 16), (4, 37, 24, 16), (5, 24, 56, 32)])
+@pytest.mark.parametrize("seed,T,offset,BM", [(0, 7, 0, 16), (4, 37, 24, 16), (5, 24, 56, 32), (6, 1, 8, 16),
+                                              (7, 2, 0, 16)])
 def test_routing_and_align(solution, overrides, seed, T, offset, BM):
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, __file__, "--unit", solution, str(seed), str(T), str(offset),

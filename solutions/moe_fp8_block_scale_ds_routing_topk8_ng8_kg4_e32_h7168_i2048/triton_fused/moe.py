@@ -23,7 +23,8 @@ import fib
 N_GROUPS = 8        # expert groups (definition: ng8)
 TOPK_GROUPS = 4     # groups kept per token (kg4)
 TOPK = 8            # experts per token (topk8)
-ROUTE_TILE = 16     # tokens per routing tile of the single-program routing+align
+ROUTE_TILE = 16     # tokens per routing tile of the single-program routing+align (at most)
+SINGLE_ROUTE_WARPS = 8  # warps of the single-program routing+align (fewer: cheaper reductions)
 ROUTE_TILE_MULTI = 16  # tokens per program of the multi-program routing (prefill)
 ROUTE_TILE_SMALL = 4   # ... for T <= DECODE_MAX (more programs, shorter serial top-k chains)
 SINGLE_ROUTE_MAX = 16  # up to this many tokens: routing+align in one single-program launch
@@ -341,9 +342,10 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
     logits = routing_logits.contiguous()
     consts = dict(E=E, NG=N_GROUPS, KG=TOPK_GROUPS, TOPK=TOPK, TB=ROUTE_TILE)
     if T <= SINGLE_ROUTE_MAX:
+        consts["TB"] = min(ROUTE_TILE, triton.next_power_of_2(T))  # no masked rows at T=1, 2, 4, 8
         _routing_align_kernel[(1,)](logits, routing_bias, ids, weights, sorted_ids, expert_ids,
                                     n_post, T, float(scaling), expert_offset, n_local,
-                                    BM=BM, EP=EP, **consts, num_warps=8)
+                                    BM=BM, EP=EP, **consts, num_warps=SINGLE_ROUTE_WARPS)
         return ids, weights, sorted_ids, expert_ids, n_post
     tile = ROUTE_TILE_SMALL if T <= DECODE_MAX else ROUTE_TILE_MULTI
     consts["TB"] = tile
