@@ -96,7 +96,10 @@ def test_ctrl_c_keeps_measured_traces_and_resume_continues(tmp_path):
     # on a write, and a pipe's EOF would also wait for every process that inherited it.
     out_path, err_path = tmp_path / "run.out", tmp_path / "run.err"
     with open(out_path, "w") as out_file, open(err_path, "w") as err_file:
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out_file, stderr=err_file, text=True)
+        # A terminal's Ctrl-C: SIGINT at its default disposition even when pytest itself runs in the
+        # background (where the shell ignores SIGINT and children would inherit that).
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out_file, stderr=err_file, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     traces = run_dir / "traces.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (traces.exists() and traces.read_text().count("\n") >= 1):

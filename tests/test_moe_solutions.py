@@ -216,6 +216,14 @@ def test_fused_mid_bucket_interpreted():
     _assert_close(stats, 5e-2)
 
 
+@pytest.mark.parametrize("seed,T,offset,overrides", [(8, 3, 0, {}), (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3})])
+def test_fused_splitk_path_interpreted(seed, T, offset, overrides):
+    """Tiny T: gemm1 split along K into fp32 partials, summed by the SwiGLU + re-quantization kernel
+    (SPLIT_K=3 over 4 K blocks: uneven ranges, one of them empty)."""
+    stats = check_in_subprocess("triton_fused", seed, T, offset, overrides)
+    _assert_close(stats, 5e-2)
+
+
 def test_fused_prefill_path_interpreted():
     """T above the decode bucket: 128-wide tiles, multi-program routing, 1x128 fp8 groups."""
     stats = check_in_subprocess("triton_fused", 2, 33, 0, {"DECODE_MAX": 0, "SINGLE_ROUTE_MAX": 0,

@@ -10,6 +10,9 @@
   (A bf16-intermediate variant, `quant=False`, widens W2 to bf16 in gemm2: measured 2x slower.)
 - gemm2 multiplies by the routing weight in its epilogue and writes one bf16 row per routed
   (token, slot); a light reduce sums a token's rows in slot order (deterministic, no atomics).
+- up to SPLITK_MAX tokens (1-2 experts hit: too few gemm1 tiles to fill the GPU), gemm1 splits K
+  into SPLIT_K ranges that write fp32 partials, and a small kernel sums them, applies SwiGLU and
+  re-quantizes per 1x128 group (the stage is then called "activation", as in triton_staged).
 Sizes come from the tensor shapes; no host sync (CUDA-graph capturable).
 """
 import os
@@ -30,6 +33,8 @@ ROUTE_TILE_SMALL = 4   # ... for T <= DECODE_MAX (more programs, shorter serial 
 SINGLE_ROUTE_MAX = 16  # up to this many tokens: routing+align in one single-program launch
 DECODE_MAX = 1024   # up to this many tokens: decode tile configurations (v4; was 128)
 SMALL_MAX = 128     # ... of which up to this many: the smallest row blocks (BM=16)
+SPLITK_MAX = 4      # ... and up to this many: gemm1 split along K (too few experts hit to fill the GPU)
+SPLIT_K = 4         # K ranges per gemm1 tile in that bucket
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
 # tl.dot also misreads a bf16 operand converted from fp8 in-kernel; under it that dot runs in fp32.
@@ -256,6 +261,68 @@ def _gemm1_swiglu_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, c_ptr, c_scale_
 
 
 @triton.jit
+def _gemm1_splitk_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, part_ptr, sorted_ids_ptr,
+                         expert_ids_ptr, n_post_ptr, n_tokens, n_entries, N, K, n_m, n_rows,
+                         TOPK: tl.constexpr, QB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                         SPLIT: tl.constexpr):
+    """Tiny T: part[split, row, cols] = the split-th K range of A W13^T (fp32). SPLIT programs per
+    tile put all SMs on the weight stream when only a few experts are hit."""
+    pid = tl.program_id(0)
+    split = pid % SPLIT
+    tile = pid // SPLIT
+    n_n = N // BN
+    pid_m = tile // n_n
+    pid_n = tile % n_n
+    if pid_m * BM >= tl.load(n_post_ptr):
+        return
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    rows = pid_m * BM + tl.arange(0, BM)
+    entry = tl.load(sorted_ids_ptr + rows)
+    live = entry < n_entries
+    token = tl.where(live, entry // TOPK, 0).to(tl.int64)
+    cols = pid_n * BN + tl.arange(0, BN)
+    n_kb = K // QB
+    per = tl.cdiv(n_kb, SPLIT)
+    kb0 = split * per
+    kb1 = tl.minimum(kb0 + per, n_kb)
+    kk = kb0 * QB + tl.arange(0, QB)
+    a_ptrs = a_ptr + token[:, None] * K + kk[None, :]
+    w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
+    ws_ptrs = w_scale_ptr + expert * (N // QB) * n_kb + (cols // QB) * n_kb
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for kb in range(kb0, kb1):
+        a = tl.load(a_ptrs, mask=live[:, None], other=0.0)
+        w = tl.load(w_ptrs)
+        a_s = tl.load(a_scale_ptr + kb * n_tokens + token)[:, None]
+        acc += tl.dot(a, w) * (a_s * tl.load(ws_ptrs + kb)[None, :])
+        a_ptrs += QB
+        w_ptrs += QB
+    out = part_ptr + (split * n_rows + rows[:, None]).to(tl.int64) * N + cols[None, :]
+    tl.store(out, acc)
+
+
+@triton.jit
+def _splitk_swiglu_quant_kernel(part_ptr, c_ptr, c_scale_ptr, n_post_ptr, n_rows, I,
+                                QB: tl.constexpr, SPLIT: tl.constexpr, INTERPRET: tl.constexpr):
+    """Sum the SPLIT partial G1 rows, c = silu(gate) * up over one 1 x QB group, fp8 re-quantized."""
+    row = tl.program_id(0)
+    grp = tl.program_id(1)
+    if row >= tl.load(n_post_ptr):
+        return
+    cols = grp * QB + tl.arange(0, QB)
+    up = tl.zeros([QB], dtype=tl.float32)
+    gate = tl.zeros([QB], dtype=tl.float32)
+    for sp in tl.static_range(SPLIT):
+        base = part_ptr + (sp * n_rows + row).to(tl.int64) * 2 * I
+        up += tl.load(base + cols)
+        gate += tl.load(base + I + cols)
+    c = gate / (1.0 + tl.exp(-gate)) * up
+    scale = tl.maximum(tl.max(tl.abs(c), 0), 1e-12) / 448.0
+    tl.store(c_ptr + row.to(tl.int64) * I + cols, _to_fp8(c / scale, INTERPRET))
+    tl.store(c_scale_ptr + grp * n_rows + row, scale)
+
+
+@triton.jit
 def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights_ptr,
                           sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_rows, n_entries, N, K, n_m,
                           QB: tl.constexpr, QG: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -323,6 +390,8 @@ def _config(T):
     # over 64-wide activation groups, BN1=64 (32 gemm1 programs per expert) and BM=16 won at
     # every decode size tried (T=7..80: 0.157/0.145/0.301/0.310 ms vs 0.167/0.166/0.340/0.346
     # for v3's BM=32, BN1=128); at T=901, BM=32 with BN2=128 (0.486 vs 0.635 for the prefill tiles).
+    if T <= SPLITK_MAX:  # v5: 1-2 experts hit; see benchmarks/NOTES.md
+        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True, split=SPLIT_K)
     if T <= SMALL_MAX:
         return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
     return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=True)
@@ -361,6 +430,20 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
     return ids, weights, sorted_ids, expert_ids, n_post
 
 
+def _gemm1_fused(cfg, hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale,
+                 sorted_ids, expert_ids, n_post, T, n_entries, I, H, n_m, rows_max, BM, BN1, quant,
+                 QB, dev):
+    with fib.stage("gemm1"):
+        c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn if quant else torch.bfloat16, device=dev)
+        c_scale = torch.empty(I // BN1 if quant else 1, rows_max, dtype=torch.float32, device=dev)
+        _gemm1_swiglu_kernel[(n_m * (I // BN1),)](
+            hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale, c, c_scale,
+            sorted_ids, expert_ids, n_post, T, n_entries, I, H, n_m, rows_max,
+            TOPK=TOPK, QB=QB, BM=BM, BN=BN1, GROUP_M=8, QUANT=quant, INTERPRET=INTERPRET,
+            num_warps=cfg["warps"], num_stages=cfg["stages1"])
+    return c, c_scale
+
+
 def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
         gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, local_expert_offset,
         routed_scaling_factor, output):
@@ -379,14 +462,25 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
             routing_logits, routing_bias, routed_scaling_factor, local_expert_offset, n_local, BM)
     rows_max = sorted_ids.numel()
     n_m = rows_max // BM
-    with fib.stage("gemm1"):
-        c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn if quant else torch.bfloat16, device=dev)
-        c_scale = torch.empty(I // BN1 if quant else 1, rows_max, dtype=torch.float32, device=dev)
-        _gemm1_swiglu_kernel[(n_m * (I // BN1),)](
-            hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale, c, c_scale,
-            sorted_ids, expert_ids, n_post, T, n_entries, I, H, n_m, rows_max,
-            TOPK=TOPK, QB=QB, BM=BM, BN=BN1, GROUP_M=8, QUANT=quant, INTERPRET=INTERPRET,
-            num_warps=cfg["warps"], num_stages=cfg["stages1"])
+    split = cfg.get("split", 0)
+    if split:  # tiny T: partial G1 per K range, then SwiGLU + 1 x QB re-quantization
+        with fib.stage("gemm1"):
+            part = torch.empty(split, rows_max, 2 * I, dtype=torch.float32, device=dev)
+            _gemm1_splitk_kernel[(n_m * (2 * I // BN1) * split,)](
+                hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale, part,
+                sorted_ids, expert_ids, n_post, T, n_entries, 2 * I, H, n_m, rows_max,
+                TOPK=TOPK, QB=QB, BM=BM, BN=BN1, SPLIT=split,
+                num_warps=cfg["warps"], num_stages=cfg["stages1"])
+        with fib.stage("activation"):
+            c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn, device=dev)
+            c_scale = torch.empty(I // QB, rows_max, dtype=torch.float32, device=dev)
+            _splitk_swiglu_quant_kernel[(rows_max, I // QB)](part, c, c_scale, n_post, rows_max, I,
+                                                             QB=QB, SPLIT=split, INTERPRET=INTERPRET)
+        BN1 = QB  # the activation groups gemm2 reads
+    else:
+        c, c_scale = _gemm1_fused(cfg, hidden_states, hidden_states_scale, gemm1_weights,
+                                  gemm1_weights_scale, sorted_ids, expert_ids, n_post, T, n_entries,
+                                  I, H, n_m, rows_max, BM, BN1, quant, QB, dev)
     with fib.stage("gemm2"):
         y = torch.empty(n_entries, H, dtype=torch.bfloat16, device=dev)
         _gemm2_combine_kernel[(n_m * (H // BN2),)](
