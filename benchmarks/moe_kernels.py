@@ -156,11 +156,10 @@ def sweep_configs(T):
         return dict(BM=bm, BN1=bn1, BN2=bn2, warps=warps, stages1=st1, stages2=st2, quant=True)
     if T > 1024:
         return [cfg(128, 128, 128, 8, 4, 5), cfg(128, 128, 128, 8, 3, 4), cfg(64, 128, 128, 4, 4, 5)]
-    if T <= 16:  # v5: gemm1 split along K when only a few experts are hit
-        def sk(split, st1=4, st2=4, bn2=64):
-            return dict(cfg(16, 64, bn2, 4, st1, st2), split=split)
-        return [cfg(16, 64, 64, 4, 4, 4), cfg(16, 64, 64, 4, 8, 4), sk(2), sk(4), sk(8), sk(4, st1=6),
-                sk(4, st2=8), sk(4, bn2=32), sk(2, st1=6)]
+    if T <= 16:  # v5: gemm1 and gemm2 split along K when only a few experts are hit
+        def sk(split, split2):
+            return dict(cfg(16, 64, 64, 4, 4, 4), split=split, split2=split2)
+        return [cfg(16, 64, 64, 4, 4, 4), sk(4, 1), sk(4, 2), sk(4, 4), sk(2, 2), sk(8, 2), sk(2, 1)]
     if T > 128:
         return [cfg(32, 64, 64, 4, 4, 4), cfg(64, 64, 64, 4, 4, 4), cfg(64, 64, 128, 4, 4, 4),
                 cfg(32, 64, 128, 4, 4, 4), cfg(64, 128, 128, 4, 3, 3), cfg(128, 128, 128, 8, 4, 5)]

@@ -216,10 +216,12 @@ def test_fused_mid_bucket_interpreted():
     _assert_close(stats, 5e-2)
 
 
-@pytest.mark.parametrize("seed,T,offset,overrides", [(8, 3, 0, {}), (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3})])
+@pytest.mark.parametrize("seed,T,offset,overrides", [
+    (8, 3, 0, {}), (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 3})])
 def test_fused_splitk_path_interpreted(seed, T, offset, overrides):
-    """Tiny T: gemm1 split along K into fp32 partials, summed by the SwiGLU + re-quantization kernel
-    (SPLIT_K=3 over 4 K blocks: uneven ranges, one of them empty)."""
+    """Tiny T: gemm1 split along K into fp32 partials, summed by the SwiGLU + re-quantization kernel;
+    gemm2 split along K, summed by finalize (SPLIT 3 over 4 and 2 K blocks: uneven ranges, and
+    an empty one)."""
     stats = check_in_subprocess("triton_fused", seed, T, offset, overrides)
     _assert_close(stats, 5e-2)
 

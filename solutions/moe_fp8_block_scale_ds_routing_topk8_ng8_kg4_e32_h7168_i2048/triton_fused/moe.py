@@ -10,9 +10,10 @@
   (A bf16-intermediate variant, `quant=False`, widens W2 to bf16 in gemm2: measured 2x slower.)
 - gemm2 multiplies by the routing weight in its epilogue and writes one bf16 row per routed
   (token, slot); a light reduce sums a token's rows in slot order (deterministic, no atomics).
-- up to SPLITK_MAX tokens (1-2 experts hit: too few gemm1 tiles to fill the GPU), gemm1 splits K
-  into SPLIT_K ranges that write fp32 partials, and a small kernel sums them, applies SwiGLU and
-  re-quantizes per 1x128 group (the stage is then called "activation", as in triton_staged).
+- up to SPLITK_MAX tokens (a few experts hit: too few tiles to fill the GPU), gemm1 splits K into
+  SPLIT_K ranges that write fp32 partials, and a small kernel sums them, applies SwiGLU and
+  re-quantizes per 1x128 group (the stage is then called "activation", as in triton_staged);
+  gemm2 splits K into SPLIT_K2 ranges with fp32 partials that the finalize reduce sums.
 Sizes come from the tensor shapes; no host sync (CUDA-graph capturable).
 """
 import os
@@ -33,8 +34,9 @@ ROUTE_TILE_SMALL = 4   # ... for T <= DECODE_MAX (more programs, shorter serial 
 SINGLE_ROUTE_MAX = 16  # up to this many tokens: routing+align in one single-program launch
 DECODE_MAX = 1024   # up to this many tokens: decode tile configurations (v4; was 128)
 SMALL_MAX = 128     # ... of which up to this many: the smallest row blocks (BM=16)
-SPLITK_MAX = 4      # ... and up to this many: gemm1 split along K (too few experts hit to fill the GPU)
+SPLITK_MAX = 8      # ... and up to this many: gemm1/gemm2 split along K (few experts hit: too few tiles)
 SPLIT_K = 4         # K ranges per gemm1 tile in that bucket
+SPLIT_K2 = 2        # ... and per gemm2 tile (fp32 partials, summed by finalize)
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
 # tl.dot also misreads a bf16 operand converted from fp8 in-kernel; under it that dot runs in fp32.
@@ -202,9 +204,8 @@ def _moe_align_scatter_kernel(ids_ptr, chunk_base_ptr, sorted_ids_ptr, n_entries
 
 
 @triton.jit
-def _tile_ids(n_m, n_n, GROUP_M: tl.constexpr):
+def _tile_ids(pid, n_m, n_n, GROUP_M: tl.constexpr):
     """Grouped launch order: GROUP_M row blocks sweep the column tiles together (L2 reuse)."""
-    pid = tl.program_id(0)
     per_group = GROUP_M * n_n
     first_m = (pid // per_group) * GROUP_M
     rows = tl.minimum(n_m - first_m, GROUP_M)
@@ -222,7 +223,7 @@ def _gemm1_swiglu_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, c_ptr, c_scale_
     """C[row, cols] = silu(A W_gate^T) * (A W_up^T) for the BN columns `cols` of one expert;
     QUANT: fp8 out with one scale per row of this tile (quantization group = BN <= QB columns),
     stored block-major at c_scale[pid_n, row]; else bf16 out."""
-    pid_m, pid_n = _tile_ids(n_m, I // BN, GROUP_M)
+    pid_m, pid_n = _tile_ids(tl.program_id(0), n_m, I // BN, GROUP_M)
     if pid_m * BM >= tl.load(n_post_ptr):
         return
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
@@ -303,34 +304,41 @@ def _gemm1_splitk_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, part_ptr, sorte
 
 @triton.jit
 def _splitk_swiglu_quant_kernel(part_ptr, c_ptr, c_scale_ptr, n_post_ptr, n_rows, I,
-                                QB: tl.constexpr, SPLIT: tl.constexpr, INTERPRET: tl.constexpr):
-    """Sum the SPLIT partial G1 rows, c = silu(gate) * up over one 1 x QB group, fp8 re-quantized."""
-    row = tl.program_id(0)
+                                QB: tl.constexpr, BM: tl.constexpr, SPLIT: tl.constexpr,
+                                INTERPRET: tl.constexpr):
+    """Sum the SPLIT partial G1 tiles of BM rows, c = silu(gate) * up over one 1 x QB group,
+    fp8 re-quantized (one program per row block and group: few programs exit empty)."""
+    pid_m = tl.program_id(0)
     grp = tl.program_id(1)
-    if row >= tl.load(n_post_ptr):
+    if pid_m * BM >= tl.load(n_post_ptr):
         return
+    rows = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     cols = grp * QB + tl.arange(0, QB)
-    up = tl.zeros([QB], dtype=tl.float32)
-    gate = tl.zeros([QB], dtype=tl.float32)
+    up = tl.zeros([BM, QB], dtype=tl.float32)
+    gate = tl.zeros([BM, QB], dtype=tl.float32)
     for sp in tl.static_range(SPLIT):
-        base = part_ptr + (sp * n_rows + row).to(tl.int64) * 2 * I
-        up += tl.load(base + cols)
-        gate += tl.load(base + I + cols)
+        base = part_ptr + (sp * n_rows + rows[:, None]) * 2 * I + cols[None, :]
+        up += tl.load(base)
+        gate += tl.load(base + I)
     c = gate / (1.0 + tl.exp(-gate)) * up
-    scale = tl.maximum(tl.max(tl.abs(c), 0), 1e-12) / 448.0
-    tl.store(c_ptr + row.to(tl.int64) * I + cols, _to_fp8(c / scale, INTERPRET))
-    tl.store(c_scale_ptr + grp * n_rows + row, scale)
+    scale = tl.maximum(tl.max(tl.abs(c), 1), 1e-12) / 448.0
+    tl.store(c_ptr + rows[:, None] * I + cols[None, :], _to_fp8(c / scale[:, None], INTERPRET))
+    tl.store(c_scale_ptr + grp * n_rows + rows, scale)
 
 
 @triton.jit
 def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights_ptr,
                           sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_rows, n_entries, N, K, n_m,
                           QB: tl.constexpr, QG: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                          GROUP_M: tl.constexpr, A_FP8: tl.constexpr, INTERPRET: tl.constexpr):
+                          GROUP_M: tl.constexpr, A_FP8: tl.constexpr, INTERPRET: tl.constexpr,
+                          SPLIT: tl.constexpr = 1):
     """y[entry(row), cols] = weight(entry) * C[row] @ dequant(W2[expert])[cols]^T (bf16).
     A_FP8: C is fp8 with one scale per 1xQG group (QG divides QB; fp8 dots);
-    else C is bf16 (QG = QB) and W2 is widened to bf16."""
-    pid_m, pid_n = _tile_ids(n_m, N // BN, GROUP_M)
+    else C is bf16 (QG = QB) and W2 is widened to bf16.
+    SPLIT > 1: the split-th K range only, into fp32 y[split, entry, cols] (finalize sums them)."""
+    pid = tl.program_id(0)
+    split = pid % SPLIT
+    pid_m, pid_n = _tile_ids(pid // SPLIT, n_m, N // BN, GROUP_M)
     if pid_m * BM >= tl.load(n_post_ptr):
         return
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
@@ -338,16 +346,19 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
     entry = tl.load(sorted_ids_ptr + rows)
     live = entry < n_entries
     cols = pid_n * BN + tl.arange(0, BN)
-    kk = tl.arange(0, QG)
+    n_kb = K // QB
+    per = tl.cdiv(n_kb, SPLIT)
+    kb0 = split * per
+    kb1 = tl.minimum(kb0 + per, n_kb)
+    kk = kb0 * QB + tl.arange(0, QG)
     a_ptrs = c_ptr + rows[:, None].to(tl.int64) * K + kk[None, :]
     w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
-    n_kb = K // QB
     ws_ptrs = w_scale_ptr + expert * (N // QB) * n_kb + (cols // QB) * n_kb
     SUB: tl.constexpr = QB // QG
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     # K steps by the weight's scale block QB; with narrower activation groups (QG < QB) each
     # step runs QB // QG dots, so every pipelined step still streams a QB-deep weight tile.
-    for kb in range(0, n_kb):
+    for kb in range(kb0, kb1):
         w_s = tl.load(ws_ptrs + kb)[None, :]
         for g in tl.static_range(SUB):
             a = tl.load(a_ptrs + g * QG)
@@ -362,24 +373,26 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
         a_ptrs += QB
         w_ptrs += QB
     weight = tl.load(weights_ptr + entry, mask=live, other=0.0)
-    tl.store(y_ptr + entry[:, None].to(tl.int64) * N + cols[None, :],
-             (acc * weight[:, None]).to(tl.bfloat16), mask=live[:, None])
+    out = y_ptr + (split * n_entries + entry[:, None]).to(tl.int64) * N + cols[None, :]
+    tl.store(out, (acc * weight[:, None]).to(y_ptr.dtype.element_ty), mask=live[:, None])
 
 
 @triton.jit
-def _finalize_reduce_kernel(y_ptr, ids_ptr, out_ptr, expert_offset, n_local, H,
-                            TOPK: tl.constexpr, BH: tl.constexpr):
-    """out[t] = sum of the token's weighted local rows, in slot order (fp32, then bf16)."""
+def _finalize_reduce_kernel(y_ptr, ids_ptr, out_ptr, expert_offset, n_local, H, n_entries,
+                            TOPK: tl.constexpr, BH: tl.constexpr, SPLIT: tl.constexpr = 1):
+    """out[t] = sum of the token's weighted local rows (and of gemm2's SPLIT K-range partials),
+    in slot order (fp32, then bf16)."""
     t = tl.program_id(0)
     cols = tl.program_id(1) * BH + tl.arange(0, BH)
     k = tl.arange(0, TOPK)
     local = tl.load(ids_ptr + t * TOPK + k) - expert_offset
     hit = (local >= 0) & (local < n_local)
     rows = (t * TOPK + k).to(tl.int64)
-    y = tl.load(y_ptr + rows[:, None] * H + cols[None, :], mask=hit[:, None] & (cols[None, :] < H),
-                other=0.0)
-    tl.store(out_ptr + t.to(tl.int64) * H + cols, tl.sum(y.to(tl.float32), 0).to(tl.bfloat16),
-             mask=cols < H)
+    y = tl.zeros([TOPK, BH], dtype=tl.float32)
+    for sp in tl.static_range(SPLIT):
+        y += tl.load(y_ptr + (sp * n_entries + rows[:, None]) * H + cols[None, :],
+                     mask=hit[:, None] & (cols[None, :] < H), other=0.0).to(tl.float32)
+    tl.store(out_ptr + t.to(tl.int64) * H + cols, tl.sum(y, 0).to(tl.bfloat16), mask=cols < H)
 
 
 def _config(T):
@@ -391,7 +404,8 @@ def _config(T):
     # every decode size tried (T=7..80: 0.157/0.145/0.301/0.310 ms vs 0.167/0.166/0.340/0.346
     # for v3's BM=32, BN1=128); at T=901, BM=32 with BN2=128 (0.486 vs 0.635 for the prefill tiles).
     if T <= SPLITK_MAX:  # v5: 1-2 experts hit; see benchmarks/NOTES.md
-        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True, split=SPLIT_K)
+        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True, split=SPLIT_K,
+                    split2=SPLIT_K2)
     if T <= SMALL_MAX:
         return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
     return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=True)
@@ -412,9 +426,10 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
     consts = dict(E=E, NG=N_GROUPS, KG=TOPK_GROUPS, TOPK=TOPK, TB=ROUTE_TILE)
     if T <= SINGLE_ROUTE_MAX:
         consts["TB"] = min(ROUTE_TILE, triton.next_power_of_2(T))  # no masked rows at T=1, 2, 4, 8
+        warps = SINGLE_ROUTE_WARPS if consts["TB"] > 2 else consts["TB"]  # one token: one warp
         _routing_align_kernel[(1,)](logits, routing_bias, ids, weights, sorted_ids, expert_ids,
                                     n_post, T, float(scaling), expert_offset, n_local,
-                                    BM=BM, EP=EP, **consts, num_warps=SINGLE_ROUTE_WARPS)
+                                    BM=BM, EP=EP, **consts, num_warps=warps)
         return ids, weights, sorted_ids, expert_ids, n_post
     tile = ROUTE_TILE_SMALL if T <= DECODE_MAX else ROUTE_TILE_MULTI
     consts["TB"] = tile
@@ -474,22 +489,25 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
         with fib.stage("activation"):
             c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn, device=dev)
             c_scale = torch.empty(I // QB, rows_max, dtype=torch.float32, device=dev)
-            _splitk_swiglu_quant_kernel[(rows_max, I // QB)](part, c, c_scale, n_post, rows_max, I,
-                                                             QB=QB, SPLIT=split, INTERPRET=INTERPRET)
+            _splitk_swiglu_quant_kernel[(n_m, I // QB)](part, c, c_scale, n_post, rows_max, I, QB=QB,
+                                                        BM=BM, SPLIT=split, INTERPRET=INTERPRET)
         BN1 = QB  # the activation groups gemm2 reads
     else:
         c, c_scale = _gemm1_fused(cfg, hidden_states, hidden_states_scale, gemm1_weights,
                                   gemm1_weights_scale, sorted_ids, expert_ids, n_post, T, n_entries,
                                   I, H, n_m, rows_max, BM, BN1, quant, QB, dev)
-    with fib.stage("gemm2"):
-        y = torch.empty(n_entries, H, dtype=torch.bfloat16, device=dev)
-        _gemm2_combine_kernel[(n_m * (H // BN2),)](
+    split2 = cfg.get("split2", 1)
+    with fib.stage("gemm2"):  # split2 > 1: fp32 partials per K range, summed by finalize
+        y = torch.empty(split2, n_entries, H, dtype=torch.float32 if split2 > 1 else torch.bfloat16,
+                        device=dev)
+        _gemm2_combine_kernel[(n_m * (H // BN2) * split2,)](
             c, c_scale, gemm2_weights, gemm2_weights_scale, y, weights, sorted_ids, expert_ids,
             n_post, rows_max, n_entries, H, I, n_m,
             QB=QB, QG=BN1 if quant else QB, BM=BM, BN=BN2, GROUP_M=8, A_FP8=quant,
-            INTERPRET=INTERPRET,
+            INTERPRET=INTERPRET, SPLIT=split2,
             num_warps=cfg["warps"], num_stages=cfg["stages2"])
     with fib.stage("finalize"):
         BH = min(1024, triton.next_power_of_2(H))
         _finalize_reduce_kernel[(T, triton.cdiv(H, BH))](y, ids, output, local_expert_offset,
-                                                          n_local, H, TOPK=TOPK, BH=BH)
+                                                          n_local, H, n_entries, TOPK=TOPK, BH=BH,
+                                                          SPLIT=split2)
