@@ -35,7 +35,7 @@ SINGLE_ROUTE_MAX = 16  # up to this many tokens: routing+align in one single-pro
 DECODE_MAX = 1024   # up to this many tokens: decode tile configurations (v4; was 128)
 SMALL_MAX = 128     # ... of which up to this many: the smallest row blocks (BM=16)
 SPLITK_MAX = 8      # ... and up to this many: gemm1/gemm2 split along K (few experts hit: too few tiles)
-SPLIT_K = 4         # K ranges per gemm1 tile in that bucket
+SPLIT_K = 2         # K ranges per gemm1 tile in that bucket
 SPLIT_K2 = 2        # ... and per gemm2 tile (fp32 partials, summed by finalize)
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
@@ -403,7 +403,10 @@ def _config(T):
     # over 64-wide activation groups, BN1=64 (32 gemm1 programs per expert) and BM=16 won at
     # every decode size tried (T=7..80: 0.157/0.145/0.301/0.310 ms vs 0.167/0.166/0.340/0.346
     # for v3's BM=32, BN1=128); at T=901, BM=32 with BN2=128 (0.486 vs 0.635 for the prefill tiles).
-    if T <= SPLITK_MAX:  # v5: 1-2 experts hit; see benchmarks/NOTES.md
+    # v5 sweep (H200, graph ms): at T=1 (2 experts hit) gemm1/gemm2 split 2/2 0.048 vs 0.063
+    # unsplit (gemm1 36 -> ~20 us); T=7 equal (0.103); from T=14 splitting loses (T=16: 0.207 vs
+    # 0.219+): enough experts are hit to fill the GPU.
+    if T <= SPLITK_MAX:
         return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True, split=SPLIT_K,
                     split2=SPLIT_K2)
     if T <= SMALL_MAX:
