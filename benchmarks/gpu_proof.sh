@@ -67,12 +67,16 @@ if [ "$P" = F ]; then  # control for the torch-vs-nsys agreement: each backend a
 fi
 if [ "$P" = B ]; then
   W="--workloads seq_len=7 seq_len=80 seq_len=901 seq_len=14107"
+  [ -n "${FIB_PROOF_W:-}" ] && W="--workloads $FIB_PROOF_W"
   python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \
     $W --backend nsys --iterations 10 --output $R/prof_nsys 2>&1 | tail -5
-  $FIB_NSYS stats --report nvtx_kern_sum --format csv -o $R/prof_nsys/profile/stats \
-    $R/prof_nsys/profile/capture.nsys-rep > /dev/null 2>&1
+  $FIB_NSYS stats --force-export=true --report nvtx_kern_sum --format csv -o $R/prof_nsys/profile/stats \
+    $R/prof_nsys/profile/capture.nsys-rep > $R/prof_nsys/profile/nsys_stats.log 2>&1 || tail -5 $R/prof_nsys/profile/nsys_stats.log
   python3 -m fib.profile.verify $R/prof_nsys/profile/capture.sqlite \
     --nvtx-kern-sum $R/prof_nsys/profile/stats_nvtx_kern_sum.csv 2>&1 | tail -25
+  if [ "${FIB_PROOF_VERIFY_ONLY:-0}" = 1 ]; then
+    rm -f $R/prof_nsys/profile/capture.nsys-rep; cd $OUT && tar czf proof-$P.tar.gz proof && rm -rf proof; exit 0
+  fi
   python3 -m fib profile --definitions $DS --solutions torch_eager triton_staged triton_fused \
     $W --backend torch --iterations 10 --output $R/prof_torch 2>&1 | tail -3
   python3 benchmarks/profile_backends_agree.py $R/prof_nsys $R/prof_torch --output $R/torch_vs_nsys.csv 2>&1 | tail -2

@@ -160,12 +160,12 @@ def sweep_configs(T):
         def sk(split, split2):
             return dict(cfg(16, 64, 64, 4, 4, 4), split=split, split2=split2)
         return [cfg(16, 64, 64, 4, 4, 4), sk(4, 1), sk(4, 2), sk(4, 4), sk(2, 2), sk(8, 2), sk(2, 1)]
+    def rq(c):  # v6: bf16 C from gemm1, 1x128 re-quantization inside gemm2
+        return dict(c, quant=False, requant2=True)
     if T > 128:
-        return [cfg(32, 64, 64, 4, 4, 4), cfg(64, 64, 64, 4, 4, 4), cfg(64, 64, 128, 4, 4, 4),
-                cfg(32, 64, 128, 4, 4, 4), cfg(64, 128, 128, 4, 3, 3), cfg(128, 128, 128, 8, 4, 5)]
-    return [cfg(16, 64, 64, 4, 4, 4), cfg(32, 64, 64, 4, 4, 4), cfg(32, 64, 64, 4, 5, 5),
-            cfg(32, 64, 64, 4, 3, 3), cfg(32, 64, 64, 8, 4, 4), cfg(32, 128, 64, 4, 4, 4),
-            cfg(32, 64, 128, 4, 4, 4), cfg(16, 64, 64, 4, 6, 6)]
+        return [cfg(32, 64, 128, 4, 4, 4), rq(cfg(32, 64, 128, 4, 4, 4)), rq(cfg(32, 64, 64, 4, 4, 4))]
+    return [cfg(16, 64, 64, 4, 4, 4), rq(cfg(16, 64, 64, 4, 4, 4)), rq(cfg(16, 64, 128, 4, 4, 4)),
+            rq(cfg(16, 32, 64, 4, 4, 4))]
 
 
 def main():

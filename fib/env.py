@@ -66,11 +66,14 @@ def git_info(path: Path) -> dict:
             return out.stdout.strip() if out.returncode == 0 else None
         except (OSError, subprocess.TimeoutExpired):
             return None
+    import os
+    if os.environ.get("FIB_GIT_COMMIT"):
+        # The sender says which commit this tree is (a working tree shipped to a GPU machine may
+        # carry a stale .git of its own: a run there once recorded the session's first commit).
+        return {"commit": os.environ["FIB_GIT_COMMIT"], "branch": os.environ.get("FIB_GIT_BRANCH"),
+                "dirty": None, "source": "FIB_GIT_COMMIT"}
     commit = git("rev-parse", "HEAD")
-    if commit is None:
-        # A copy without .git (e.g. a working tree shipped to a GPU machine): the sender may say.
-        import os
-        return {"commit": os.environ.get("FIB_GIT_COMMIT"), "branch": os.environ.get("FIB_GIT_BRANCH"),
-                "dirty": None, "source": "FIB_GIT_COMMIT" if os.environ.get("FIB_GIT_COMMIT") else None}
+    if commit is None:  # a copy without .git, and nobody said
+        return {"commit": None, "branch": None, "dirty": None, "source": None}
     return {"commit": commit, "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}

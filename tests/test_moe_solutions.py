@@ -226,6 +226,12 @@ def test_fused_splitk_path_interpreted(seed, T, offset, overrides):
     _assert_close(stats, 5e-2)
 
 
+def test_fused_requant_in_gemm2_interpreted():
+    """Decode variant: bf16 C from gemm1, 1x128 fp8 re-quantization inside gemm2's K loop."""
+    stats = check_in_subprocess("triton_fused", 10, 12, 16, {"REQUANT_IN_GEMM2": True})
+    _assert_close(stats, 5e-2)
+
+
 def test_fused_prefill_path_interpreted():
     """T above the decode bucket: 128-wide tiles, multi-program routing, 1x128 fp8 groups."""
     stats = check_in_subprocess("triton_fused", 2, 33, 0, {"DECODE_MAX": 0, "SINGLE_ROUTE_MAX": 0,

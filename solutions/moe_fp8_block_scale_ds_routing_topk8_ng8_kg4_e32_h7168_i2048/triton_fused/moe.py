@@ -7,7 +7,8 @@
   and the fp8 re-quantization in its epilogue (quantization group = the tile's BN columns: 64 up
   to DECODE_MAX tokens, so more programs stream the weights; 128 above); gemm2 steps K by the
   weight's 128-block with one dot per activation group.
-  (A bf16-intermediate variant, `quant=False`, widens W2 to bf16 in gemm2: measured 2x slower.)
+  (A bf16-intermediate variant, `quant=False`, widens W2 to bf16 in gemm2: measured 2x slower;
+  REQUANT_IN_GEMM2 keeps C bf16 and re-quantizes each 1x128 group in gemm2's registers.)
 - gemm2 multiplies by the routing weight in its epilogue and writes one bf16 row per routed
   (token, slot); a light reduce sums a token's rows in slot order (deterministic, no atomics).
 - up to SPLITK_MAX tokens (a few experts hit: too few tiles to fill the GPU), gemm1 splits K into
@@ -37,6 +38,7 @@ SMALL_MAX = 128     # ... of which up to this many: the smallest row blocks (BM=
 SPLITK_MAX = 8      # ... and up to this many: gemm1/gemm2 split along K (few experts hit: too few tiles)
 SPLIT_K = 2         # K ranges per gemm1 tile in that bucket
 SPLIT_K2 = 2        # ... and per gemm2 tile (fp32 partials, summed by finalize)
+REQUANT_IN_GEMM2 = False  # decode above SPLITK_MAX: gemm1 stores bf16 C, gemm2 re-quantizes 1x128
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
 # tl.dot also misreads a bf16 operand converted from fp8 in-kernel; under it that dot runs in fp32.
@@ -330,11 +332,14 @@ def _splitk_swiglu_quant_kernel(part_ptr, c_ptr, c_scale_ptr, n_post_ptr, n_rows
 def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights_ptr,
                           sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_rows, n_entries, N, K, n_m,
                           QB: tl.constexpr, QG: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                          GROUP_M: tl.constexpr, A_FP8: tl.constexpr, INTERPRET: tl.constexpr,
+                          GROUP_M: tl.constexpr, A_MODE: tl.constexpr, INTERPRET: tl.constexpr,
                           SPLIT: tl.constexpr = 1):
     """y[entry(row), cols] = weight(entry) * C[row] @ dequant(W2[expert])[cols]^T (bf16).
-    A_FP8: C is fp8 with one scale per 1xQG group (QG divides QB; fp8 dots);
-    else C is bf16 (QG = QB) and W2 is widened to bf16.
+    A_MODE 0: C is fp8 with one scale per 1xQG group (QG divides QB; fp8 dots);
+    1: C is bf16 (QG = QB) and W2 is widened to bf16;
+    2: C is bf16 (QG = QB) and each 1xQB group is re-quantized to fp8 here, in registers (amax /
+    448, as gemm1's epilogue would), so gemm1 can use narrow tiles and gemm2 still runs one fp8 dot
+    per QB-deep step.
     SPLIT > 1: the split-th K range only, into fp32 y[split, entry, cols] (finalize sums them)."""
     pid = tl.program_id(0)
     split = pid % SPLIT
@@ -363,9 +368,13 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
         for g in tl.static_range(SUB):
             a = tl.load(a_ptrs + g * QG)
             w = tl.load(w_ptrs + g * QG)
-            if A_FP8:
+            if A_MODE == 0:
                 a_s = tl.load(c_scale_ptr + (kb * SUB + g) * n_rows + rows)[:, None]
                 acc += tl.dot(a, w) * (a_s * w_s)
+            elif A_MODE == 2:
+                af = a.to(tl.float32)
+                a_s = tl.maximum(tl.max(tl.abs(af), 1), 1e-12) / 448.0
+                acc += tl.dot(_to_fp8(af / a_s[:, None], INTERPRET), w) * (a_s[:, None] * w_s)
             elif INTERPRET:
                 acc += tl.dot(a.to(tl.float32), w.to(tl.float32)) * w_s
             else:
@@ -409,9 +418,10 @@ def _config(T):
     if T <= SPLITK_MAX:
         return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True, split=SPLIT_K,
                     split2=SPLIT_K2)
+    q = dict(quant=False, requant2=True) if REQUANT_IN_GEMM2 else dict(quant=True)
     if T <= SMALL_MAX:
-        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
-    return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=True)
+        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, **q)
+    return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, **q)
 
 
 def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_local, BM):
@@ -506,8 +516,8 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
         _gemm2_combine_kernel[(n_m * (H // BN2) * split2,)](
             c, c_scale, gemm2_weights, gemm2_weights_scale, y, weights, sorted_ids, expert_ids,
             n_post, rows_max, n_entries, H, I, n_m,
-            QB=QB, QG=BN1 if quant else QB, BM=BM, BN=BN2, GROUP_M=8, A_FP8=quant,
-            INTERPRET=INTERPRET, SPLIT=split2,
+            QB=QB, QG=BN1 if quant else QB, BM=BM, BN=BN2, GROUP_M=8,
+            A_MODE=0 if quant else (2 if cfg.get("requant2") else 1), INTERPRET=INTERPRET, SPLIT=split2,
             num_warps=cfg["warps"], num_stages=cfg["stages2"])
     with fib.stage("finalize"):
         BH = min(1024, triton.next_power_of_2(H))
