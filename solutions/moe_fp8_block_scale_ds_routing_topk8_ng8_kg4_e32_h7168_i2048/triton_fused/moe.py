@@ -4,9 +4,10 @@
   the scatter run in ONE single-program kernel; above, routing+count per token tile, then a scan
   and a scatter (3 launches).
 - gemm1 computes the up and the gate tile of the same columns in one program and applies SwiGLU
-  and the fp8 re-quantization in its epilogue (quantization group = the tile's BN columns: 64 up
-  to DECODE_MAX tokens, so more programs stream the weights; 128 above); gemm2 steps K by the
-  weight's 128-block with one dot per activation group.
+  in its epilogue. Up to SMALL_MAX tokens it stores C in bf16 and gemm2 re-quantizes each 1x128
+  group to fp8 in registers (REQUANT_IN_GEMM2); above, gemm1's epilogue quantizes C to fp8 per
+  tile-wide group (64 up to DECODE_MAX tokens, so more programs stream the weights; 128 above)
+  and gemm2 steps K by the weight's 128-block with one dot per activation group.
   (A bf16-intermediate variant, `quant=False`, widens W2 to bf16 in gemm2: measured 2x slower;
   REQUANT_IN_GEMM2 keeps C bf16 and re-quantizes each 1x128 group in gemm2's registers.)
 - gemm2 multiplies by the routing weight in its epilogue and writes one bf16 row per routed
@@ -38,7 +39,7 @@ SMALL_MAX = 128     # ... of which up to this many: the smallest row blocks (BM=
 SPLITK_MAX = 8      # ... and up to this many: gemm1/gemm2 split along K (few experts hit: too few tiles)
 SPLIT_K = 2         # K ranges per gemm1 tile in that bucket
 SPLIT_K2 = 2        # ... and per gemm2 tile (fp32 partials, summed by finalize)
-REQUANT_IN_GEMM2 = False  # decode above SPLITK_MAX: gemm1 stores bf16 C, gemm2 re-quantizes 1x128
+REQUANT_IN_GEMM2 = True  # SPLITK_MAX < T <= SMALL_MAX: gemm1 stores bf16 C, gemm2 re-quantizes 1x128
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
 # tl.dot also misreads a bf16 operand converted from fp8 in-kernel; under it that dot runs in fp32.
@@ -418,10 +419,14 @@ def _config(T):
     if T <= SPLITK_MAX:
         return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True, split=SPLIT_K,
                     split2=SPLIT_K2)
-    q = dict(quant=False, requant2=True) if REQUANT_IN_GEMM2 else dict(quant=True)
+    # v6 sweep (H200, graph ms): up to 128 tokens, bf16 C re-quantized inside gemm2 with BN2=128
+    # beat fp8 C from gemm1's epilogue (64-wide groups, BN2=64) by 2-4% (T=32: 0.271 vs 0.282,
+    # 52: 0.277 vs 0.286, 59: 0.280 vs 0.288, 80: 0.253 vs 0.260); at 901 it lost (0.509 vs 0.491).
     if T <= SMALL_MAX:
-        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, **q)
-    return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, **q)
+        if REQUANT_IN_GEMM2:
+            return dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=False, requant2=True)
+        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
+    return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=True)
 
 
 def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_local, BM):
