@@ -218,6 +218,28 @@ def _tile_ids(pid, n_m, n_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n, n_entries, TOPK: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr):
+    """One tile's expert, its BM sorted rows, their entries (live: not padding), the tokens the
+    entries came from, and the tile's BN columns."""
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    rows = pid_m * BM + tl.arange(0, BM)
+    entry = tl.load(sorted_ids_ptr + rows)
+    live = entry < n_entries
+    token = tl.where(live, entry // TOPK, 0).to(tl.int64)
+    cols = pid_n * BN + tl.arange(0, BN)
+    return expert, rows, entry, live, token, cols
+
+
+@triton.jit
+def _k_range(split, n_kb, SPLIT: tl.constexpr):
+    """The K blocks [kb0, kb1) of the split-th of SPLIT ranges (the last ones may be short or empty)."""
+    per = tl.cdiv(n_kb, SPLIT)
+    kb0 = split * per
+    return kb0, tl.minimum(kb0 + per, n_kb)
+
+
+@triton.jit
 def _gemm1_swiglu_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, c_ptr, c_scale_ptr,
                          sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_tokens, n_entries, I, K,
                          n_m, n_rows,
@@ -229,12 +251,8 @@ def _gemm1_swiglu_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, c_ptr, c_scale_
     pid_m, pid_n = _tile_ids(tl.program_id(0), n_m, I // BN, GROUP_M)
     if pid_m * BM >= tl.load(n_post_ptr):
         return
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    rows = pid_m * BM + tl.arange(0, BM)
-    entry = tl.load(sorted_ids_ptr + rows)
-    live = entry < n_entries
-    token = tl.where(live, entry // TOPK, 0).to(tl.int64)
-    cols = pid_n * BN + tl.arange(0, BN)
+    expert, rows, entry, live, token, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                        n_entries, TOPK, BM, BN)
     kk = tl.arange(0, QB)
     a_ptrs = a_ptr + token[:, None] * K + kk[None, :]
     up_ptrs = w_ptr + expert * 2 * I * K + cols[None, :].to(tl.int64) * K + kk[:, None]
@@ -279,16 +297,10 @@ def _gemm1_splitk_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, part_ptr, sorte
     pid_n = tile % n_n
     if pid_m * BM >= tl.load(n_post_ptr):
         return
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    rows = pid_m * BM + tl.arange(0, BM)
-    entry = tl.load(sorted_ids_ptr + rows)
-    live = entry < n_entries
-    token = tl.where(live, entry // TOPK, 0).to(tl.int64)
-    cols = pid_n * BN + tl.arange(0, BN)
+    expert, rows, entry, live, token, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                        n_entries, TOPK, BM, BN)
     n_kb = K // QB
-    per = tl.cdiv(n_kb, SPLIT)
-    kb0 = split * per
-    kb1 = tl.minimum(kb0 + per, n_kb)
+    kb0, kb1 = _k_range(split, n_kb, SPLIT)
     kk = kb0 * QB + tl.arange(0, QB)
     a_ptrs = a_ptr + token[:, None] * K + kk[None, :]
     w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
@@ -347,15 +359,10 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
     pid_m, pid_n = _tile_ids(pid // SPLIT, n_m, N // BN, GROUP_M)
     if pid_m * BM >= tl.load(n_post_ptr):
         return
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    rows = pid_m * BM + tl.arange(0, BM)
-    entry = tl.load(sorted_ids_ptr + rows)
-    live = entry < n_entries
-    cols = pid_n * BN + tl.arange(0, BN)
+    expert, rows, entry, live, _, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                    n_entries, 1, BM, BN)
     n_kb = K // QB
-    per = tl.cdiv(n_kb, SPLIT)
-    kb0 = split * per
-    kb1 = tl.minimum(kb0 + per, n_kb)
+    kb0, kb1 = _k_range(split, n_kb, SPLIT)
     kk = kb0 * QB + tl.arange(0, QG)
     a_ptrs = c_ptr + rows[:, None].to(tl.int64) * K + kk[None, :]
     w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
