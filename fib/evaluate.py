@@ -302,8 +302,22 @@ class Evaluator:
     def _copies(self, inputs, device) -> int:
         if self.settings.input_copies > 0:
             return self.settings.input_copies
-        size = max(1, input_bytes(inputs))
-        budget = 2 * 2**30 if device.startswith("cuda") else 256 * 2**20
-        return int(max(1, min(4, budget // size)))
+        return input_copies_for(input_bytes(inputs), device_memory_bytes(device))
 
 
+
+
+def device_memory_bytes(device: str) -> int | None:
+    """Total memory of a CUDA device (None elsewhere)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    return None
+
+
+def input_copies_for(size: int, device_memory: int | None, most: int = 4) -> int:
+    """How many input sets to rotate while timing: up to `most`, within a memory budget of 10% of
+    the device's memory (at least 2 GiB; 256 MiB on a CPU). Rotation keeps consecutive calls off
+    the same buffers; the DeepSeek inputs (1.4 GB of weights) get 4 sets on an 80-141 GB GPU where a
+    fixed 2 GiB budget allowed only one."""
+    budget = max(2 * 2**30, device_memory // 10) if device_memory else 256 * 2**20
+    return int(max(1, min(most, budget // max(1, size))))

@@ -268,3 +268,13 @@ def test_attribution_splits_the_timeline_at_flushes_when_launches_are_unseen():
     kernel_ms, span_ms = attribute_device_time(records, 2)
     assert kernel_ms == [150 / 1e6, 90 / 1e6]
     assert span_ms == [160 / 1e6, 90 / 1e6]
+
+
+def test_input_copies_scale_with_device_memory():
+    from fib.evaluate import input_copies_for
+    ds = 1_430_000_000  # the DeepSeek inputs: 1.4 GB, mostly expert weights
+    assert input_copies_for(ds, 141 * 2**30) == 4    # H200: 14 GB budget
+    assert input_copies_for(ds, 80 * 2**30) == 4     # H100: 8 GB
+    assert input_copies_for(ds, 16 * 2**30) == 1     # small GPU: the 2 GiB floor, one set
+    assert input_copies_for(10 * 2**20, None) == 4   # CPU, small inputs
+    assert input_copies_for(200 * 2**20, None) == 1  # CPU, 256 MiB budget
