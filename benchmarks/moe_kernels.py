@@ -235,13 +235,7 @@ def main():
             fused = mods["triton_fused"]
             base = fused._config
             for cfg in sweep_configs(T):
-                # "mod.NAME" keys set module constants (e.g. the routing kernel's warps) for this cfg
-                saved = {k[4:]: getattr(fused, k[4:]) for k in cfg if k.startswith("mod.")}
-                for k, v in cfg.items():
-                    if k.startswith("mod."):
-                        setattr(fused, k[4:], v)
-                tiles = {k: v for k, v in cfg.items() if not k.startswith("mod.")}
-                fused._config = lambda _T, c=tiles: dict(c)
+                fused._config = lambda _T, c=cfg: dict(c)
                 out = torch.empty((T, H), dtype=torch.bfloat16, device="cuda")
                 try:
                     fn = lambda o=out: fused.run(*inputs, o)
@@ -251,8 +245,6 @@ def main():
                 except Exception as exc:  # noqa: BLE001
                     results["sweep"].append(dict(T=T, cfg=cfg, error=str(exc)[:300]))
                 print("sweep", results["sweep"][-1], flush=True)
-                for k, v in saved.items():
-                    setattr(fused, k, v)
             fused._config = base
         if T in args.profile:
             from torch.profiler import ProfilerActivity, profile

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -66,7 +67,6 @@ def git_info(path: Path) -> dict:
             return out.stdout.strip() if out.returncode == 0 else None
         except (OSError, subprocess.TimeoutExpired):
             return None
-    import os
     if os.environ.get("FIB_GIT_COMMIT"):
         # The sender says which commit this tree is (a working tree shipped to a GPU machine may
         # carry a stale .git of its own: a run there once recorded the session's first commit).

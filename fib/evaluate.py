@@ -305,8 +305,6 @@ class Evaluator:
         return input_copies_for(input_bytes(inputs), device_memory_bytes(device))
 
 
-
-
 def device_memory_bytes(device: str) -> int | None:
     """Total memory of a CUDA device (None elsewhere)."""
     if device.startswith("cuda") and torch.cuda.is_available():

@@ -52,7 +52,6 @@ def test_build_spec(tmp_path):
     assert json.loads(json.dumps(spec))["solutions"] == ["a", "b"]
 
 
-
 def test_backend_both_is_refused_with_the_reason_it_cannot_work():
     with pytest.raises(FibError) as info:
         driver.resolve_backend("both")

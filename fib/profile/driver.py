@@ -104,7 +104,6 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
     (profile_dir / "child.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     result = _read_result(Path(spec["result"]), cmd, proc)
     rules = StageRules.from_stages([s for stages in result.get("stages", {}).values() for s in stages])
-    axes = {p["workload"]: p["axes"] for p in result["pairs"]}
     if backend == "nsys":
         report = nsys_mod.find_report(out)
         sqlite = nsys_mod.export_sqlite(nsys, report)
@@ -113,6 +112,7 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
     else:
         instances, calls = load_torch_trace(spec["trace"], rules)
         meta.update(trace=spec["trace"])
+    axes = {p["workload"]: p["axes"] for p in result["pairs"]}
     tables = write_tables(profile_dir, instances, calls, axes)
     meta.update(command=shlex.join(cmd), calls_per_pair={f"{p['solution']}/{p['workload']}": p["calls"]
                                                           for p in result["pairs"]},
