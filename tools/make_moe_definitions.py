@@ -38,8 +38,8 @@ REFERENCE_FRAGMENTS = {
     "softmax_bf16": ("common", "routing", "experts", "reference_softmax_bf16"),
 }
 GENERATOR_FRAGMENTS = {
-    "ds": ("common", "rng", "quantize", "synth", "generator_ds"),
-    "softmax_fp8": ("common", "rng", "quantize", "synth", "generator_softmax_fp8"),
+    "ds": ("common", "rng", "quantize", "synth", "fp8_layer", "generator_ds"),
+    "softmax_fp8": ("common", "rng", "quantize", "synth", "fp8_layer", "generator_softmax_fp8"),
     "softmax_bf16": ("common", "rng", "synth", "generator_softmax_bf16"),
 }
 

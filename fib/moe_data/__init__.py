@@ -14,6 +14,7 @@ Fragments:
   rng.py               a counter-based hash RNG, identical on CPU and CUDA
   quantize.py          FP8 quantisation per 128x128 weight block and per 1x128 token group
   synth.py             realistic routing logits, activations and expert weights
+  fp8_layer.py         the FP8 hidden states and expert stacks every FP8 generator makes alike
   generator_*.py       `generate(axes, scalars, generator, device)` of each family
 """
 from __future__ import annotations

@@ -9,17 +9,8 @@ def generate(axes, scalars, generator, device):
     experts, local = axes["num_experts"], axes["num_local_experts"]
     seed = draw_seed(generator)
     popularity = expert_popularity(experts, generator, device)
-    hidden_states, hidden_states_scale = quantize_token_groups(
-        activations(tokens, hidden, stream_key(seed, 3), device))
-    gemm1_weights, gemm1_weights_scale = fp8_expert_stack(local, 2 * inter, hidden, stream_key(WEIGHTS_KEY, 4), device)
-    gemm2_weights, gemm2_weights_scale = fp8_expert_stack(local, hidden, inter, stream_key(WEIGHTS_KEY, 5), device)
     return {
         "routing_logits": routing_logits(tokens, popularity, stream_key(seed, 1), device),
         "routing_bias": (normal((experts,), stream_key(seed, 2), device) * ROUTING_BIAS_STD).to(torch.bfloat16),
-        "hidden_states": hidden_states,
-        "hidden_states_scale": hidden_states_scale,
-        "gemm1_weights": gemm1_weights,
-        "gemm1_weights_scale": gemm1_weights_scale,
-        "gemm2_weights": gemm2_weights,
-        "gemm2_weights_scale": gemm2_weights_scale,
+        **fp8_layer_inputs(tokens, hidden, inter, local, seed, device),
     }
