@@ -36,24 +36,19 @@ def run(routing_logits, hidden_states, hidden_states_scale, gemm1_weights, gemm1
         token_of_row = order // TOP_K
         rows = _dequant_tokens(hidden_states, hidden_states_scale).index_select(0, token_of_row)
         counts = torch.bincount(flat_ids, minlength=num_experts).tolist()
+    bounds = [(expert, sum(counts[:expert]), count) for expert, count in enumerate(counts) if count]
     with fib.stage("gemm1"):
         gemm1 = torch.empty(rows.shape[0], gemm1_out, dtype=torch.bfloat16, device=rows.device)
-        start = 0
-        for expert, count in enumerate(counts):
-            if count:
-                w13 = _dequant_weight(gemm1_weights[expert], gemm1_weights_scale[expert])
-                torch.matmul(rows[start:start + count], w13.t(), out=gemm1[start:start + count])
-            start += count
+        for expert, start, count in bounds:
+            w13 = _dequant_weight(gemm1_weights[expert], gemm1_weights_scale[expert])
+            torch.matmul(rows[start:start + count], w13.t(), out=gemm1[start:start + count])
     with fib.stage("activation"):
         act = torch.nn.functional.silu(gemm1[:, inter:]) * gemm1[:, :inter]
     with fib.stage("gemm2"):
-        down = torch.empty(rows.shape[0], rows.shape[1], dtype=torch.bfloat16, device=rows.device)
-        start = 0
-        for expert, count in enumerate(counts):
-            if count:
-                w2 = _dequant_weight(gemm2_weights[expert], gemm2_weights_scale[expert])
-                torch.matmul(act[start:start + count], w2.t(), out=down[start:start + count])
-            start += count
+        down = torch.empty(rows.shape, dtype=torch.bfloat16, device=rows.device)
+        for expert, start, count in bounds:
+            w2 = _dequant_weight(gemm2_weights[expert], gemm2_weights_scale[expert])
+            torch.matmul(act[start:start + count], w2.t(), out=down[start:start + count])
     with fib.stage("finalize"):
         weighted = down.float() * topk_weights.flatten().index_select(0, order).unsqueeze(1)
         total = torch.zeros(output.shape, dtype=torch.float32, device=output.device)
