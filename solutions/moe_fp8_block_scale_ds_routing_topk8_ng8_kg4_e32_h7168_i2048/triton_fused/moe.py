@@ -40,6 +40,12 @@ SPLITK_MAX = 8      # ... and up to this many: gemm1/gemm2 split along K (few ex
 SPLIT_K = 2         # K ranges per gemm1 tile in that bucket
 SPLIT_K2 = 2        # ... and per gemm2 tile (fp32 partials, summed by finalize)
 REQUANT_IN_GEMM2 = True  # SPLITK_MAX < T <= SMALL_MAX: gemm1 stores bf16 C, gemm2 re-quantizes 1x128
+# T <= SPLITK_MAX, where SwiGLU runs once gemm1's split-K partials are summed (v7):
+# "gemm1": gemm1's last-arriving program per tile pair sums, applies SwiGLU, stores bf16 C (gemm2
+# re-quantizes per 1x128 group); "gemm2": gemm2 sums the partials, SwiGLU + re-quantization in its
+# A load; None: a separate activation kernel (v5/v6)
+ACT_FUSED = "gemm2"
+FINALIZE_IN_GEMM2 = True  # ... and gemm2's last program per column tile does the finalize (v7)
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
 # tl.dot also misreads a bf16 operand converted from fp8 in-kernel; under it that dot runs in fp32.
@@ -132,9 +138,21 @@ def _align_offsets(total, sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_entries,
 def _routing_align_kernel(logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr,
                           expert_ids_ptr, n_post_ptr, T, scaling, expert_offset, n_local,
                           E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr,
-                          TB: tl.constexpr, BM: tl.constexpr, EP: tl.constexpr):
-    """Decode: the whole routing + moe_align in one program (one launch instead of four)."""
+                          TB: tl.constexpr, BM: tl.constexpr, EP: tl.constexpr,
+                          ONE_TILE: tl.constexpr):
+    """Decode: the whole routing + moe_align in one program (one launch instead of four).
+    ONE_TILE (T <= TB): the ids stay in registers between routing and the scatter."""
     NE: tl.constexpr = TB * TOPK
+    if ONE_TILE:
+        ids, live = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, 0, T, scaling,
+                                E, NG, KG, TOPK, TB)
+        entry = tl.arange(0, NE)
+        onehot = _onehot(ids, entry < T * TOPK, expert_offset, n_local, EP, NE)
+        start = _align_offsets(tl.sum(onehot, 0), sorted_ids_ptr, expert_ids_ptr, n_post_ptr,
+                               T * TOPK, n_local, BM, EP, 128)
+        pos = tl.sum(onehot * (start[None, :] + tl.cumsum(onehot, 0) - 1), 1)
+        tl.store(sorted_ids_ptr + pos, entry, mask=tl.sum(onehot, 1) > 0)
+        return
     total = tl.zeros([EP], dtype=tl.int32)
     for t0 in range(0, T, TB):
         ids, live = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, t0, T, scaling,
@@ -286,9 +304,14 @@ def _gemm1_swiglu_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, c_ptr, c_scale_
 def _gemm1_splitk_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, part_ptr, sorted_ids_ptr,
                          expert_ids_ptr, n_post_ptr, n_tokens, n_entries, N, K, n_m, n_rows,
                          TOPK: tl.constexpr, QB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                         SPLIT: tl.constexpr):
+                         SPLIT: tl.constexpr, count_ptr=None, c_ptr=None,
+                         FUSE_ACT: tl.constexpr = False):
     """Tiny T: part[split, row, cols] = the split-th K range of A W13^T (fp32). SPLIT programs per
-    tile put all SMs on the weight stream when only a few experts are hit."""
+    tile put all SMs on the weight stream when only a few experts are hit.
+    FUSE_ACT: the last of the 2 x SPLIT programs that cover a row block's up tile j and gate tile j
+    (arrivals counted on count[pid_m, j], acq_rel, after a barrier over the stores) sums the
+    partials, applies SwiGLU and stores bf16 C[rows, j-th BN columns] (zero for padding rows),
+    then resets its count; gemm2 re-quantizes C per 1x128 group (A_MODE 2)."""
     pid = tl.program_id(0)
     split = pid % SPLIT
     tile = pid // SPLIT
@@ -315,6 +338,22 @@ def _gemm1_splitk_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, part_ptr, sorte
         w_ptrs += QB
     out = part_ptr + (split * n_rows + rows[:, None]).to(tl.int64) * N + cols[None, :]
     tl.store(out, acc)
+    if FUSE_ACT:
+        n_j = n_n // 2
+        j = pid_n % n_j
+        tl.debug_barrier()  # every thread's partial is stored before the arrival is counted
+        arrived = tl.atomic_add(count_ptr + pid_m * n_j + j, 1, sem="acq_rel", scope="gpu")
+        if arrived == 2 * SPLIT - 1:  # the last one in: both halves of every split are visible
+            cj = j * BN + tl.arange(0, BN)
+            up = tl.zeros([BM, BN], dtype=tl.float32)
+            gate = tl.zeros([BM, BN], dtype=tl.float32)
+            for sp in tl.static_range(SPLIT):
+                base = part_ptr + (sp * n_rows + rows[:, None]).to(tl.int64) * N + cj[None, :]
+                up += tl.load(base, mask=live[:, None], other=0.0, cache_modifier=".cg")
+                gate += tl.load(base + N // 2, mask=live[:, None], other=0.0, cache_modifier=".cg")
+            c = gate / (1.0 + tl.exp(-gate)) * up
+            tl.store(c_ptr + rows[:, None].to(tl.int64) * (N // 2) + cj[None, :], c.to(tl.bfloat16))
+            tl.store(count_ptr + pid_m * n_j + j, 0)  # ready for the next call (stream order)
 
 
 @triton.jit
@@ -346,25 +385,45 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
                           sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_rows, n_entries, N, K, n_m,
                           QB: tl.constexpr, QG: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                           GROUP_M: tl.constexpr, A_MODE: tl.constexpr, INTERPRET: tl.constexpr,
-                          SPLIT: tl.constexpr = 1):
+                          SPLIT: tl.constexpr = 1, SPLIT_A: tl.constexpr = 1,
+                          count_ptr=None, ids_ptr=None, out_ptr=None, T=0, expert_offset=0,
+                          n_local=0, FUSE_FIN: tl.constexpr = False, TT: tl.constexpr = 1,
+                          TOPK: tl.constexpr = 1):
     """y[entry(row), cols] = weight(entry) * C[row] @ dequant(W2[expert])[cols]^T (bf16).
     A_MODE 0: C is fp8 with one scale per 1xQG group (QG divides QB; fp8 dots);
     1: C is bf16 (QG = QB) and W2 is widened to bf16;
     2: C is bf16 (QG = QB) and each 1xQB group is re-quantized to fp8 here, in registers (amax /
     448, as gemm1's epilogue would), so gemm1 can use narrow tiles and gemm2 still runs one fp8 dot
-    per QB-deep step.
-    SPLIT > 1: the split-th K range only, into fp32 y[split, entry, cols] (finalize sums them)."""
+    per QB-deep step;
+    3: C is gemm1's SPLIT_A fp32 partial G1 = [up | gate] ([SPLIT_A, n_rows, 2K]): each 1xQB
+    group is summed, SwiGLU'd and re-quantized here (QG = QB; the tiny-T path, which so needs no
+    separate activation kernel; only live rows are read).
+    SPLIT > 1: the split-th K range only, into fp32 y[split, entry, cols] (finalize sums them).
+    FUSE_FIN (tiny T, T <= TT): the finalize runs here. Each live program counts its arrival on its
+    column tile (count[pid_n], acq_rel, after a barrier over its stores); the last of the
+    (live row blocks x SPLIT) programs sums every token's weighted rows and partials in slot
+    order (as _finalize_reduce_kernel does: deterministic) into out[:T, cols] and resets the count
+    to 0 for the next call. With no local entry at all, no program is live: program (0, pid_n, 0)
+    writes the zero rows."""
     pid = tl.program_id(0)
     split = pid % SPLIT
     pid_m, pid_n = _tile_ids(pid // SPLIT, n_m, N // BN, GROUP_M)
-    if pid_m * BM >= tl.load(n_post_ptr):
+    n_post = tl.load(n_post_ptr)
+    if pid_m * BM >= n_post:
+        if FUSE_FIN:
+            if (n_post == 0) & (pid_m == 0) & (split == 0):
+                t = tl.arange(0, TT)
+                zcols = pid_n * BN + tl.arange(0, BN)
+                tl.store(out_ptr + t[:, None].to(tl.int64) * N + zcols[None, :],
+                         tl.zeros([TT, BN], dtype=out_ptr.dtype.element_ty), mask=t[:, None] < T)
         return
     expert, rows, entry, live, _, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
                                                     n_entries, 1, BM, BN)
     n_kb = K // QB
     kb0, kb1 = _k_range(split, n_kb, SPLIT)
     kk = kb0 * QB + tl.arange(0, QG)
-    a_ptrs = c_ptr + rows[:, None].to(tl.int64) * K + kk[None, :]
+    A_W: tl.constexpr = 2 if A_MODE == 3 else 1  # C's row is [up | gate] in mode 3
+    a_ptrs = c_ptr + rows[:, None].to(tl.int64) * (A_W * K) + kk[None, :]
     w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
     ws_ptrs = w_scale_ptr + expert * (N // QB) * n_kb + (cols // QB) * n_kb
     SUB: tl.constexpr = QB // QG
@@ -374,15 +433,25 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
     for kb in range(kb0, kb1):
         w_s = tl.load(ws_ptrs + kb)[None, :]
         for g in tl.static_range(SUB):
-            a = tl.load(a_ptrs + g * QG)
             w = tl.load(w_ptrs + g * QG)
-            if A_MODE == 0:
-                a_s = tl.load(c_scale_ptr + (kb * SUB + g) * n_rows + rows)[:, None]
-                acc += tl.dot(a, w) * (a_s * w_s)
+            if A_MODE == 3:  # sum gemm1's partial [up | gate] groups, then SwiGLU
+                up = tl.zeros([BM, QG], dtype=tl.float32)
+                gate = tl.zeros([BM, QG], dtype=tl.float32)
+                for sp in tl.static_range(SPLIT_A):
+                    part = a_ptrs + sp * n_rows * (2 * K)
+                    up += tl.load(part, mask=live[:, None], other=0.0)
+                    gate += tl.load(part + K, mask=live[:, None], other=0.0)
+                af = gate / (1.0 + tl.exp(-gate)) * up
             elif A_MODE == 2:
-                af = a.to(tl.float32)
+                af = tl.load(a_ptrs + g * QG).to(tl.float32)
+            else:
+                a = tl.load(a_ptrs + g * QG)
+            if A_MODE >= 2:  # 1 x QB group re-quantized to fp8 in registers (amax / 448)
                 a_s = tl.maximum(tl.max(tl.abs(af), 1), 1e-12) / 448.0
                 acc += tl.dot(_to_fp8(af / a_s[:, None], INTERPRET), w) * (a_s[:, None] * w_s)
+            elif A_MODE == 0:
+                a_s = tl.load(c_scale_ptr + (kb * SUB + g) * n_rows + rows)[:, None]
+                acc += tl.dot(a, w) * (a_s * w_s)
             elif INTERPRET:
                 acc += tl.dot(a.to(tl.float32), w.to(tl.float32)) * w_s
             else:
@@ -392,6 +461,23 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
     weight = tl.load(weights_ptr + entry, mask=live, other=0.0)
     out = y_ptr + (split * n_entries + entry[:, None]).to(tl.int64) * N + cols[None, :]
     tl.store(out, (acc * weight[:, None]).to(y_ptr.dtype.element_ty), mask=live[:, None])
+    if FUSE_FIN:
+        tl.debug_barrier()  # every thread's partial is stored before the arrival is counted
+        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if arrived == (n_post // BM) * SPLIT - 1:  # the last one in: all partials are visible
+            ent = tl.arange(0, TT * TOPK)
+            mine = ent < T * TOPK
+            local = tl.load(ids_ptr + ent, mask=mine, other=-1) - expert_offset
+            hit = mine & (local >= 0) & (local < n_local)
+            y = tl.zeros([TT * TOPK, BN], dtype=tl.float32)
+            for sp in tl.static_range(SPLIT):
+                y += tl.load(y_ptr + (sp * n_entries + ent[:, None]).to(tl.int64) * N + cols[None, :],
+                             mask=hit[:, None], other=0.0, cache_modifier=".cg").to(tl.float32)
+            t = tl.arange(0, TT)
+            tl.store(out_ptr + t[:, None].to(tl.int64) * N + cols[None, :],
+                     tl.sum(tl.reshape(y, [TT, TOPK, BN]), 1).to(out_ptr.dtype.element_ty),
+                     mask=t[:, None] < T)
+            tl.store(count_ptr + pid_n, 0)  # ready for the next call (stream order)
 
 
 @triton.jit
@@ -425,7 +511,7 @@ def _config(T):
     # 0.219+): enough experts are hit to fill the GPU.
     if T <= SPLITK_MAX:
         return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True, split=SPLIT_K,
-                    split2=SPLIT_K2)
+                    split2=SPLIT_K2, act=ACT_FUSED, fin2=FINALIZE_IN_GEMM2)
     # v6 sweep (H200, graph ms): up to 128 tokens, bf16 C re-quantized inside gemm2 with BN2=128
     # beat fp8 C from gemm1's epilogue (64-wide groups, BN2=64) by 2-4% (T=32: 0.271 vs 0.282,
     # 52: 0.277 vs 0.286, 59: 0.280 vs 0.288, 80: 0.253 vs 0.260); at 901 it lost (0.509 vs 0.491).
@@ -436,6 +522,24 @@ def _config(T):
     return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=True)
 
 
+_COUNTERS = {}  # (device type, index, kernel) -> int32 arrival counters, zero between calls
+
+
+def _arrival_counters(dev, n, kernel):
+    """The persistent, self-resetting arrival counters of the fused activation / finalize. Made
+    once per device, outside any CUDA-graph capture; None (separate finalize kernel) if the
+    first call is being captured. One stream at a time per device: concurrent calls on several
+    streams would share them."""
+    key = (dev.type, dev.index, kernel)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        if dev.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=dev)
+        _COUNTERS[key] = buf
+    return buf
+
+
 def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_local, BM):
     T, E = routing_logits.shape
     dev = routing_logits.device
@@ -443,7 +547,9 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
     EP = triton.next_power_of_2(n_local)
     ids = torch.empty(T, TOPK, dtype=torch.int32, device=dev)
     weights = torch.empty(T, TOPK, dtype=torch.float32, device=dev)
-    blocks_max = min((n_entries + n_local * (BM - 1)) // BM, n_local * triton.cdiv(T, BM))
+    # every non-empty BM block holds at least one entry: at most n_entries blocks (T=1: 8, not 30,
+    # so the GEMM grids launch fewer programs that only find themselves past n_post and exit)
+    blocks_max = min((n_entries + n_local * (BM - 1)) // BM, n_local * triton.cdiv(T, BM), n_entries)
     sorted_ids = torch.empty(blocks_max * BM, dtype=torch.int32, device=dev)
     expert_ids = torch.empty(blocks_max, dtype=torch.int32, device=dev)
     n_post = torch.empty(1, dtype=torch.int32, device=dev)
@@ -454,7 +560,8 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
         warps = SINGLE_ROUTE_WARPS if consts["TB"] > 2 else consts["TB"]  # one token: one warp
         _routing_align_kernel[(1,)](logits, routing_bias, ids, weights, sorted_ids, expert_ids,
                                     n_post, T, float(scaling), expert_offset, n_local,
-                                    BM=BM, EP=EP, **consts, num_warps=warps)
+                                    BM=BM, EP=EP, ONE_TILE=T <= consts["TB"], **consts,
+                                    num_warps=warps)
         return ids, weights, sorted_ids, expert_ids, n_post
     tile = ROUTE_TILE_SMALL if T <= DECODE_MAX else ROUTE_TILE_MULTI
     consts["TB"] = tile
@@ -504,24 +611,45 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
     n_m = rows_max // BM
     split = cfg.get("split", 0)
     if split:  # tiny T: partial G1 per K range, then SwiGLU + 1 x QB re-quantization
+        act = cfg.get("act")
+        counts1 = _arrival_counters(dev, n_m * (I // BN1), "gemm1") if act == "gemm1" else None
+        fuse = {}
+        if counts1 is not None:  # gemm1's last program per tile pair: SwiGLU, bf16 C
+            c = torch.empty(rows_max, I, dtype=torch.bfloat16, device=dev)
+            fuse = dict(count_ptr=counts1, c_ptr=c, FUSE_ACT=True)
         with fib.stage("gemm1"):
             part = torch.empty(split, rows_max, 2 * I, dtype=torch.float32, device=dev)
             _gemm1_splitk_kernel[(n_m * (2 * I // BN1) * split,)](
                 hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale, part,
                 sorted_ids, expert_ids, n_post, T, n_entries, 2 * I, H, n_m, rows_max,
-                TOPK=TOPK, QB=QB, BM=BM, BN=BN1, SPLIT=split,
+                TOPK=TOPK, QB=QB, BM=BM, BN=BN1, SPLIT=split, **fuse,
                 num_warps=cfg["warps"], num_stages=cfg["stages1"])
-        with fib.stage("activation"):
-            c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn, device=dev)
-            c_scale = torch.empty(I // QB, rows_max, dtype=torch.float32, device=dev)
-            _splitk_swiglu_quant_kernel[(n_m, I // QB)](part, c, c_scale, n_post, rows_max, I, QB=QB,
-                                                        BM=BM, SPLIT=split, INTERPRET=INTERPRET)
+        if fuse:
+            c_scale, a_mode = c, 2
+        elif act == "gemm2":  # gemm2 sums the partials and applies SwiGLU + re-quantization itself
+            c, c_scale, a_mode = part, part, 3
+        else:
+            with fib.stage("activation"):
+                c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn, device=dev)
+                c_scale = torch.empty(I // QB, rows_max, dtype=torch.float32, device=dev)
+                _splitk_swiglu_quant_kernel[(n_m, I // QB)](part, c, c_scale, n_post, rows_max, I,
+                                                            QB=QB, BM=BM, SPLIT=split,
+                                                            INTERPRET=INTERPRET)
+            a_mode = 0
         BN1 = QB  # the activation groups gemm2 reads
     else:
         c, c_scale = _gemm1_fused(cfg, hidden_states, hidden_states_scale, gemm1_weights,
                                   gemm1_weights_scale, sorted_ids, expert_ids, n_post, T, n_entries,
                                   I, H, n_m, rows_max, BM, BN1, quant, QB, dev)
+        a_mode = 0 if quant else (2 if cfg.get("requant2") else 1)
     split2 = cfg.get("split2", 1)
+    # the fused finalize holds a [next_pow2(T) * TOPK, BN2] tile: tiny T only
+    counts = _arrival_counters(dev, H // BN2, "gemm2") if cfg.get("fin2") and T <= 16 else None
+    fin = {}
+    if counts is not None:  # the finalize runs in gemm2's last-arriving program per column tile
+        fin = dict(count_ptr=counts, ids_ptr=ids, out_ptr=output, T=T,
+                   expert_offset=local_expert_offset, n_local=n_local, FUSE_FIN=True,
+                   TT=triton.next_power_of_2(T), TOPK=TOPK)
     with fib.stage("gemm2"):  # split2 > 1: fp32 partials per K range, summed by finalize
         y = torch.empty(split2, n_entries, H, dtype=torch.float32 if split2 > 1 else torch.bfloat16,
                         device=dev)
@@ -529,8 +657,10 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
             c, c_scale, gemm2_weights, gemm2_weights_scale, y, weights, sorted_ids, expert_ids,
             n_post, rows_max, n_entries, H, I, n_m,
             QB=QB, QG=BN1 if quant else QB, BM=BM, BN=BN2, GROUP_M=8,
-            A_MODE=0 if quant else (2 if cfg.get("requant2") else 1), INTERPRET=INTERPRET, SPLIT=split2,
+            A_MODE=a_mode, INTERPRET=INTERPRET, SPLIT=split2, SPLIT_A=max(split, 1), **fin,
             num_warps=cfg["warps"], num_stages=cfg["stages2"])
+    if fin:
+        return
     with fib.stage("finalize"):
         BH = min(1024, triton.next_power_of_2(H))
         _finalize_reduce_kernel[(T, triton.cdiv(H, BH))](y, ids, output, local_expert_offset,
