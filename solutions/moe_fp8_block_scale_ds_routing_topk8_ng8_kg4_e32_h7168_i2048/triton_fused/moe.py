@@ -44,7 +44,7 @@ REQUANT_IN_GEMM2 = True  # SPLITK_MAX < T <= SMALL_MAX: gemm1 stores bf16 C, gem
 # "gemm1": gemm1's last-arriving program per tile pair sums, applies SwiGLU, stores bf16 C (gemm2
 # re-quantizes per 1x128 group); "gemm2": gemm2 sums the partials, SwiGLU + re-quantization in its
 # A load; None: a separate activation kernel (v5/v6)
-ACT_FUSED = "gemm2"
+ACT_FUSED = "gemm1"
 FINALIZE_IN_GEMM2 = True  # ... and gemm2's last program per column tile does the finalize (v7)
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
@@ -139,38 +139,40 @@ def _routing_align_kernel(logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids
                           expert_ids_ptr, n_post_ptr, T, scaling, expert_offset, n_local,
                           E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr,
                           TB: tl.constexpr, BM: tl.constexpr, EP: tl.constexpr,
-                          ONE_TILE: tl.constexpr):
+                          ONE_TILE: tl.constexpr, BB: tl.constexpr):
     """Decode: the whole routing + moe_align in one program (one launch instead of four).
-    ONE_TILE (T <= TB): the ids stay in registers between routing and the scatter."""
+    ONE_TILE (T <= TB): the ids stay in registers between routing and the scatter. BB: row blocks
+    labelled per step (at most the launch's row-block bound: T=1's one warp holds [8, EP], not
+    [128, EP], which spilled)."""
     NE: tl.constexpr = TB * TOPK
     if ONE_TILE:
-        ids, live = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, 0, T, scaling,
-                                E, NG, KG, TOPK, TB)
+        ids1, live1 = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, 0, T, scaling,
+                                  E, NG, KG, TOPK, TB)
         entry = tl.arange(0, NE)
-        onehot = _onehot(ids, entry < T * TOPK, expert_offset, n_local, EP, NE)
+        onehot = _onehot(ids1, entry < T * TOPK, expert_offset, n_local, EP, NE)
         start = _align_offsets(tl.sum(onehot, 0), sorted_ids_ptr, expert_ids_ptr, n_post_ptr,
-                               T * TOPK, n_local, BM, EP, 128)
+                               T * TOPK, n_local, BM, EP, BB)
         pos = tl.sum(onehot * (start[None, :] + tl.cumsum(onehot, 0) - 1), 1)
         tl.store(sorted_ids_ptr + pos, entry, mask=tl.sum(onehot, 1) > 0)
-        return
-    total = tl.zeros([EP], dtype=tl.int32)
-    for t0 in range(0, T, TB):
-        ids, live = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, t0, T, scaling,
-                                E, NG, KG, TOPK, TB)
-        entry = t0 * TOPK + tl.arange(0, NE)
-        total += tl.sum(_onehot(ids, entry < T * TOPK, expert_offset, n_local, EP, NE), 0)
-    start = _align_offsets(total, sorted_ids_ptr, expert_ids_ptr, n_post_ptr, T * TOPK, n_local,
-                           BM, EP, 128)
-    tl.debug_barrier()  # the ids written above are read back by other threads of this program
-    carry = start
-    for t0 in range(0, T, TB):
-        entry = t0 * TOPK + tl.arange(0, NE)
-        live = entry < T * TOPK
-        ids = tl.load(ids_ptr + entry, mask=live, other=-1)
-        onehot = _onehot(ids, live, expert_offset, n_local, EP, NE)
-        pos = tl.sum(onehot * (carry[None, :] + tl.cumsum(onehot, 0) - 1), 1)
-        tl.store(sorted_ids_ptr + pos, entry, mask=tl.sum(onehot, 1) > 0)
-        carry += tl.sum(onehot, 0)
+    else:
+        total = tl.zeros([EP], dtype=tl.int32)
+        for t0 in range(0, T, TB):
+            ids, live = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, t0, T, scaling,
+                                    E, NG, KG, TOPK, TB)
+            entry = t0 * TOPK + tl.arange(0, NE)
+            total += tl.sum(_onehot(ids, entry < T * TOPK, expert_offset, n_local, EP, NE), 0)
+        start = _align_offsets(total, sorted_ids_ptr, expert_ids_ptr, n_post_ptr, T * TOPK, n_local,
+                               BM, EP, BB)
+        tl.debug_barrier()  # the ids written above are read back by other threads of this program
+        carry = start
+        for t0 in range(0, T, TB):
+            entry = t0 * TOPK + tl.arange(0, NE)
+            live = entry < T * TOPK
+            ids = tl.load(ids_ptr + entry, mask=live, other=-1)
+            onehot = _onehot(ids, live, expert_offset, n_local, EP, NE)
+            pos = tl.sum(onehot * (carry[None, :] + tl.cumsum(onehot, 0) - 1), 1)
+            tl.store(sorted_ids_ptr + pos, entry, mask=tl.sum(onehot, 1) > 0)
+            carry += tl.sum(onehot, 0)
 
 
 @triton.jit
@@ -560,7 +562,8 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
         warps = SINGLE_ROUTE_WARPS if consts["TB"] > 2 else consts["TB"]  # one token: one warp
         _routing_align_kernel[(1,)](logits, routing_bias, ids, weights, sorted_ids, expert_ids,
                                     n_post, T, float(scaling), expert_offset, n_local,
-                                    BM=BM, EP=EP, ONE_TILE=T <= consts["TB"], **consts,
+                                    BM=BM, EP=EP, ONE_TILE=T <= consts["TB"],
+                                    BB=min(128, triton.next_power_of_2(blocks_max)), **consts,
                                     num_warps=warps)
         return ids, weights, sorted_ids, expert_ids, n_post
     tile = ROUTE_TILE_SMALL if T <= DECODE_MAX else ROUTE_TILE_MULTI
