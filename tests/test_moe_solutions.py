@@ -169,7 +169,7 @@ if __name__ == "__main__" and sys.argv[1] == "--unit":
 
 if __name__ == "__main__" and sys.argv[1] == "--counters":
     module = load_solution("triton_fused")  # one module: the calls share its counters
-    module.ACT_FUSED = sys.argv[2]
+    module.ACT_FUSED = "gemm1"
     calls = [check("triton_fused", seed, T, offset, module=module)
              for seed, T, offset in [(11, 5, 8), (0, 1, 24), (12, 2, 0), (13, 7, 56)]]
     counters = list(module._COUNTERS.values())
@@ -229,34 +229,32 @@ def test_fused_mid_bucket_interpreted():
 @pytest.mark.parametrize("seed,T,offset,overrides", [
     (8, 3, 0, {}), (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 3}),
     (0, 1, 24, {}),  # T=1, none of its 8 experts local: no program is live, zero row
-    (8, 3, 0, {"ACT_FUSED": None, "FINALIZE_IN_GEMM2": False}),  # v5/v6: separate kernels
+    (8, 3, 0, {"ACT_FUSED": None}),  # v5/v6: separate activation kernel
     (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 3, "ACT_FUSED": None}),
     (8, 3, 0, {"ACT_FUSED": "gemm1"}), (0, 1, 24, {"ACT_FUSED": "gemm1"}),
     (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 1, "ACT_FUSED": "gemm1"})])
 def test_fused_splitk_path_interpreted(seed, T, offset, overrides):
-    """Tiny T: gemm1 split along K into fp32 partials; gemm2 sums them, applies SwiGLU and
-    re-quantizes in its A load (ACT_FUSED "gemm2"), or gemm1's last program per tile pair does the
-    SwiGLU ("gemm1"), or a separate activation kernel (None); gemm2 is split along K itself and
-    its last program per column tile does the finalize (FINALIZE_IN_GEMM2; else the finalize
-    kernel). SPLIT 3 over 4 and 2 K blocks: uneven ranges, and an empty one."""
+    """Tiny T: gemm1 split along K into fp32 partials; its last program per tile pair sums them
+    and applies SwiGLU (ACT_FUSED "gemm1"; bf16 C that gemm2 re-quantizes per 1x128 group), or a
+    separate activation kernel does (None); gemm2 is split along K into fp32 partials that the
+    finalize sums. SPLIT 3 over 4 and 2 K blocks: uneven ranges, and an empty one."""
     stats = check_in_subprocess("triton_fused", seed, T, offset, overrides)
     _assert_close(stats, 5e-2)
 
 
-@pytest.mark.parametrize("act", ["gemm1", "gemm2"])
-def test_fused_counters_reset_interpreted(act):
-    """The fused activation's / finalize's arrival counters reset themselves: four calls in a row
+def test_fused_counters_reset_interpreted():
+    """The fused activation's arrival counters reset themselves: four calls in a row
     (different T, offsets and hit counts, one with no local entry) each match the reference, and
     the counters are all zero afterwards."""
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__, "--counters", act], capture_output=True,
+    proc = subprocess.run([sys.executable, __file__, "--counters"], capture_output=True,
                           text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     stats = json.loads(proc.stdout.strip().splitlines()[-1])
     for one in stats["calls"]:
         _assert_close(one, 5e-2)
     assert stats["counters_nonzero"] == 0, stats
-    assert stats["counters_made"] == (2 if act == "gemm1" else 1), stats
+    assert stats["counters_made"] == 1, stats
 
 
 def test_fused_fp8_epilogue_small_bucket_interpreted():

@@ -42,10 +42,8 @@ SPLIT_K2 = 2        # ... and per gemm2 tile (fp32 partials, summed by finalize)
 REQUANT_IN_GEMM2 = True  # SPLITK_MAX < T <= SMALL_MAX: gemm1 stores bf16 C, gemm2 re-quantizes 1x128
 # T <= SPLITK_MAX, where SwiGLU runs once gemm1's split-K partials are summed (v7):
 # "gemm1": gemm1's last-arriving program per tile pair sums, applies SwiGLU, stores bf16 C (gemm2
-# re-quantizes per 1x128 group); "gemm2": gemm2 sums the partials, SwiGLU + re-quantization in its
-# A load; None: a separate activation kernel (v5/v6)
+# re-quantizes per 1x128 group); None: a separate activation kernel (v5/v6)
 ACT_FUSED = "gemm1"
-FINALIZE_IN_GEMM2 = True  # ... and gemm2's last program per column tile does the finalize (v7)
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
 # tl.dot also misreads a bf16 operand converted from fp8 in-kernel; under it that dot runs in fp32.
@@ -269,10 +267,10 @@ def _gemm1_swiglu_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, c_ptr, c_scale_
     QUANT: fp8 out with one scale per row of this tile (quantization group = BN <= QB columns),
     stored block-major at c_scale[pid_n, row]; else bf16 out."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), n_m, I // BN, GROUP_M)
+    expert, rows, entry, live, token, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                        n_entries, TOPK, BM, BN)  # with n_post's
     if pid_m * BM >= tl.load(n_post_ptr):
         return
-    expert, rows, entry, live, token, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
-                                                        n_entries, TOPK, BM, BN)
     kk = tl.arange(0, QB)
     a_ptrs = a_ptr + token[:, None] * K + kk[None, :]
     up_ptrs = w_ptr + expert * 2 * I * K + cols[None, :].to(tl.int64) * K + kk[:, None]
@@ -320,10 +318,10 @@ def _gemm1_splitk_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, part_ptr, sorte
     n_n = N // BN
     pid_m = tile // n_n
     pid_n = tile % n_n
+    expert, rows, entry, live, token, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                        n_entries, TOPK, BM, BN)  # with n_post's
     if pid_m * BM >= tl.load(n_post_ptr):
         return
-    expert, rows, entry, live, token, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
-                                                        n_entries, TOPK, BM, BN)
     n_kb = K // QB
     kb0, kb1 = _k_range(split, n_kb, SPLIT)
     kk = kb0 * QB + tl.arange(0, QB)
@@ -387,45 +385,27 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
                           sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_rows, n_entries, N, K, n_m,
                           QB: tl.constexpr, QG: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                           GROUP_M: tl.constexpr, A_MODE: tl.constexpr, INTERPRET: tl.constexpr,
-                          SPLIT: tl.constexpr = 1, SPLIT_A: tl.constexpr = 1,
-                          count_ptr=None, ids_ptr=None, out_ptr=None, T=0, expert_offset=0,
-                          n_local=0, FUSE_FIN: tl.constexpr = False, TT: tl.constexpr = 1,
-                          TOPK: tl.constexpr = 1):
+                          SPLIT: tl.constexpr = 1):
     """y[entry(row), cols] = weight(entry) * C[row] @ dequant(W2[expert])[cols]^T (bf16).
     A_MODE 0: C is fp8 with one scale per 1xQG group (QG divides QB; fp8 dots);
     1: C is bf16 (QG = QB) and W2 is widened to bf16;
     2: C is bf16 (QG = QB) and each 1xQB group is re-quantized to fp8 here, in registers (amax /
     448, as gemm1's epilogue would), so gemm1 can use narrow tiles and gemm2 still runs one fp8 dot
-    per QB-deep step;
-    3: C is gemm1's SPLIT_A fp32 partial G1 = [up | gate] ([SPLIT_A, n_rows, 2K]): each 1xQB
-    group is summed, SwiGLU'd and re-quantized here (QG = QB; the tiny-T path, which so needs no
-    separate activation kernel; only live rows are read).
-    SPLIT > 1: the split-th K range only, into fp32 y[split, entry, cols] (finalize sums them).
-    FUSE_FIN (tiny T, T <= TT): the finalize runs here. Each live program counts its arrival on its
-    column tile (count[pid_n], acq_rel, after a barrier over its stores); the last of the
-    (live row blocks x SPLIT) programs sums every token's weighted rows and partials in slot
-    order (as _finalize_reduce_kernel does: deterministic) into out[:T, cols] and resets the count
-    to 0 for the next call. With no local entry at all, no program is live: program (0, pid_n, 0)
-    writes the zero rows."""
+    per QB-deep step.
+    SPLIT > 1: the split-th K range only, into fp32 y[split, entry, cols] (finalize sums them)."""
     pid = tl.program_id(0)
     split = pid % SPLIT
     pid_m, pid_n = _tile_ids(pid // SPLIT, n_m, N // BN, GROUP_M)
-    n_post = tl.load(n_post_ptr)
-    if pid_m * BM >= n_post:
-        if FUSE_FIN:
-            if (n_post == 0) & (pid_m == 0) & (split == 0):
-                t = tl.arange(0, TT)
-                zcols = pid_n * BN + tl.arange(0, BN)
-                tl.store(out_ptr + t[:, None].to(tl.int64) * N + zcols[None, :],
-                         tl.zeros([TT, BN], dtype=out_ptr.dtype.element_ty), mask=t[:, None] < T)
-        return
+    # the tile's expert and rows are loaded before n_post is known (in bounds: n_m blocks exist),
+    # so the three loads are in flight together instead of one after the other
     expert, rows, entry, live, _, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
                                                     n_entries, 1, BM, BN)
+    if pid_m * BM >= tl.load(n_post_ptr):
+        return
     n_kb = K // QB
     kb0, kb1 = _k_range(split, n_kb, SPLIT)
     kk = kb0 * QB + tl.arange(0, QG)
-    A_W: tl.constexpr = 2 if A_MODE == 3 else 1  # C's row is [up | gate] in mode 3
-    a_ptrs = c_ptr + rows[:, None].to(tl.int64) * (A_W * K) + kk[None, :]
+    a_ptrs = c_ptr + rows[:, None].to(tl.int64) * K + kk[None, :]
     w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
     ws_ptrs = w_scale_ptr + expert * (N // QB) * n_kb + (cols // QB) * n_kb
     SUB: tl.constexpr = QB // QG
@@ -436,19 +416,9 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
         w_s = tl.load(ws_ptrs + kb)[None, :]
         for g in tl.static_range(SUB):
             w = tl.load(w_ptrs + g * QG)
-            if A_MODE == 3:  # sum gemm1's partial [up | gate] groups, then SwiGLU
-                up = tl.zeros([BM, QG], dtype=tl.float32)
-                gate = tl.zeros([BM, QG], dtype=tl.float32)
-                for sp in tl.static_range(SPLIT_A):
-                    part = a_ptrs + sp * n_rows * (2 * K)
-                    up += tl.load(part, mask=live[:, None], other=0.0)
-                    gate += tl.load(part + K, mask=live[:, None], other=0.0)
-                af = gate / (1.0 + tl.exp(-gate)) * up
-            elif A_MODE == 2:
-                af = tl.load(a_ptrs + g * QG).to(tl.float32)
-            else:
-                a = tl.load(a_ptrs + g * QG)
-            if A_MODE >= 2:  # 1 x QB group re-quantized to fp8 in registers (amax / 448)
+            a = tl.load(a_ptrs + g * QG)
+            if A_MODE == 2:  # 1 x QB group re-quantized to fp8 in registers (amax / 448)
+                af = a.to(tl.float32)
                 a_s = tl.maximum(tl.max(tl.abs(af), 1), 1e-12) / 448.0
                 acc += tl.dot(_to_fp8(af / a_s[:, None], INTERPRET), w) * (a_s[:, None] * w_s)
             elif A_MODE == 0:
@@ -463,23 +433,6 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
     weight = tl.load(weights_ptr + entry, mask=live, other=0.0)
     out = y_ptr + (split * n_entries + entry[:, None]).to(tl.int64) * N + cols[None, :]
     tl.store(out, (acc * weight[:, None]).to(y_ptr.dtype.element_ty), mask=live[:, None])
-    if FUSE_FIN:
-        tl.debug_barrier()  # every thread's partial is stored before the arrival is counted
-        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-        if arrived == (n_post // BM) * SPLIT - 1:  # the last one in: all partials are visible
-            ent = tl.arange(0, TT * TOPK)
-            mine = ent < T * TOPK
-            local = tl.load(ids_ptr + ent, mask=mine, other=-1) - expert_offset
-            hit = mine & (local >= 0) & (local < n_local)
-            y = tl.zeros([TT * TOPK, BN], dtype=tl.float32)
-            for sp in tl.static_range(SPLIT):
-                y += tl.load(y_ptr + (sp * n_entries + ent[:, None]).to(tl.int64) * N + cols[None, :],
-                             mask=hit[:, None], other=0.0, cache_modifier=".cg").to(tl.float32)
-            t = tl.arange(0, TT)
-            tl.store(out_ptr + t[:, None].to(tl.int64) * N + cols[None, :],
-                     tl.sum(tl.reshape(y, [TT, TOPK, BN]), 1).to(out_ptr.dtype.element_ty),
-                     mask=t[:, None] < T)
-            tl.store(count_ptr + pid_n, 0)  # ready for the next call (stream order)
 
 
 @triton.jit
@@ -513,7 +466,7 @@ def _config(T):
     # 0.219+): enough experts are hit to fill the GPU.
     if T <= SPLITK_MAX:
         return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True, split=SPLIT_K,
-                    split2=SPLIT_K2, act=ACT_FUSED, fin2=FINALIZE_IN_GEMM2)
+                    split2=SPLIT_K2, act=ACT_FUSED)
     # v6 sweep (H200, graph ms): up to 128 tokens, bf16 C re-quantized inside gemm2 with BN2=128
     # beat fp8 C from gemm1's epilogue (64-wide groups, BN2=64) by 2-4% (T=32: 0.271 vs 0.282,
     # 52: 0.277 vs 0.286, 59: 0.280 vs 0.288, 80: 0.253 vs 0.260); at 901 it lost (0.509 vs 0.491).
@@ -528,7 +481,7 @@ _COUNTERS = {}  # (device type, index, kernel) -> int32 arrival counters, zero b
 
 
 def _arrival_counters(dev, n, kernel):
-    """The persistent, self-resetting arrival counters of the fused activation / finalize. Made
+    """The persistent, self-resetting arrival counters of the fused activation. Made
     once per device, outside any CUDA-graph capture; None (separate finalize kernel) if the
     first call is being captured. One stream at a time per device: concurrent calls on several
     streams would share them."""
@@ -629,8 +582,6 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
                 num_warps=cfg["warps"], num_stages=cfg["stages1"])
         if fuse:
             c_scale, a_mode = c, 2
-        elif act == "gemm2":  # gemm2 sums the partials and applies SwiGLU + re-quantization itself
-            c, c_scale, a_mode = part, part, 3
         else:
             with fib.stage("activation"):
                 c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn, device=dev)
@@ -646,13 +597,6 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
                                   I, H, n_m, rows_max, BM, BN1, quant, QB, dev)
         a_mode = 0 if quant else (2 if cfg.get("requant2") else 1)
     split2 = cfg.get("split2", 1)
-    # the fused finalize holds a [next_pow2(T) * TOPK, BN2] tile: tiny T only
-    counts = _arrival_counters(dev, H // BN2, "gemm2") if cfg.get("fin2") and T <= 16 else None
-    fin = {}
-    if counts is not None:  # the finalize runs in gemm2's last-arriving program per column tile
-        fin = dict(count_ptr=counts, ids_ptr=ids, out_ptr=output, T=T,
-                   expert_offset=local_expert_offset, n_local=n_local, FUSE_FIN=True,
-                   TT=triton.next_power_of_2(T), TOPK=TOPK)
     with fib.stage("gemm2"):  # split2 > 1: fp32 partials per K range, summed by finalize
         y = torch.empty(split2, n_entries, H, dtype=torch.float32 if split2 > 1 else torch.bfloat16,
                         device=dev)
@@ -660,10 +604,8 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
             c, c_scale, gemm2_weights, gemm2_weights_scale, y, weights, sorted_ids, expert_ids,
             n_post, rows_max, n_entries, H, I, n_m,
             QB=QB, QG=BN1 if quant else QB, BM=BM, BN=BN2, GROUP_M=8,
-            A_MODE=a_mode, INTERPRET=INTERPRET, SPLIT=split2, SPLIT_A=max(split, 1), **fin,
+            A_MODE=a_mode, INTERPRET=INTERPRET, SPLIT=split2,
             num_warps=cfg["warps"], num_stages=cfg["stages2"])
-    if fin:
-        return
     with fib.stage("finalize"):
         BH = min(1024, triton.next_power_of_2(H))
         _finalize_reduce_kernel[(T, triton.cdiv(H, BH))](y, ids, output, local_expert_offset,
