@@ -25,7 +25,7 @@ def fused():
 
 
 @pytest.mark.parametrize("T,overrides", [
-    (1, {}), (7, {}), (3, {"ACT_FUSED": None}),              # split-K (SwiGLU in gemm1 or apart)
+    (1, {}), (7, {}), (3, {"ACT_IN_GEMM1_FROM": 0}),         # split-K (SwiGLU apart / in gemm1)
     (14, {}), (14, {"REQUANT_IN_GEMM2": False}),             # small bucket
     (901, {}), (11948, {}),                                  # mid bucket, prefill
     (20, {"SINGLE_ROUTE_MAX": 32}),                          # single-program routing, two tiles

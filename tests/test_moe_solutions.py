@@ -169,7 +169,7 @@ if __name__ == "__main__" and sys.argv[1] == "--unit":
 
 if __name__ == "__main__" and sys.argv[1] == "--counters":
     module = load_solution("triton_fused")  # one module: the calls share its counters
-    module.ACT_FUSED = "gemm1"
+    module.ACT_IN_GEMM1_FROM = 0
     calls = [check("triton_fused", seed, T, offset, module=module)
              for seed, T, offset in [(11, 5, 8), (0, 1, 24), (12, 2, 0), (13, 7, 56)]]
     counters = list(module._COUNTERS.values())
@@ -229,14 +229,14 @@ def test_fused_mid_bucket_interpreted():
 @pytest.mark.parametrize("seed,T,offset,overrides", [
     (8, 3, 0, {}), (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 3}),
     (0, 1, 24, {}),  # T=1, none of its 8 experts local: no program is live, zero row
-    (8, 3, 0, {"ACT_FUSED": None}),  # v5/v6: separate activation kernel
-    (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 3, "ACT_FUSED": None}),
-    (8, 3, 0, {"ACT_FUSED": "gemm1"}), (0, 1, 24, {"ACT_FUSED": "gemm1"}),
-    (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 1, "ACT_FUSED": "gemm1"})])
+    (8, 3, 0, {"ACT_IN_GEMM1_FROM": 99}),  # separate activation kernel
+    (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 3, "ACT_IN_GEMM1_FROM": 99}),
+    (8, 3, 0, {"ACT_IN_GEMM1_FROM": 0}), (0, 1, 24, {"ACT_IN_GEMM1_FROM": 0}),
+    (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 1})])
 def test_fused_splitk_path_interpreted(seed, T, offset, overrides):
     """Tiny T: gemm1 split along K into fp32 partials; its last program per tile pair sums them
-    and applies SwiGLU (ACT_FUSED "gemm1"; bf16 C that gemm2 re-quantizes per 1x128 group), or a
-    separate activation kernel does (None); gemm2 is split along K into fp32 partials that the
+    and applies SwiGLU (T >= ACT_IN_GEMM1_FROM; bf16 C that gemm2 re-quantizes per 1x128 group),
+    or a separate activation kernel does (below); gemm2 is split along K into fp32 partials that the
     finalize sums. SPLIT 3 over 4 and 2 K blocks: uneven ranges, and an empty one."""
     stats = check_in_subprocess("triton_fused", seed, T, offset, overrides)
     _assert_close(stats, 5e-2)

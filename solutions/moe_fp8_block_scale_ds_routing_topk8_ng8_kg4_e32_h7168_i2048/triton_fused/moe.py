@@ -13,9 +13,12 @@
 - gemm2 multiplies by the routing weight in its epilogue and writes one bf16 row per routed
   (token, slot); a light reduce sums a token's rows in slot order (deterministic, no atomics).
 - up to SPLITK_MAX tokens (a few experts hit: too few tiles to fill the GPU), gemm1 splits K into
-  SPLIT_K ranges that write fp32 partials, and a small kernel sums them, applies SwiGLU and
-  re-quantizes per 1x128 group (the stage is then called "activation", as in triton_staged);
-  gemm2 splits K into SPLIT_K2 ranges with fp32 partials that the finalize reduce sums.
+  SPLIT_K ranges that write fp32 partials. From ACT_IN_GEMM1_FROM tokens the last of the programs
+  covering a tile's up and gate columns (an arrival count per tile, acq_rel atomics; the counters
+  persist per device and reset themselves) sums them, applies SwiGLU and stores bf16 C; below, a
+  small kernel does that and re-quantizes per 1x128 group (the stage is then called
+  "activation", as in triton_staged). gemm2 splits K into SPLIT_K2 ranges with fp32 partials that
+  the finalize reduce sums.
 Sizes come from the tensor shapes; no host sync (CUDA-graph capturable).
 """
 import os
@@ -40,10 +43,11 @@ SPLITK_MAX = 8      # ... and up to this many: gemm1/gemm2 split along K (few ex
 SPLIT_K = 2         # K ranges per gemm1 tile in that bucket
 SPLIT_K2 = 2        # ... and per gemm2 tile (fp32 partials, summed by finalize)
 REQUANT_IN_GEMM2 = True  # SPLITK_MAX < T <= SMALL_MAX: gemm1 stores bf16 C, gemm2 re-quantizes 1x128
-# T <= SPLITK_MAX, where SwiGLU runs once gemm1's split-K partials are summed (v7):
-# "gemm1": gemm1's last-arriving program per tile pair sums, applies SwiGLU, stores bf16 C (gemm2
-# re-quantizes per 1x128 group); None: a separate activation kernel (v5/v6)
-ACT_FUSED = "gemm1"
+# T <= SPLITK_MAX: from this many tokens gemm1's last-arriving program per tile pair sums the
+# split-K partials and applies SwiGLU into bf16 C (gemm2 re-quantizes per 1x128 group, BN2=128);
+# below, a separate activation kernel writes fp8 C (v7 sweep: T=7 0.0857 vs 0.0888 ms, T=1 0.0423
+# vs 0.0400; the boundary lies between the two measured sizes)
+ACT_IN_GEMM1_FROM = 4
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
 # tl.dot also misreads a bf16 operand converted from fp8 in-kernel; under it that dot runs in fp32.
@@ -464,9 +468,15 @@ def _config(T):
     # v5 sweep (H200, graph ms): at T=1 (2 experts hit) gemm1/gemm2 split 2/2 0.048 vs 0.063
     # unsplit (gemm1 36 -> ~20 us); T=7 equal (0.103); from T=14 splitting loses (T=16: 0.207 vs
     # 0.219+): enough experts are hit to fill the GPU.
+    # v7 sweep (H200, fib's cupti kernel sum, L2 flushed): T=1 0.0400 ms with the separate
+    # activation kernel and 3 gemm2 stages (0.0407 with 4; 20.9 us floor: 52%); T=7 0.0857 with
+    # SwiGLU in gemm1's last-arriving program and BN2=128 (0.0888 apart).
     if T <= SPLITK_MAX:
-        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True, split=SPLIT_K,
-                    split2=SPLIT_K2, act=ACT_FUSED)
+        if T >= ACT_IN_GEMM1_FROM:
+            return dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=True,
+                        split=SPLIT_K, split2=SPLIT_K2, act="gemm1")
+        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=3, quant=True, split=SPLIT_K,
+                    split2=SPLIT_K2, act=None)
     # v6 sweep (H200, graph ms): up to 128 tokens, bf16 C re-quantized inside gemm2 with BN2=128
     # beat fp8 C from gemm1's epilogue (64-wide groups, BN2=64) by 2-4% (T=32: 0.271 vs 0.282,
     # 52: 0.277 vs 0.286, 59: 0.280 vs 0.288, 80: 0.253 vs 0.260); at 901 it lost (0.509 vs 0.491).
