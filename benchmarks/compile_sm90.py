@@ -167,7 +167,9 @@ def main():
         for cfg in configs:
             label = "default" if cfg is None else " ".join(f"{k}={v}" for k, v in cfg.items())
             try:
-                for r in compile_run(module, T, config=cfg):
+                overrides = (cfg or {}).get("globals")
+                cfg = None if cfg is None else {k: v for k, v in cfg.items() if k != "globals"}
+                for r in compile_run(module, T, overrides=overrides, config=cfg):
                     print(f"T={T:<6} {r['kernel']:<32} w{r['warps']} s{r['stages']} "
                           f"reg={r.get('reg')} stack={r.get('stack')} smem={r['shared_bytes']} "
                           f"wgmma={r['wgmma']} mma={r['mma_sync']} cp.async={r['cp_async']}  [{label}]")

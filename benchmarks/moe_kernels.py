@@ -175,16 +175,22 @@ def sweep_configs(T):
         return [cfg(128, 128, 128, 8, 4, 5), cfg(128, 128, 128, 8, 3, 4), cfg(64, 128, 128, 4, 4, 5)]
     def rq(c):  # v6: bf16 C from gemm1, 1x128 re-quantization inside gemm2
         return dict(c, quant=False, requant2=True)
-    if T <= 16:  # v5: gemm1 and gemm2 split along K when only a few experts are hit
+    if T <= 8:  # v5: gemm1 and gemm2 split along K when only a few experts are hit
         def sk(split, split2, act="gemm1", bn2=64, st1=4, st2=4):
             # v7: act = where SwiGLU runs ("gemm1": its last program per tile pair, bf16 C
             # re-quantized in gemm2; None: its own kernel, fp8 C)
             return dict(cfg(16, 64, bn2, 4, st1, st2), split=split, split2=split2, act=act)
-        return [rq(cfg(16, 64, 128, 4, 4, 4)), sk(2, 2, None), sk(2, 2), sk(2, 2, bn2=128),
-                sk(2, 2, None, st1=5), sk(2, 2, None, st1=6), sk(2, 2, None, st2=5),
-                sk(2, 2, None, st2=3), sk(2, 2, st1=6, st2=5)]
+        # v7 sweep: also sk(2, 2) (BN2 64), stages1 5/6, stages2 5, act in gemm2 (see NOTES)
+        one, seven = sk(2, 2, None, st2=3), sk(2, 2, bn2=128)
+        off = {"globals": {"ROUTE_ONE_TILE": False}}
+        return [one, seven, dict(one, **off), dict(seven, **off), sk(2, 2, None)]
     if T > 128:
         return [cfg(32, 64, 128, 4, 4, 4), rq(cfg(32, 64, 128, 4, 4, 4)), rq(cfg(32, 64, 64, 4, 4, 4))]
+    if T <= 16:  # v7b: 9..16 tokens (single-program routing), routing variants and stages (single-program routing), routing variants and stages
+        base = rq(cfg(16, 64, 128, 4, 4, 4))
+        return [base, dict(base, globals={"ROUTE_ONE_TILE": False}), rq(cfg(16, 64, 128, 4, 3, 4)),
+                rq(cfg(16, 64, 128, 4, 5, 4)), rq(cfg(16, 64, 128, 4, 4, 3)), rq(cfg(16, 64, 128, 4, 4, 5)),
+                rq(cfg(16, 32, 128, 4, 4, 4))]
     return [cfg(16, 64, 64, 4, 4, 4), rq(cfg(16, 64, 64, 4, 4, 4)), rq(cfg(16, 64, 128, 4, 4, 4)),
             rq(cfg(16, 32, 64, 4, 4, 4))]
 
@@ -257,7 +263,10 @@ def main():
             fused = mods["triton_fused"]
             base = fused._config
             for cfg in sweep_configs(T):
-                fused._config = lambda _T, c=cfg: dict(c)
+                fused._config = lambda _T, c=cfg: {k: v for k, v in c.items() if k != "globals"}
+                saved = {k: getattr(fused, k) for k in cfg.get("globals", {})}
+                for k, v in cfg.get("globals", {}).items():  # module switches for this config
+                    setattr(fused, k, v)
                 out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device="cuda")
                 try:
                     fn = lambda o=out: fused.run(*inputs, o)
@@ -284,6 +293,8 @@ def main():
                 except Exception as exc:  # noqa: BLE001
                     results["sweep"].append(dict(T=T, cfg=cfg, error=str(exc)[:300]))
                 print("sweep", results["sweep"][-1], flush=True)
+                for k, v in saved.items():
+                    setattr(fused, k, v)
             fused._config = base
         if T in args.profile:
             from torch.profiler import ProfilerActivity, profile
@@ -314,7 +325,7 @@ def main():
               f"{g('triton_staged_ev_ms'):7.3f} {g('triton_staged_graph_ms'):7.3f} "
               f"{g('triton_fused_ev_ms'):7.3f} {g('triton_fused_graph_ms'):7.3f} "
               f"{100 * r['floor_ms'] / g('triton_fused_graph_ms'):5.0f}  {passed:>11} {rel}")
-    keys = ("BN2", "stages1", "stages2", "quant", "requant2", "split", "split2", "act")
+    keys = ("BN1", "BN2", "stages1", "stages2", "quant", "requant2", "split", "split2", "act", "globals")
     for sw in results["sweep"]:  # one line per swept configuration (full record in the json)
         short = " ".join(f"{k}={sw['cfg'][k]}" for k in keys if k in sw["cfg"])
         kern = sw.get("kernels_us")
