@@ -182,15 +182,15 @@ def sweep_configs(T):
             return dict(cfg(16, 64, bn2, 4, st1, st2), split=split, split2=split2, act=act)
         # v7 sweep: also sk(2, 2) (BN2 64), stages1 5/6, stages2 5, act in gemm2 (see NOTES)
         one, seven = sk(2, 2, None, st2=3), sk(2, 2, bn2=128)
-        off = {"globals": {"ROUTE_ONE_TILE": False}}
+        off = {"globals": {"ROUTE_ONE_TILE_MAX": 0}}
         return [one, seven, dict(one, **off), dict(seven, **off), sk(2, 2, None)]
     if T > 128:
         return [cfg(32, 64, 128, 4, 4, 4), rq(cfg(32, 64, 128, 4, 4, 4)), rq(cfg(32, 64, 64, 4, 4, 4))]
-    if T <= 16:  # v7b: 9..16 tokens (single-program routing), routing variants and stages (single-program routing), routing variants and stages
-        base = rq(cfg(16, 64, 128, 4, 4, 4))
-        return [base, dict(base, globals={"ROUTE_ONE_TILE": False}), rq(cfg(16, 64, 128, 4, 3, 4)),
-                rq(cfg(16, 64, 128, 4, 5, 4)), rq(cfg(16, 64, 128, 4, 4, 3)), rq(cfg(16, 64, 128, 4, 4, 5)),
-                rq(cfg(16, 32, 128, 4, 4, 4))]
+    if T <= 16:  # v7b: 9..16 tokens: single-program routing (<= SINGLE_ROUTE_MAX) or three kernels
+        base = rq(cfg(16, 64, 128, 4, 4, 4))  # (v7b also: stages 3/5, BN1 32: no gain, see NOTES)
+        return [base, dict(base, globals={"SINGLE_ROUTE_MAX": 8}),
+                dict(base, globals={"SINGLE_ROUTE_MAX": 8, "ROUTE_TILE_SMALL": 2}),
+                dict(base, globals={"SINGLE_ROUTE_MAX": 8, "ROUTE_TILE_SMALL": 8})]
     return [cfg(16, 64, 64, 4, 4, 4), rq(cfg(16, 64, 64, 4, 4, 4)), rq(cfg(16, 64, 128, 4, 4, 4)),
             rq(cfg(16, 32, 64, 4, 4, 4))]
 

@@ -37,7 +37,8 @@ SINGLE_ROUTE_WARPS = 8  # warps of the single-program routing+align (fewer: chea
 ROUTE_TILE_MULTI = 16  # tokens per program of the multi-program routing (prefill)
 ROUTE_TILE_SMALL = 4   # ... for T <= DECODE_MAX (more programs, shorter serial top-k chains)
 SINGLE_ROUTE_MAX = 16  # up to this many tokens: routing+align in one single-program launch
-ROUTE_ONE_TILE = True  # ... and when T fits one routing tile, its ids stay in registers
+ROUTE_ONE_TILE_MAX = 8  # ... and up to this many (one routing tile) the ids stay in registers
+                        # (v7b, cupti: T=7 0.0877 vs 0.0891 ms; at 14-16 tokens it cost 2.4 us)
 DECODE_MAX = 1024   # up to this many tokens: decode tile configurations (v4; was 128)
 SMALL_MAX = 128     # ... of which up to this many: the smallest row blocks (BM=16)
 SPLITK_MAX = 8      # ... and up to this many: gemm1/gemm2 split along K (few experts hit: too few tiles)
@@ -526,7 +527,7 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
         warps = SINGLE_ROUTE_WARPS if consts["TB"] > 2 else consts["TB"]  # one token: one warp
         _routing_align_kernel[(1,)](logits, routing_bias, ids, weights, sorted_ids, expert_ids,
                                     n_post, T, float(scaling), expert_offset, n_local,
-                                    BM=BM, EP=EP, ONE_TILE=ROUTE_ONE_TILE and T <= consts["TB"],
+                                    BM=BM, EP=EP, ONE_TILE=T <= min(ROUTE_ONE_TILE_MAX, consts["TB"]),
                                     BB=min(128, triton.next_power_of_2(blocks_max)), **consts,
                                     num_warps=warps)
         return ids, weights, sorted_ids, expert_ids, n_post
