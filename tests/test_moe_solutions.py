@@ -206,6 +206,7 @@ def test_triton_interpreted(solution, seed, T, offset):
     ("triton_staged", {}),
     ("triton_fused", {}),                                           # single-program routing+align
     ("triton_fused", {"SINGLE_ROUTE_MAX": 0, "ROUTE_TILE_SMALL": 2}),  # routing+count, scan, scatter
+    ("triton_fused", {"SINGLE_ROUTE_MAX": 64, "ROUTE_TILE": 4}),  # one program, several tiles
 ])
 @pytest.mark.parametrize("seed,T,offset,BM", [(0, 7, 0, 16), (4, 37, 24, 16), (5, 24, 56, 32), (6, 1, 8, 16),
                                               (7, 2, 0, 16)])

@@ -36,7 +36,10 @@ ROUTE_TILE = 16     # tokens per routing tile of the single-program routing+alig
 SINGLE_ROUTE_WARPS = 8  # warps of the single-program routing+align (fewer: cheaper reductions)
 ROUTE_TILE_MULTI = 16  # tokens per program of the multi-program routing (prefill)
 ROUTE_TILE_SMALL = 4   # ... for T <= DECODE_MAX (more programs, shorter serial top-k chains)
-SINGLE_ROUTE_MAX = 16  # up to this many tokens: routing+align in one single-program launch
+SINGLE_ROUTE_MAX = 8  # up to this many tokens: routing+align in one single-program launch (v7b:
+                      # at 14-16 tokens the three-kernel path with 2-token tiles is 1.4-2.8% faster,
+                      # cupti and graph alike: the one program's serial top-k over 16 tokens was ~12 us)
+ROUTE_TILE_TINY = 2   # tokens per routing program above that, up to 16 tokens
 ROUTE_ONE_TILE_MAX = 8  # ... and up to this many (one routing tile) the ids stay in registers
                         # (v7b, cupti: T=7 0.0877 vs 0.0891 ms; at 14-16 tokens it cost 2.4 us)
 DECODE_MAX = 1024   # up to this many tokens: decode tile configurations (v4; was 128)
@@ -531,7 +534,7 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
                                     BB=min(128, triton.next_power_of_2(blocks_max)), **consts,
                                     num_warps=warps)
         return ids, weights, sorted_ids, expert_ids, n_post
-    tile = ROUTE_TILE_SMALL if T <= DECODE_MAX else ROUTE_TILE_MULTI
+    tile = ROUTE_TILE_TINY if T <= 16 else ROUTE_TILE_SMALL if T <= DECODE_MAX else ROUTE_TILE_MULTI
     consts["TB"] = tile
     n_tiles = triton.cdiv(T, tile)
     counts = torch.empty(n_tiles, EP, dtype=torch.int32, device=dev)
