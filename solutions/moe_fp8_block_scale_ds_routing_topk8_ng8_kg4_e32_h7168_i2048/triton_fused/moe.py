@@ -39,7 +39,8 @@ ROUTE_TILE_SMALL = 4   # ... for T <= DECODE_MAX (more programs, shorter serial 
 SINGLE_ROUTE_MAX = 8  # up to this many tokens: routing+align in one single-program launch (v7b:
                       # at 14-16 tokens the three-kernel path with 2-token tiles is 1.4-2.8% faster,
                       # cupti and graph alike: the one program's serial top-k over 16 tokens was ~12 us)
-ROUTE_TILE_TINY = 2   # tokens per routing program above that, up to 16 tokens
+ROUTE_TILE_TINY = 2   # tokens per routing program above that, up to ROUTE_TINY_MAX tokens
+ROUTE_TINY_MAX = 16
 ROUTE_ONE_TILE_MAX = 8  # ... and up to this many (one routing tile) the ids stay in registers
                         # (v7b, cupti: T=7 0.0877 vs 0.0891 ms; at 14-16 tokens it cost 2.4 us)
 DECODE_MAX = 1024   # up to this many tokens: decode tile configurations (v4; was 128)
@@ -153,7 +154,7 @@ def _routing_align_kernel(logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids
     [128, EP], which spilled)."""
     NE: tl.constexpr = TB * TOPK
     if ONE_TILE:
-        ids1, live1 = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, 0, T, scaling,
+        ids1, _ = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, 0, T, scaling,
                                   E, NG, KG, TOPK, TB)
         entry = tl.arange(0, NE)
         onehot = _onehot(ids1, entry < T * TOPK, expert_offset, n_local, EP, NE)
@@ -276,8 +277,9 @@ def _gemm1_swiglu_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, c_ptr, c_scale_
     QUANT: fp8 out with one scale per row of this tile (quantization group = BN <= QB columns),
     stored block-major at c_scale[pid_n, row]; else bf16 out."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), n_m, I // BN, GROUP_M)
+    # loaded alongside n_post, not after it (as in gemm2)
     expert, rows, entry, live, token, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
-                                                        n_entries, TOPK, BM, BN)  # with n_post's
+                                                        n_entries, TOPK, BM, BN)
     if pid_m * BM >= tl.load(n_post_ptr):
         return
     kk = tl.arange(0, QB)
@@ -327,8 +329,9 @@ def _gemm1_splitk_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, part_ptr, sorte
     n_n = N // BN
     pid_m = tile // n_n
     pid_n = tile % n_n
+    # loaded alongside n_post, not after it (as in gemm2)
     expert, rows, entry, live, token, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
-                                                        n_entries, TOPK, BM, BN)  # with n_post's
+                                                        n_entries, TOPK, BM, BN)
     if pid_m * BM >= tl.load(n_post_ptr):
         return
     n_kb = K // QB
@@ -492,15 +495,15 @@ def _config(T):
     return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=True)
 
 
-_COUNTERS = {}  # (device type, index, kernel) -> int32 arrival counters, zero between calls
+_COUNTERS = {}  # (device type, index) -> int32 arrival counters, zero between calls
 
 
-def _arrival_counters(dev, n, kernel):
-    """The persistent, self-resetting arrival counters of the fused activation. Made
-    once per device, outside any CUDA-graph capture; None (separate finalize kernel) if the
-    first call is being captured. One stream at a time per device: concurrent calls on several
-    streams would share them."""
-    key = (dev.type, dev.index, kernel)
+def _arrival_counters(dev, n):
+    """The persistent, self-resetting arrival counters of the fused activation (ACT_IN_GEMM1_FROM).
+    Made once per device, outside any CUDA-graph capture; None (the separate activation kernel
+    runs instead) if the first call is being captured. One stream at a time per device:
+    concurrent calls on several streams would share them."""
+    key = (dev.type, dev.index)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < n:
         if dev.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -534,7 +537,8 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
                                     BB=min(128, triton.next_power_of_2(blocks_max)), **consts,
                                     num_warps=warps)
         return ids, weights, sorted_ids, expert_ids, n_post
-    tile = ROUTE_TILE_TINY if T <= 16 else ROUTE_TILE_SMALL if T <= DECODE_MAX else ROUTE_TILE_MULTI
+    tile = (ROUTE_TILE_TINY if T <= ROUTE_TINY_MAX else ROUTE_TILE_SMALL if T <= DECODE_MAX
+            else ROUTE_TILE_MULTI)
     consts["TB"] = tile
     n_tiles = triton.cdiv(T, tile)
     counts = torch.empty(n_tiles, EP, dtype=torch.int32, device=dev)
@@ -583,7 +587,7 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
     split = cfg.get("split", 0)
     if split:  # tiny T: partial G1 per K range, then SwiGLU + 1 x QB re-quantization
         act = cfg.get("act")
-        counts1 = _arrival_counters(dev, n_m * (I // BN1), "gemm1") if act == "gemm1" else None
+        counts1 = _arrival_counters(dev, n_m * (I // BN1)) if act == "gemm1" else None
         fuse = {}
         if counts1 is not None:  # gemm1's last program per tile pair: SwiGLU, bf16 C
             c = torch.empty(rows_max, I, dtype=torch.bfloat16, device=dev)

@@ -146,6 +146,16 @@ def _tile_ids(n_m, n_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n, n_entries, BM: tl.constexpr,
+               BN: tl.constexpr):
+    """One tile's expert, its BM sorted rows, their entries (live: not padding), its BN columns."""
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    rows = pid_m * BM + tl.arange(0, BM)
+    entry = tl.load(sorted_ids_ptr + rows)
+    return expert, rows, entry, entry < n_entries, pid_n * BN + tl.arange(0, BN)
+
+
+@triton.jit
 def _gemm1_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr,
                   n_post_ptr, n_tokens, n_entries, N, K, n_m,
                   TOPK: tl.constexpr, QB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -154,12 +164,9 @@ def _gemm1_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, out_ptr, sorted_ids_pt
     pid_m, pid_n = _tile_ids(n_m, N // BN, GROUP_M)
     if pid_m * BM >= tl.load(n_post_ptr):
         return
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    rows = pid_m * BM + tl.arange(0, BM)
-    entry = tl.load(sorted_ids_ptr + rows)
-    live = entry < n_entries
+    expert, rows, entry, live, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                 n_entries, BM, BN)
     token = tl.where(live, entry // TOPK, 0).to(tl.int64)
-    cols = pid_n * BN + tl.arange(0, BN)
     kk = tl.arange(0, BK)
     a_ptrs = a_ptr + token[:, None] * K + kk[None, :]
     w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
@@ -204,11 +211,8 @@ def _gemm2_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, out_ptr, sorted_ids_pt
     pid_m, pid_n = _tile_ids(n_m, N // BN, GROUP_M)
     if pid_m * BM >= tl.load(n_post_ptr):
         return
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    rows = pid_m * BM + tl.arange(0, BM)
-    entry = tl.load(sorted_ids_ptr + rows)
-    live = entry < n_entries
-    cols = pid_n * BN + tl.arange(0, BN)
+    expert, rows, entry, live, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                 n_entries, BM, BN)
     kk = tl.arange(0, BK)
     a_ptrs = c_ptr + rows[:, None].to(tl.int64) * K + kk[None, :]
     w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
