@@ -117,14 +117,16 @@ def run(
     workloads: Optional[List[str]] = WorkOpt,
     devices: Optional[List[str]] = typer.Option(None, "--devices", "--device",
                                                 help="Devices, e.g. cuda:0 cuda:1 or cpu (default: all GPUs, "
-                                                     "else cpu). One worker per device."),
+                                                     "else cpu). One solution worker per device at a time."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run directory (default: runs/<time>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output (or the latest under "
                                 "runs/), skipping pairs already measured."),
-    timeout: float = typer.Option(300.0, "--timeout", help="Seconds per (solution, workload) evaluation, "
-                                  "build/JIT excluded."),
-    build_timeout: Optional[float] = typer.Option(None, "--build-timeout", help="Seconds for a solution's build "
-                                                  "and first (JIT) call (default: its spec.build_timeout_s)."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds per (solution, workload): its first call, "
+                                  "check, timing and fresh check."),
+    build_timeout: Optional[float] = typer.Option(None, "--build-timeout", help="Seconds for a solution's import "
+                                                  "and build hook (default: its spec.build_timeout_s)."),
+    jit_timeout: float = typer.Option(180.0, "--jit-timeout", help="Seconds for a solution's very first call in "
+                                      "the run, where JIT compilation happens; later first calls get --timeout."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the definition's)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the definition's)."),
     required_matched_ratio: Optional[float] = typer.Option(None, "--required-matched-ratio",
@@ -141,16 +143,22 @@ def run(
     max_failures: int = typer.Option(3, "--max-failures", help="Skip a solution after this many crashes or "
                                      "timeouts."),
     also_check: Optional[List[str]] = typer.Option(None, "--also-check", help="Also record the verdict at "
-                                                  "another tolerance, as 'atol,rtol,ratio' (repeatable), e.g. "
-                                                  "0.1,0.2,0.85; the status keeps the main tolerance."),
+                                                  "another tolerance: a definition's preset name (e.g. contest) "
+                                                  "or 'atol,rtol,ratio' (repeatable); the status keeps the main "
+                                                  "tolerance."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ):
     """Check every solution on every workload against the FP32 reference, time those that pass,
     and write a run directory (run.json, traces.jsonl, logs/) that reports and comparisons read."""
-    from .evaluate import RunSettings
-    from .runner import Runner, RunPlan
+    from .harness.runner import Runner, RunPlan
     from .progress import RunProgress, print_summary, summary_rows
 
+    config = _run_config(atol=atol, rtol=rtol, required_matched_ratio=required_matched_ratio,
+                         warmup_runs=warmup_runs, iterations=iterations, num_trials=num_trials, timer=timer,
+                         seed=seed, input_copies=input_copies, fresh_check=not no_fresh_check,
+                         also_check=split_list(also_check), timeout_s=timeout, build_timeout_s=build_timeout,
+                         jit_timeout_s=jit_timeout, max_failures=max_failures)
+    devs = _check_devices(_normalise_devices(split_list(devices)) or _default_devices())
     data = _load(local)
     if data.problems:
         _print_problems(data, limit=20)
@@ -158,28 +166,66 @@ def run(
     def_names, sols, works = _select(data, definitions, solutions, workloads)
     if not def_names:
         _fail("nothing to run: no (solution, workload) pair matches the selection")
-    devs = _normalise_devices(split_list(devices)) or _default_devices()
-    settings = RunSettings(atol=atol, rtol=rtol, required_matched_ratio=required_matched_ratio,
-                           warmup_runs=warmup_runs, iterations=iterations, num_trials=num_trials, timer=timer,
-                           seed=seed, input_copies=input_copies, fresh_check=not no_fresh_check,
-                           also_check=[_tolerance_triple(t) for t in also_check or []])
-    plan = RunPlan(settings=settings, definitions=def_names, solutions=sols, workloads=works, devices=devs,
-                   timeout_s=timeout, build_timeout_s=build_timeout, max_failures=max_failures)
+    for d in def_names:
+        try:
+            config.also_tolerances(data.definitions[d])
+        except ValueError as exc:
+            _fail(f"--also-check: {exc}")
+    plan = RunPlan(config=config, definitions=def_names, solutions=sols, workloads=works, devices=devs)
     run_dir = _run_dir(output, resume)
     plan.build_failures = _prebuild(data, plan, build_timeout, run_dir)
     progress = RunProgress(console, total=len(plan.pairs()))
-    runner = Runner(data, plan, run_dir, on_trace=progress.trace, on_phase=progress.phase)
+    runner = Runner(data, plan, run_dir, on_trace=progress.trace, on_phase=progress.phase,
+                    on_warning=lambda text: console.print(f"[bold red]warning:[/bold red] {text}", highlight=False))
     with progress:
         result = runner.run(resume=resume, command=["fib", *sys.argv[1:]])
     rows = summary_rows(result.traces)
     if as_json:
-        out.print_json(json.dumps({"run_dir": str(run_dir), "interrupted": result.interrupted, "results": rows}))
+        out.print_json(json.dumps({"run_dir": str(run_dir), "interrupted": result.interrupted, "results": rows,
+                                   "problems": result.problems, "vacuous_tolerance": result.vacuous}))
     else:
         print_summary(out, rows)
+    for problem in result.problems:
+        console.print(f"[red]definition problem:[/red] {problem}", highlight=False)
+    for where, trivial in result.vacuous.items():
+        console.print(f"[bold red]vacuous tolerance[/bold red] on {where}: {', '.join(trivial)} would PASS; "
+                      "a PASSED there proves little", highlight=False)
     note = " (interrupted: rerun with --resume to continue)" if result.interrupted else ""
     console.print(f"run directory: [bold]{run_dir}[/bold]{note}", highlight=False)
     if result.interrupted:
         raise typer.Exit(130)
+    if not any(r["status"] == "PASSED" for r in rows) or result.problems:
+        raise typer.Exit(1)
+
+
+def _run_config(**values):
+    """The validated RunConfig, or exit 2 naming each bad option."""
+    from pydantic import ValidationError
+    from .schema.config import RunConfig, config_error_message
+    try:
+        return RunConfig(**values)
+    except ValidationError as exc:
+        _fail(config_error_message(exc))
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _check_devices(devices: list[str]) -> list[str]:
+    """Every device named exists here (exit 2 otherwise)."""
+    import re
+    import torch
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for d in devices:
+        if d == "cpu":
+            continue
+        match = re.fullmatch(r"cuda:(\d+)", d)
+        if not match:
+            _fail(f"--devices: {d!r} is not a device (use cpu, cuda, cuda:N or N)")
+        if int(match.group(1)) >= count:
+            _fail(f"--devices: {d} does not exist here ({count} CUDA device(s) visible)")
+    if len(set(devices)) != len(devices) and any(d != "cpu" for d in devices):
+        _fail(f"--devices: {', '.join(devices)} names a GPU twice; two workers would time on one GPU at once")
+    return devices
 
 
 def _prebuild(data, plan, build_timeout, run_dir: Path) -> dict[str, tuple[str, str]]:
@@ -204,16 +250,8 @@ def _prebuild(data, plan, build_timeout, run_dir: Path) -> dict[str, tuple[str, 
     return failures
 
 
-def _tolerance_triple(text: str) -> list[float]:
-    try:
-        atol, rtol, ratio = (float(v) for v in text.split(","))
-    except ValueError:
-        _fail(f"--also-check {text!r}: expected 'atol,rtol,ratio', e.g. 0.1,0.2,0.85")
-    return [atol, rtol, ratio]
-
-
 def _run_dir(output: Optional[Path], resume: bool) -> Path:
-    from .runner import new_run_dir
+    from .harness.runner import new_run_dir
     base = Path(os.environ.get("FIB_RUNS_DIR", "runs"))
     if output is not None:
         if output.exists() and (output / "traces.jsonl").exists() and not resume:

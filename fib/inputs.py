@@ -214,7 +214,39 @@ class ReferenceCache:
         return [o.to(device) for o in outputs], seconds
 
 
-def compute_reference(definition: Definition, inputs: dict[str, Any]) -> tuple[list[torch.Tensor], float]:
+def reference_file(cache: ReferenceCache, definition: Definition, workload: Workload, seed: int, root: Path,
+                   device) -> tuple[Path | None, dict]:
+    """The cached reference's file and its metadata, or (None, {}) when it must be computed."""
+    file = cache.path(definition, reference_key(definition, workload, seed, root))
+    try:
+        meta = json.loads(file.with_suffix(".json").read_text())
+        if file.is_file() and "seconds" in meta:
+            cache.hits += 1
+            return file, meta
+    except (OSError, ValueError):
+        pass
+    cache.misses += 1
+    return None, {}
+
+
+def store_reference(cache: ReferenceCache, definition: Definition, workload: Workload, seed: int, root: Path,
+                    device, outputs: list[torch.Tensor], seconds: float) -> tuple[Path, dict]:
+    """Write a computed reference into the cache (atomically); returns (file, metadata)."""
+    from safetensors.torch import save_file
+    file = cache.path(definition, reference_key(definition, workload, seed, root))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(f".tmp{os.getpid()}")
+    save_file({f"out{i}": o.detach().contiguous().cpu() for i, o in enumerate(outputs)}, str(tmp))
+    os.replace(tmp, file)
+    meta = {"seconds": seconds, "workload": workload.uuid, "seed": seed}
+    file.with_suffix(".json").write_text(json.dumps(meta))
+    return file, meta
+
+
+def compute_reference(definition: Definition, inputs: dict[str, Any],
+                      validate: Callable[[Any], str | None] | None = None) -> tuple[list[torch.Tensor], float]:
+    """The definition's reference on `inputs` as float32 tensors, and the seconds it took.
+    `validate(raw_result)` may name what makes the result unusable (then a DatasetError)."""
     run = definition_function(definition, "run")
     device_is_cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in inputs.values())
     if device_is_cuda:
@@ -229,4 +261,9 @@ def compute_reference(definition: Definition, inputs: dict[str, Any]) -> tuple[l
     if device_is_cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    if validate is not None:
+        problem = validate(list(result) if isinstance(result, (tuple, list)) else [result])
+        if problem:
+            raise DatasetError(problem, where=f"definition '{definition.name}'", field="reference",
+                               fix="the definition's reference must return finite tensors of the declared shapes")
     return [o.float() for o in _as_output_list(result, definition)], seconds

@@ -127,17 +127,17 @@ def write_flashinfer_bench_dataset(root):
 
 
 def test_flashinfer_bench_layout_runs_unchanged(tmp_path):
-    from fib.evaluate import RunSettings
-    from fib.runner import Runner, RunPlan
+    from fib.harness.runner import Runner, RunPlan
+    from fib.schema.config import RunConfig
     from fib.schema import Status
     os.environ["FIB_CACHE_DIR"] = str(tmp_path / "cache")
     root = write_flashinfer_bench_dataset(tmp_path / "fib-trace")
     data = load_dataset([root])
     assert not data.problems, problems_text(data)
     assert data.definitions["scale_add"].op_type == "elementwise"
-    plan = RunPlan(settings=RunSettings(warmup_runs=1, iterations=3, num_trials=1, timer="wall"),
+    plan = RunPlan(config=RunConfig(warmup_runs=1, iterations=3, num_trials=1, timer="wall", timeout_s=20),
                    definitions=["scale_add"], solutions={"scale_add": ["alice_scale"]},
-                   workloads={"scale_add": ["w-n3", "w-n8"]}, devices=["cpu"], timeout_s=20)
+                   workloads={"scale_add": ["w-n3", "w-n8"]}, devices=["cpu"])
     result = Runner(data, plan, tmp_path / "run").run()
     assert [t.evaluation.status for t in result.traces] == [Status.PASSED, Status.PASSED]
     # the traces read back as plain FlashInfer-Trace JSON

@@ -8,22 +8,23 @@ from pathlib import Path
 import pytest
 
 from fib.dataset import load_dataset
-from fib.evaluate import RunSettings
-from fib.runner import Runner, RunPlan, completed_pairs
+from fib.harness.runner import Runner, RunPlan, completed_pairs
+from fib.schema.config import RunConfig
 from fib.schema import Status, Trace
 from tinydata import make_dataset, write_solution
 
-FAST = RunSettings(warmup_runs=1, iterations=3, num_trials=2, timer="wall")
+FAST = dict(warmup_runs=1, iterations=3, num_trials=2, timer="wall")
 
 
 def run_plan(root: Path, run_dir: Path, solutions: list[str], **kw) -> tuple[Runner, list[Trace]]:
     data = load_dataset([root])
     d = "scale_add"
-    plan = RunPlan(settings=kw.pop("settings", FAST), definitions=[d], solutions={d: solutions},
-                   workloads={d: [w.uuid for w in data.workloads[d]]}, devices=["cpu"],
-                   timeout_s=kw.pop("timeout_s", 10), build_timeout_s=kw.pop("build_timeout_s", 10), **kw)
+    resume = kw.pop("resume", False)
+    config = RunConfig(**{**FAST, "timeout_s": 10, "build_timeout_s": 10, "jit_timeout_s": 10, **kw})
+    plan = RunPlan(config=config, definitions=[d], solutions={d: solutions},
+                   workloads={d: [w.uuid for w in data.workloads[d]]}, devices=["cpu"])
     runner = Runner(data, plan, run_dir)
-    result = runner.run(resume=kw.get("resume", False))
+    result = runner.run(resume=resume)
     return runner, result.traces
 
 
@@ -119,8 +120,9 @@ def test_resume_skips_measured_pairs(tmp_path):
     _, first = run_plan(root, run_dir, ["good"])
     assert len(first) == 2
     data = load_dataset([root])
-    plan = RunPlan(settings=FAST, definitions=["scale_add"], solutions={"scale_add": ["good", "raises"]},
-                   workloads={"scale_add": ["w-n3", "w-n8"]}, devices=["cpu"], timeout_s=4)
+    plan = RunPlan(config=RunConfig(**FAST, timeout_s=4), definitions=["scale_add"],
+                   solutions={"scale_add": ["good", "raises"]}, workloads={"scale_add": ["w-n3", "w-n8"]},
+                   devices=["cpu"])
     result = Runner(data, plan, run_dir).run(resume=True)
     assert result.skipped_done == 2
     assert sorted(t.solution for t in result.traces) == ["raises", "raises"]
@@ -152,21 +154,24 @@ def test_reference_is_cached_across_runs(tmp_path):
 
 
 def test_jobs_spread_over_several_workers(tmp_path):
-    """One worker per device; two 'devices' here (both the CPU) share the workloads between them."""
+    """Two 'devices' (both the CPU) share the pairs; a worker serves one solution only, so no
+    solution ever shares a process with another."""
     os.environ["FIB_CACHE_DIR"] = str(tmp_path / "cache")
     workloads = [{"uuid": f"w{i}", "axes": {"n": i + 1},
                   "inputs": {"x": {"type": "random"}, "alpha": {"type": "scalar", "value": 1.0}}} for i in range(8)]
     root = make_dataset(tmp_path / "ds", solutions=["raises"], workloads=workloads)
-    # Each evaluation takes a few seconds, so the second worker is up before the first is done.
+    # Each evaluation takes a while, so the second device's worker is up before the first is done.
     write_solution(root, "scale_add", "slow", "import time\n\ndef run(x, alpha, y):\n    time.sleep(0.3)\n"
                    "    y.copy_(x * alpha + 1.0)\n")
     data = load_dataset([root])
-    plan = RunPlan(settings=FAST, definitions=["scale_add"], solutions={"scale_add": ["slow", "raises"]},
-                   workloads={"scale_add": [w["uuid"] for w in workloads]}, devices=["cpu", "cpu"], timeout_s=60)
+    plan = RunPlan(config=RunConfig(**FAST, timeout_s=60), definitions=["scale_add"],
+                   solutions={"scale_add": ["slow", "raises"]},
+                   workloads={"scale_add": [w["uuid"] for w in workloads]}, devices=["cpu", "cpu"])
     traces = Runner(data, plan, tmp_path / "run").run().traces
     assert len(traces) == 16
-    workers = {t.evaluation.model_extra["worker"] for t in traces}
-    assert len(workers) == 2
-    # a workload's solutions stay together on one worker (its inputs and reference are shared)
-    for w in workloads:
-        assert len({t.evaluation.model_extra["worker"] for t in traces if t.workload.uuid == w["uuid"]}) == 1
+    by_solution = {}
+    for t in traces:
+        by_solution.setdefault(t.solution, set()).add(t.evaluation.model_extra["worker"])
+    assert len(by_solution["slow"]) == 2                      # both devices served `slow`
+    assert not by_solution["slow"] & by_solution["raises"]    # never in one process
+    assert all(t.evaluation.status == Status.PASSED for t in traces if t.solution == "slow")

@@ -271,7 +271,7 @@ def test_attribution_splits_the_timeline_at_flushes_when_launches_are_unseen():
 
 
 def test_input_copies_scale_with_device_memory():
-    from fib.evaluate import input_copies_for
+    from fib.harness.evaluate import input_copies_for
     ds = 1_430_000_000  # the DeepSeek inputs: 1.4 GB, mostly expert weights
     assert input_copies_for(ds, 141 * 2**30) == 4    # H200: 14 GB budget
     assert input_copies_for(ds, 80 * 2**30) == 4     # H100: 8 GB

@@ -9,7 +9,8 @@ beside solution.json; `sources` may then list paths only, or be left out (every 
 is a source). fib additions to `spec`, all optional:
 
 - `shape_constraints`: Python expressions over the axes that must hold (else UNSUPPORTED).
-- `build_timeout_s`: the budget for `prepare`/JIT builds, kept apart from the run timeout.
+- `build_timeout_s`: the budget for import and the `fib_build` hook (default 300 s), kept apart from the run
+  timeout; the very first call (JIT) has `--jit-timeout`.
 
 `target_hardware` entries understood by fib: "cpu"; "cuda" or "gpu" (any CUDA GPU); "smNN" (that
 compute capability, e.g. sm90), "smNN+" (that or newer); any other word is matched against the GPU
@@ -55,7 +56,7 @@ class BuildSpec(BaseModel):
     build_commands: list[str] = Field(default_factory=list)
     # fib additions
     shape_constraints: list[str] = Field(default_factory=list)
-    build_timeout_s: float = Field(default=1800, gt=0)
+    build_timeout_s: float = Field(default=300, gt=0)
 
     @field_validator("entry_point")
     @classmethod

@@ -1,0 +1,161 @@
+"""The reference and judge process: computes FP32 references and decides verdicts; it never runs a
+solution, so nothing a solution does in its own process can change a reference or a verdict.
+
+Requests from the parent, answered in the order they came (a workload's reference request is sent
+before any judgement that needs it):
+- reference{key, definition, workload, root, seed, tolerance} -> reference{key, ok, seconds,
+  computed, vacuous[], error?}: builds the inputs from the seed, runs the definition's reference
+  (or takes it from the disk cache), checks that it is usable (tensors of the declared shapes, all
+  finite: otherwise the definition is at fault and `error` says so), and lists the trivial outputs
+  (all zeros, the reference shifted by its std) that the tolerance would wrongly pass;
+- judge{id, which, definition, workload, ref_key, path, tolerance, also[]} -> verdict{id, which,
+  status, reason, correctness}: loads the outputs a worker wrote and compares them with the reference.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from collections import OrderedDict
+from pathlib import Path
+
+from .child import Channel
+
+
+def validate_reference(definition, axes: dict, outputs) -> str | None:
+    """Why these reference outputs are unusable (the definition's fault), or None."""
+    import torch
+    if not isinstance(outputs, (list, tuple)):
+        outputs = [outputs]
+    if len(outputs) != len(definition.outputs):
+        return f"reference returned {len(outputs)} outputs, the definition declares {len(definition.outputs)}"
+    for (name, spec), out in zip(definition.outputs.items(), outputs):
+        if not isinstance(out, torch.Tensor):
+            return f"reference output '{name}' is a {type(out).__name__}, not a tensor"
+        shape = tuple(definition.shape_of(spec, axes) or ())
+        if tuple(out.shape) != shape:
+            return f"reference output '{name}' has shape {tuple(out.shape)}, the definition declares {shape}"
+        if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out)).sum())
+            return f"reference output '{name}' has {bad} NaN/Inf element(s)"
+    return None
+
+
+class Judge:
+    def __init__(self, channel: Channel, args: dict):
+        import torch
+        from ..inputs import ReferenceCache
+        self.channel = channel
+        self.device = args["device"]
+        if self.device.startswith("cuda"):
+            torch.cuda.set_device(self.device)
+        self.cache = ReferenceCache()
+        self.refs: OrderedDict = OrderedDict()   # key -> (file, axes) for references that are usable
+        self.failed: dict[str, str] = {}
+        self.loaded: OrderedDict = OrderedDict()  # key -> tensors on the device (a few, LRU)
+
+    def reference(self, msg: dict) -> dict:
+        import torch
+        from safetensors.torch import load_file
+        from ..inputs import compute_reference, make_inputs, reference_file, store_reference
+        from ..schema import Definition, Tolerance, Workload
+        definition = Definition.model_validate(msg["definition"])
+        workload = Workload.model_validate(msg["workload"])
+        root = Path(msg["root"])
+        axes = definition.resolve_axes(workload.axes)
+        key = msg["key"]
+        file, meta = reference_file(self.cache, definition, workload, msg["seed"], root, self.device)
+        computed = False
+        if file is None:
+            try:
+                inputs = make_inputs(definition, workload, seed=msg["seed"], device=self.device, root=root)
+                outputs, seconds = compute_reference(definition, inputs, validate=lambda o: validate_reference(
+                    definition, axes, o))
+            except Exception as exc:  # the definition's reference or generator is at fault
+                traceback.print_exc()
+                text = getattr(exc, "render", lambda: f"{type(exc).__name__}: {exc}")()
+                self.failed[key] = text
+                return {"key": key, "ok": False, "error": text}
+            file, meta = store_reference(self.cache, definition, workload, msg["seed"], root, self.device, outputs,
+                                         seconds)
+            computed = True
+            del inputs
+        refs = [t for _, t in sorted(load_file(str(file), device=self.device).items(),
+                                     key=lambda kv: int(kv[0][3:]))]
+        self.refs[key] = (file, axes)
+        self._remember(key, refs)
+        vacuous = []
+        if msg.get("tolerance") is not None:
+            from .. import check
+            tol = Tolerance.model_validate(msg["tolerance"])
+            if hasattr(check, "vacuous_outputs"):
+                vacuous = check.vacuous_outputs(definition, axes, refs, tol)
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        return {"key": key, "ok": True, "seconds": meta["seconds"], "computed": computed, "vacuous": vacuous,
+                "file": str(file)}
+
+    def _remember(self, key: str, refs: list) -> None:
+        self.loaded[key] = refs
+        self.loaded.move_to_end(key)
+        while len(self.loaded) > 4:
+            self.loaded.popitem(last=False)
+
+    def _refs(self, key: str) -> list:
+        from safetensors.torch import load_file
+        if key not in self.loaded:
+            file, _ = self.refs[key]
+            stored = load_file(str(file), device=self.device)
+            self._remember(key, [stored[f"out{i}"] for i in range(len(stored))])
+        self.loaded.move_to_end(key)
+        return self.loaded[key]
+
+    def judge(self, msg: dict) -> dict:
+        from safetensors.torch import load_file
+        from ..check import check_outputs
+        from ..schema import Definition, Tolerance, Workload
+        key = msg["ref_key"]
+        base = {"id": msg["id"], "which": msg["which"]}
+        path = Path(msg["path"])
+        try:
+            if key in self.failed or key not in self.refs:
+                return {**base, "status": None, "reason": f"no reference: {self.failed.get(key, 'not computed')}"}
+            definition = Definition.model_validate(msg["definition"])
+            workload = Workload.model_validate(msg["workload"])
+            axes = definition.resolve_axes(workload.axes)
+            stored = load_file(str(path), device=self.device)
+            outputs = [stored[f"out{i}"] for i in range(len(stored))]
+            tol = Tolerance.model_validate(msg["tolerance"])
+            also = [Tolerance.model_validate(t) for t in msg.get("also", [])]
+            result = check_outputs(definition, axes, outputs, self._refs(key), tol, also)
+            correctness = result.correctness.model_dump(mode="json") if result.correctness else None
+            return {**base, "status": result.status.value, "reason": result.reason, "correctness": correctness}
+        finally:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    def serve(self) -> None:
+        self.channel.send("ready", pid=os.getpid())
+        while True:
+            msg = self.channel.recv()
+            kind = msg["kind"]
+            if kind == "stop":
+                return
+            try:
+                if kind == "reference":
+                    self.channel.send("reference", **self.reference(msg))
+                elif kind == "judge":
+                    self.channel.send("verdict", **self.judge(msg))
+            except Exception as exc:  # a harness bug: answer, so the parent can blame nobody
+                traceback.print_exc()
+                reply = "reference" if kind == "reference" else "verdict"
+                self.channel.send(reply, key=msg.get("key"), id=msg.get("id"), which=msg.get("which"), ok=False,
+                                  status=None, error=f"judge error: {type(exc).__name__}: {exc}",
+                                  reason=f"judge error: {type(exc).__name__}: {exc}")
+
+
+def judge_main(channel: Channel, args: dict) -> None:
+    if args.get("cache_dir"):
+        os.environ["FIB_CACHE_DIR"] = args["cache_dir"]
+    Judge(channel, args).serve()

@@ -1,0 +1,605 @@
+"""The parent of a run: schedules (solution, workload) pairs over the devices, one solution worker
+per (solution, device) at a time, one reference/judge process, and writes the run directory.
+
+Per pair: the worker makes its own inputs, calls the solution, and sends its outputs; the judge
+(a process that never runs solution code) compares them with the FP32 reference and the parent
+writes the trace. The parent applies every budget: a worker that overruns its phase or dies is
+killed with its whole session, the pair gets TIMEOUT / RUNTIME_ERROR / COMPILE_ERROR with the
+reason and its log, and a new worker takes the solution's remaining workloads. While a worker
+times, the judge sends no work to that worker's device, so a reference never overlaps a timed call.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Callable
+
+from ..dataset import Dataset
+from ..env import collect_environment, git_info
+from ..inputs import workload_seed
+from ..schema import Correctness, Performance, Status, TimingStats, Trace, write_jsonl_line
+from ..schema.config import RunConfig
+from ..schema.io import load_jsonl
+from .child import Child
+from .evaluate import make_trace
+from .logs import CappedLog
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@dataclass
+class RunPlan:
+    config: RunConfig
+    definitions: list[str]
+    solutions: dict[str, list[str]]          # definition -> solution names
+    workloads: dict[str, list[str]]          # definition -> workload uuids
+    devices: list[str]
+    cache_dir: str | None = None
+    build_failures: dict[str, tuple[str, str]] = field(default_factory=dict)  # solution -> (status, reason)
+
+    def pairs(self) -> list[tuple[str, str, str]]:
+        """(definition, solution, workload), solution-major: a solution's worker serves its workloads in a row."""
+        return [(d, s, w) for d in self.definitions for s in self.solutions[d] for w in self.workloads[d]]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    traces: list[Trace] = field(default_factory=list)
+    interrupted: bool = False
+    skipped_done: int = 0
+    problems: list[str] = field(default_factory=list)   # a definition's fault (its reference), not a solution's
+    vacuous: dict[str, list[str]] = field(default_factory=dict)  # "definition/workload" -> trivial outputs that pass
+
+
+def new_run_dir(base: Path) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = base / stamp
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = base / f"{stamp}-{suffix}"
+    return path
+
+
+def completed_pairs(run_dir: Path) -> set[tuple[str, str, str]]:
+    """(definition, solution, workload uuid) already measured in this run directory."""
+    done = set()
+    file = run_dir / "traces.jsonl"
+    if file.is_file():
+        for _, obj in load_jsonl(file):
+            if obj.get("solution") and obj.get("evaluation"):
+                done.add((obj["definition"], obj["solution"], obj["workload"]["uuid"]))
+    return done
+
+
+def write_run_json(run_dir: Path, info: dict) -> None:
+    tmp = run_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2, default=str))
+    os.replace(tmp, run_dir / "run.json")
+
+
+@dataclass
+class Pair:
+    definition: str
+    solution: str
+    workload: str
+    seed: int
+    fresh_seed: int
+    log_mark: int = 0
+    check: dict | None = None          # the judge's verdict on the first input set
+    fresh: dict | None = None
+    waiting: str | None = None         # "check"/"fresh": outputs are with the judge
+    waiting_was: str | None = None
+    wants_go: bool | None = None       # verdict known, `go` not yet sent
+    remaining_s: float = 0.0           # the pair's budget left when it began to wait for the judge
+    pair_deadline: float = float("inf")
+
+
+@dataclass
+class Slot:
+    """One device: at most one solution worker (and one pair) at a time."""
+    device: str
+    worker: Child | None = None
+    key: tuple[str, str] | None = None   # (definition, solution) the worker serves
+    pair: Pair | None = None
+    spare: Child | None = None           # the next solution's worker, started early (imports only)
+    spare_key: tuple[str, str] | None = None
+
+
+class Runner:
+    def __init__(self, data: Dataset, plan: RunPlan, run_dir: Path,
+                 on_trace: Callable[[Trace], None] | None = None,
+                 on_phase: Callable[[str, str | None, str], None] | None = None,
+                 on_warning: Callable[[str], None] | None = None):
+        self.data = data
+        self.plan = plan
+        self.config = plan.config
+        self.run_dir = run_dir
+        self.on_trace = on_trace or (lambda trace: None)
+        self.on_phase = on_phase or (lambda device, solution, phase: None)
+        self.on_warning = on_warning or (lambda text: None)
+        self.failures: Counter = Counter()
+        self.first_call_done: set[tuple[str, str]] = set()
+        self.result = RunResult(run_dir)
+        self.environment = collect_environment()
+        self._env_model = {"hardware": self.environment["hardware"], "libs": self.environment["libs"]}
+        self.logs: dict[str, CappedLog] = {}
+        self.refs: dict[str, dict | None] = {}        # key -> the judge's answer (None: asked, not answered)
+        self.judge: Child | None = None
+        self.judge_queue: deque = deque()             # requests not yet sent
+        self.judge_outstanding = 0
+        self.verdict_waiters: dict[int, Slot] = {}
+        self._ids = 0
+
+    # ---- small helpers ----------------------------------------------------------------------
+    def _log(self, name: str) -> CappedLog:
+        if name not in self.logs:
+            self.logs[name] = CappedLog(self.run_dir / "logs" / f"{name}.log", self.config.log_cap_bytes)
+        return self.logs[name]
+
+    def _objects(self, pair: Pair):
+        definition = self.data.definitions[pair.definition]
+        workload = next(w for w in self.data.workloads[pair.definition] if w.uuid == pair.workload)
+        solution = self.data.solutions[pair.definition][pair.solution]
+        return definition, workload, solution
+
+    def _ref_key(self, definition: str, workload: str, seed: int) -> str:
+        return f"{definition}/{workload}/{seed}"
+
+    def _emit(self, trace: Trace) -> None:
+        write_jsonl_line(self.run_dir / "traces.jsonl", trace)
+        self.result.traces.append(trace)
+        self.on_trace(trace)
+
+    def _emit_pair(self, pair: Pair, status: Status, reason: str | None = None, *, log: str = "",
+                   device: str | None = None, **fields) -> None:
+        definition, workload, solution = self._objects(pair)
+        vacuous = self.result.vacuous.get(f"{pair.definition}/{pair.workload}")
+        if vacuous:
+            fields["vacuous_tolerance"] = vacuous
+        self._emit(make_trace(definition, workload, solution, status, reason=reason, log=log,
+                              environment=self._env_model, device=device, seed=pair.seed, **fields))
+
+    # ---- run --------------------------------------------------------------------------------
+    def run(self, *, resume: bool = False, command: list[str] | None = None) -> RunResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        done = completed_pairs(self.run_dir) if resume else set()
+        self.result.skipped_done = len(done)
+        info = {"command": command, "config": self.config.model_dump(mode="json"),
+                "selection": {"devices": self.plan.devices, "definitions": self.plan.definitions,
+                              "solutions": self.plan.solutions, "workloads": self.plan.workloads},
+                "git": git_info(PACKAGE_ROOT), "environment": self.environment,
+                "dataset_roots": [str(r) for r in self.data.roots],
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "finished": None, "state": "running"}
+        write_run_json(self.run_dir, info)
+        queue = deque(p for p in self.plan.pairs() if p not in done)
+        slots = [Slot(d) for d in self.plan.devices]
+        state = "finished"
+        out_dir = Path(tempfile.mkdtemp(prefix="fib-outputs-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK)
+                                        else None))
+        restore = self._catch_sigterm()
+        try:
+            if queue:
+                self._loop(queue, slots, out_dir)
+        except KeyboardInterrupt:
+            state = "interrupted"
+            self.result.interrupted = True
+        finally:
+            for slot in slots:
+                if slot.worker:
+                    slot.worker.kill() if state == "interrupted" else slot.worker.stop()
+                if slot.spare:
+                    slot.spare.kill()
+            if self.judge:
+                self.judge.kill() if state == "interrupted" else self.judge.stop()
+            for log in self.logs.values():
+                log.flush()
+            shutil.rmtree(out_dir, ignore_errors=True)
+            restore()
+            info.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), state=state,
+                        problems=self.result.problems, vacuous_tolerance=self.result.vacuous)
+            write_run_json(self.run_dir, info)
+        return self.result
+
+    def _catch_sigterm(self) -> Callable[[], None]:
+        """SIGTERM ends the run as Ctrl-C does (workers killed, run.json 'interrupted')."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt()
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        return lambda: signal.signal(signal.SIGTERM, previous)
+
+    # ---- the judge --------------------------------------------------------------------------
+    def _judge_device(self) -> str:
+        return self.plan.devices[0]
+
+    def _start_judge(self) -> None:
+        args = {"device": self._judge_device(), "cache_dir": self.plan.cache_dir}
+        self.judge = Child.start("judge", args, self._log("judge"), self.config.prepare_timeout_s)
+        self.judge_outstanding = 0
+
+    def _ask_judge(self, kind: str, **fields) -> None:
+        self.judge_queue.append((kind, fields))
+
+    def _judge_quiet_needed(self, slots: list[Slot]) -> bool:
+        """A worker on the judge's device is timing: send the judge nothing now."""
+        return any(s.pair and s.worker and s.worker.phase == "timing" and s.device == self._judge_device()
+                   for s in slots)
+
+    def _pump_judge(self, slots: list[Slot]) -> None:
+        if self.judge is None:
+            self._start_judge()
+        while self.judge_queue and self.judge.ready and not self._judge_quiet_needed(slots):
+            kind, fields = self.judge_queue.popleft()
+            self.judge.channel.send(kind, **fields)
+            self.judge_outstanding += 1
+            self.judge.deadline = time.monotonic() + self.config.prepare_timeout_s
+
+    def _request_reference(self, definition: str, workload_uuid: str, seed: int) -> str:
+        key = self._ref_key(definition, workload_uuid, seed)
+        if key not in self.refs:
+            self.refs[key] = None
+            d = self.data.definitions[definition]
+            workload = next(w for w in self.data.workloads[definition] if w.uuid == workload_uuid)
+            self._ask_judge("reference", key=key, definition=d.model_dump(mode="json"),
+                            workload=workload.model_dump(mode="json"), root=str(self.data.root_for(definition)),
+                            seed=seed, tolerance=self.config.tolerance(d).model_dump(mode="json"))
+        return key
+
+    def _on_judge(self, message: dict, slots: list[Slot]) -> None:
+        kind = message["kind"]
+        if kind == "ready":
+            self.judge.ready = True
+            self.judge.deadline = float("inf")
+            return
+        self.judge_outstanding -= 1
+        self.judge.deadline = float("inf") if self.judge_outstanding <= 0 else \
+            time.monotonic() + self.config.prepare_timeout_s
+        if kind == "reference":
+            self.refs[message["key"]] = message
+            definition, workload, seed = message["key"].rsplit("/", 2)
+            if not message.get("ok"):
+                text = (f"definition '{definition}', workload {workload}: its reference cannot be used, so no "
+                        f"solution is judged on this workload: {message.get('error')}")
+                if text not in self.result.problems:
+                    self.result.problems.append(text)
+                    self.on_warning(text)
+            elif message.get("vacuous") and int(seed) == workload_seed(self.config.seed, self._workload(
+                    definition, workload)):
+                where = f"{definition}/{workload}"
+                if where not in self.result.vacuous:
+                    self.result.vacuous[where] = message["vacuous"]
+                    self.on_warning(f"VACUOUS TOLERANCE on {where}: {', '.join(message['vacuous'])} would PASS "
+                                    f"under {self.config.tolerance(self.data.definitions[definition]).model_dump()}; "
+                                    "its traces carry vacuous_tolerance")
+        elif kind == "verdict":
+            slot = self.verdict_waiters.pop(message["id"], None)
+            if slot is None or slot.pair is None:
+                return
+            pair = slot.pair
+            setattr(pair, message["which"], message)
+            pair.wants_go = message.get("status") == Status.PASSED.value
+
+    def _workload(self, definition: str, uuid: str):
+        return next(w for w in self.data.workloads[definition] if w.uuid == uuid)
+
+    # ---- the main loop ----------------------------------------------------------------------
+    def _loop(self, queue: deque, slots: list[Slot], out_dir: Path) -> None:
+        self._start_judge()
+        while queue or any(s.pair for s in slots):
+            for slot in slots:
+                if slot.pair is None and queue:
+                    self._dispatch(slot, queue, out_dir)
+                self._maybe_go(slot)
+            self._pump_judge(slots)
+            conns = [s.worker.channel.conn for s in slots if s.worker] + [self.judge.channel.conn]
+            ready = wait(conns, timeout=0.2)
+            if self.judge.channel.conn in ready:
+                self._receive_judge(slots)
+            for slot in slots:
+                if slot.worker and slot.worker.channel.conn in ready:
+                    self._receive(slot, queue)
+                elif slot.worker and time.monotonic() > slot.worker.deadline:
+                    self._overrun(slot)
+            if time.monotonic() > self.judge.deadline:
+                self._judge_failed(slots, f"exceeded its budget of {self.config.prepare_timeout_s:.0f} s "
+                                          "(--prepare-timeout)")
+
+    def _receive_judge(self, slots: list[Slot]) -> None:
+        try:
+            message = self.judge.channel.recv()
+        except (EOFError, OSError):
+            self._judge_failed(slots, self.judge.exit_description())
+            return
+        self._on_judge(message, slots)
+
+    def _judge_failed(self, slots: list[Slot], how: str) -> None:
+        """The reference process died (a definition's reference that crashes, or a harness bug):
+        what it was computing is the definition's problem; start another for the rest."""
+        self.judge.kill()
+        pending = [k for k, v in self.refs.items() if v is None]
+        for key in pending:
+            self.refs[key] = {"key": key, "ok": False, "error": f"the reference process {how} while computing it"}
+            self._on_judge({"kind": "reference", **self.refs[key]}, slots)
+        for slot in list(self.verdict_waiters.values()):
+            if slot.pair:
+                setattr(slot.pair, slot.pair.waiting or "check", {"status": None,
+                                                                  "reason": f"the judge process {how}"})
+                slot.pair.wants_go = False
+        self.verdict_waiters.clear()
+        self.judge_queue = deque(r for r in self.judge_queue if r[0] == "reference"
+                                 and self.refs.get(r[1]["key"]) is None)
+        self._start_judge()
+
+    def _skip_reason(self, d: str, s: str) -> tuple[Status, str] | None:
+        if s in self.plan.build_failures:
+            status, reason = self.plan.build_failures[s]
+            return Status(status), reason
+        if self.failures[(d, s)] >= self.config.max_failures:
+            return Status.RUNTIME_ERROR, f"skipped: crashed or timed out {self.config.max_failures} times in this run"
+        return None
+
+    def _dispatch(self, slot: Slot, queue: deque, out_dir: Path) -> None:
+        while queue:
+            d, s, w = queue.popleft()
+            workload = self._workload(d, w)
+            pair = Pair(d, s, w, workload_seed(self.config.seed, workload),
+                        workload_seed(self.config.seed + 1, workload))
+            skip = self._skip_reason(d, s)
+            if skip:
+                self._emit_pair(pair, skip[0], skip[1])
+                continue
+            key = self._ref_key(d, w, pair.seed)
+            if self.refs.get(key) and not self.refs[key].get("ok"):
+                continue  # the reference failed: the definition's problem, reported once
+            self._request_reference(d, w, pair.seed)
+            if self.config.fresh_check:
+                self._request_reference(d, w, pair.fresh_seed)
+            self._look_ahead(queue)
+            if slot.worker and slot.key != (d, s):
+                slot.worker.stop()
+                slot.worker = None
+            if slot.worker is None and slot.spare is not None and slot.spare_key == (d, s):
+                slot.worker, slot.key, slot.spare, slot.spare_key = slot.spare, slot.spare_key, None, None
+            if slot.worker is None:
+                slot.worker, slot.key = self._start_worker(slot.device, d, s, out_dir), (d, s)
+            self._prestart(slot, queue, out_dir)
+            slot.pair = pair
+            pair.log_mark = slot.worker.log.mark()
+            definition = self.data.definitions[d]
+            slot.worker.channel.send("job", definition=definition.model_dump(mode="json"),
+                                     workload=workload.model_dump(mode="json"), root=str(self.data.root_for(d)),
+                                     seed=pair.seed, fresh_seed=pair.fresh_seed)
+            self._set_phase(slot, "queued")
+            return
+
+    def _look_ahead(self, queue: deque, depth: int = 2) -> None:
+        """Ask for the references of the next workloads now, so the judge works while workers do."""
+        seen = 0
+        for d, s, w in list(queue)[:8]:
+            key = self._ref_key(d, w, workload_seed(self.config.seed, self._workload(d, w)))
+            if key not in self.refs and self._skip_reason(d, s) is None:
+                self._request_reference(d, w, workload_seed(self.config.seed, self._workload(d, w)))
+                seen += 1
+            if seen >= depth:
+                return
+
+    def _prestart(self, slot: Slot, queue: deque, out_dir: Path) -> None:
+        """Start the worker of the next solution in the queue now: its Python and torch imports then
+        overlap this solution's work (it touches no device until its first job)."""
+        upcoming = next(((d, s) for d, s, _ in queue if (d, s) != slot.key and self._skip_reason(d, s) is None),
+                        None)
+        if upcoming is None or upcoming == slot.spare_key:
+            return
+        if slot.spare is not None:
+            slot.spare.kill()
+        slot.spare, slot.spare_key = self._start_worker(slot.device, *upcoming, out_dir), upcoming
+
+    def _start_worker(self, device: str, d: str, s: str, out_dir: Path) -> Child:
+        solution = self.data.solutions[d][s]
+        dumped = solution.model_dump(mode="json")
+        if solution.root is not None:  # the worker reads the files itself (and meets their errors itself)
+            dumped["sources"] = [{"path": src["path"]} for src in dumped["sources"]]
+        args = {"device": device, "config": self.config.model_dump(mode="json"),
+                "solution": dumped, "out_dir": str(out_dir),
+                "solution_root": str(solution.root) if solution.root else None,
+                "solution_file": str(solution.file) if solution.file else None, "cache_dir": self.plan.cache_dir}
+        return Child.start("worker", args, self._log(s), self.config.prepare_timeout_s)
+
+    def _budget(self, slot: Slot, phase: str) -> float:
+        pair = slot.pair
+        solution = self.data.solutions[pair.definition][pair.solution]
+        if phase == "build":
+            return self.config.build_budget(solution.spec.build_timeout_s)
+        if phase == "first_call":
+            first = (pair.definition, pair.solution) not in self.first_call_done
+            return self.config.jit_timeout_s if first else self.config.timeout_s
+        return self.config.prepare_timeout_s
+
+    def _set_phase(self, slot: Slot, phase: str) -> None:
+        worker, pair = slot.worker, slot.pair
+        worker.phase = phase
+        now = time.monotonic()
+        if phase == "check":
+            self.first_call_done.add((pair.definition, pair.solution))
+            pair.pair_deadline = now + self.config.timeout_s
+            worker.deadline = pair.pair_deadline
+        elif phase in ("timing", "fresh_check"):
+            worker.deadline = pair.pair_deadline
+        elif phase == "queued":
+            worker.deadline = now + self.config.prepare_timeout_s
+        else:
+            worker.deadline = now + self._budget(slot, phase)
+        self.on_phase(slot.device, pair.solution, phase)
+
+    def _maybe_go(self, slot: Slot) -> None:
+        pair = slot.pair
+        if pair is None or pair.wants_go is None:
+            return
+        if pair.wants_go and slot.device == self._judge_device() and self.judge_outstanding > 0:
+            return  # the judge is still busy on this device: time only once it is quiet
+        go = pair.wants_go
+        pair.waiting_was = pair.waiting
+        pair.wants_go, pair.waiting = None, None
+        try:
+            slot.worker.channel.send("verdict", go=go)
+        except OSError:
+            return
+        if go and pair.waiting_was == "check":
+            slot.worker.phase = "timing"  # from now on the judge keeps off this device
+        pair.pair_deadline = time.monotonic() + pair.remaining_s
+        slot.worker.deadline = pair.pair_deadline
+
+    def _receive(self, slot: Slot, queue: deque) -> None:
+        worker = slot.worker
+        try:
+            message = worker.channel.recv()
+        except (EOFError, OSError):
+            self._worker_died(slot, worker.exit_description())
+            return
+        kind = message["kind"]
+        if kind == "ready":
+            worker.ready = True
+        elif kind == "phase":
+            self._set_phase(slot, message["phase"])
+        elif kind == "outputs":
+            self._judge_outputs(slot, message)
+        elif kind == "result":
+            self._finish(slot, message)
+
+    def _judge_outputs(self, slot: Slot, message: dict) -> None:
+        pair = slot.pair
+        which = message["which"]
+        seed = pair.seed if which == "check" else pair.fresh_seed
+        key = self._ref_key(pair.definition, pair.workload, seed)
+        definition, workload, _ = self._objects(pair)
+        pair.waiting = which
+        pair.remaining_s = max(0.0, pair.pair_deadline - time.monotonic())
+        slot.worker.deadline = float("inf")  # judging is not the solution's time
+        ref = self.refs.get(key)
+        if ref is not None and not ref.get("ok"):
+            setattr(pair, which, {"status": None, "reason": "no reference", "no_reference": True})
+            pair.wants_go = False
+            return
+        self._ids += 1
+        self.verdict_waiters[self._ids] = slot
+        self._ask_judge("judge", id=self._ids, which=which, ref_key=key, path=message["path"],
+                        definition=definition.model_dump(mode="json"), workload=workload.model_dump(mode="json"),
+                        tolerance=self.config.tolerance(definition).model_dump(mode="json"),
+                        also=[t.model_dump(mode="json") for t in self.config.also_tolerances(definition)])
+
+    def _pair_log(self, slot: Slot) -> str:
+        return slot.worker.log.since(slot.pair.log_mark) if slot.worker else ""
+
+    def _finish(self, slot: Slot, message: dict) -> None:
+        pair = slot.pair
+        device = slot.device
+        extra = {"worker": f"{device}/pid{slot.worker.pid}", "phases_s": {k: round(v, 6) for k, v in
+                                                                          (message.get("phases_s") or {}).items()}}
+        ref = self.refs.get(self._ref_key(pair.definition, pair.workload, pair.seed)) or {}
+        if ref.get("ok"):
+            extra["workload_prepare_s"] = {"reference_s": ref.get("seconds"), "reference_computed": ref.get("computed")}
+        status = message.get("status")
+        log = self._pair_log(slot)
+        slot.pair = None
+        if message.get("fatal"):
+            slot.worker.kill()
+            slot.worker = None
+            self.failures[(pair.definition, pair.solution)] += 1
+        if (pair.check or {}).get("no_reference") or (pair.fresh or {}).get("no_reference") or \
+                (status == "JUDGED" and not ref.get("ok", True)):
+            return  # the definition's fault: reported in problems, no trace
+        if status == "MEASURED":
+            self._emit_measured(pair, message, log, device, ref, extra)
+        elif status == "JUDGED":
+            verdict = pair.fresh if message.get("fresh") else pair.check
+            self._emit_verdict(pair, verdict, bool(message.get("fresh")), log, device, extra)
+        else:
+            self._emit_pair(pair, Status(status), message.get("reason"), log=log, device=device, **extra)
+
+    def _emit_verdict(self, pair: Pair, verdict: dict, fresh: bool, log: str, device: str, extra: dict) -> None:
+        if verdict.get("status") is None:
+            self._emit_pair(pair, Status.RUNTIME_ERROR, f"not judged: {verdict.get('reason')}", log=log, device=device,
+                            **extra)
+            return
+        status = Status(verdict["status"])
+        reason = verdict.get("reason")
+        if fresh:
+            reason = f"passed on the first input set but failed on a fresh one after timing (stale or cached " \
+                     f"results?): {reason}"
+        correctness = Correctness.model_validate(verdict["correctness"]) \
+            if status == Status.INCORRECT_NUMERICAL and verdict.get("correctness") else None
+        if status == Status.INCORRECT_NUMERICAL and correctness is None:
+            status = Status.RUNTIME_ERROR
+        self._emit_pair(pair, status, reason, log=log, device=device, correctness=correctness, **extra)
+
+    def _emit_measured(self, pair: Pair, message: dict, log: str, device: str, ref: dict, extra: dict) -> None:
+        timing = TimingStats.model_validate(message["timing"])
+        latency = timing.median_ms
+        ref_ms = float(ref.get("seconds") or 0.0) * 1000.0
+        performance = Performance(latency_ms=latency, reference_latency_ms=ref_ms,
+                                  speedup_factor=ref_ms / latency if latency > 0 else 0.0, timing=timing)
+        correctness = Correctness.model_validate(pair.check["correctness"])
+        self._emit_pair(pair, Status.PASSED, None, log=log, device=device, correctness=correctness,
+                        performance=performance, **extra)
+
+    # ---- faults -----------------------------------------------------------------------------
+    def _blame(self, slot: Slot, status: Status, reason: str) -> None:
+        pair = slot.pair
+        worker = slot.worker
+        worker.kill()  # drains its output first: the log below is complete
+        slot.worker = None
+        if pair is None:
+            return
+        slot.pair = None
+        self.failures[(pair.definition, pair.solution)] += 1
+        self.verdict_waiters = {k: v for k, v in self.verdict_waiters.items() if v is not slot}
+        log = worker.log.since(pair.log_mark)
+        self._emit_pair(pair, status, reason, log=log, device=slot.device, worker=f"{slot.device}/pid{worker.pid}")
+
+    def _worker_died(self, slot: Slot, how: str) -> None:
+        phase = slot.worker.phase
+        if slot.pair is None:
+            slot.worker.kill()
+            slot.worker = None
+            return
+        self._blame(slot, Status.RUNTIME_ERROR, f"worker process {how} while {slot.pair.solution} was in "
+                                                f"phase '{phase}'")
+
+    def _overrun(self, slot: Slot) -> None:
+        phase = slot.worker.phase
+        if slot.pair is None:  # idle worker that never became ready: drop it
+            slot.worker.kill()
+            slot.worker = None
+            return
+        pair = slot.pair
+        if phase == "build":
+            budget = self._budget(slot, "build")
+            status, reason = Status.COMPILE_ERROR, f"import/build exceeded its budget of {budget:.0f} s"
+        elif phase == "first_call":
+            budget = self._budget(slot, "first_call")
+            which = "the JIT budget (--jit-timeout)" if budget == self.config.jit_timeout_s and \
+                (pair.definition, pair.solution) not in self.first_call_done else "the timeout (--timeout)"
+            status, reason = Status.TIMEOUT, f"first call exceeded {which} of {budget:.0f} s"
+        elif phase in ("check", "timing", "fresh_check"):
+            status, reason = Status.TIMEOUT, (f"evaluation exceeded the timeout of {self.config.timeout_s:.0f} s "
+                                              f"(in phase '{phase}')")
+        else:
+            status, reason = Status.TIMEOUT, (f"the worker's phase '{phase}' exceeded "
+                                              f"{self.config.prepare_timeout_s:.0f} s")
+        self._blame(slot, status, reason)

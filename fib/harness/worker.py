@@ -1,0 +1,247 @@
+"""A solution's worker: one process per (solution, device), reused across that solution's workloads.
+
+It builds the solution once, and per workload makes its own pristine inputs from the workload's
+seed, calls the solution and sends the outputs back as a file: the verdict is decided elsewhere
+(judge.py), so a solution that patches fib inside its process cannot make itself pass. Timing does
+run here, beside the solution; a solution that wants to fake its own latency can, and fib's
+isolation protects against faults, not adversaries (see README, "What fib trusts").
+
+Messages to the parent: ready{pid}; phase{phase} before each step (the parent applies the budgets);
+outputs{which: "check"|"fresh", path} then waits for verdict{go}; result{status?, reason?, timing?,
+phases_s, workload_prepare_s}; after a lost CUDA context the result carries fatal=true and the
+worker exits. From the parent: job{...}, verdict{go}, stop.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .child import Channel
+
+
+class Stop(Exception):
+    """The parent asked the worker to stop while it waited for a verdict."""
+
+
+class SolutionWorker:
+    def __init__(self, channel: Channel, args: dict):
+        import torch  # noqa: F401  (imported while the worker may still be a spare)
+        from .. import timing  # noqa: F401  (scipy's import takes seconds: keep it out of the first timeout)
+        from ..schema import Solution
+        from ..schema.config import RunConfig
+        from .torch_state import TorchState
+        self.channel = channel
+        self.device = args["device"]
+        self.config = RunConfig.model_validate(args["config"])
+        self.out_dir = Path(args["out_dir"])
+        solution = Solution.model_validate(args["solution"])
+        if args.get("solution_root"):
+            solution.attach_root(Path(args["solution_root"]))
+        solution.file = Path(args["solution_file"]) if args.get("solution_file") else None
+        self.solution = solution
+        self.state = TorchState.capture()
+        self.module = None
+        self.function = None
+        self.build_error: tuple[str, str] | None = None
+        self.pair = 0
+
+    # ---- protocol ---------------------------------------------------------------------------
+    def phase(self, name: str) -> None:
+        self.channel.send("phase", phase=name)
+
+    def wait_verdict(self) -> bool:
+        while True:
+            message = self.channel.recv()
+            if message["kind"] == "verdict":
+                return bool(message["go"])
+            if message["kind"] == "stop":
+                raise Stop()
+
+    # ---- steps ------------------------------------------------------------------------------
+    def build(self, info: dict, axes: dict) -> tuple[str, str] | None:
+        """Import and build once; (status, reason) when that fails or the module says no."""
+        from .. import solutions as sol_mod
+        from ..errors import FibError
+        if self.function is None and self.build_error is None:
+            self.phase("build")
+            try:
+                self.function = sol_mod.load_entry(self.solution)
+                self.module = sys.modules[self.function.__module__]
+                hook = getattr(self.module, "fib_build", None)
+                if hook is not None:
+                    hook()
+            except FibError as err:
+                self.build_error = ("COMPILE_ERROR", err.render())
+            except Exception as exc:
+                traceback.print_exc()
+                self.build_error = ("COMPILE_ERROR", f"build failed: {type(exc).__name__}: {exc}"[:1000])
+        if self.build_error:
+            return self.build_error
+        reason = sol_mod.hook_reason(self.module, info, axes)
+        return ("UNSUPPORTED", reason) if reason else None
+
+    def save_outputs(self, outputs: list, which: str) -> dict:
+        """Write the outputs for the judge; structural faults (not a tensor, wrong device) are
+        answered here, since a file cannot carry them."""
+        import torch
+        from safetensors.torch import save_file
+        expected = torch.device(self.device)
+        tensors = {}
+        for i, (name, out) in enumerate(zip(self.definition.outputs, outputs)):
+            if not isinstance(out, torch.Tensor):
+                return {"status": "INCORRECT_SHAPE", "reason": f"output '{name}' is a {type(out).__name__}, "
+                                                               "not a tensor"}
+            if out.device.type != expected.type or (expected.index is not None and out.device != expected):
+                return {"status": "RUNTIME_ERROR",
+                        "reason": f"output '{name}' is on {out.device}, expected {self.device}"}
+            tensors[f"out{i}"] = out.detach().contiguous().cpu()
+        path = self.out_dir / f"{os.getpid()}-{self.pair}-{which}.safetensors"
+        save_file(tensors, str(path))
+        return {"path": str(path), "count": len(outputs)}
+
+    def checked_call(self, call, inputs: dict, which: str) -> dict | None:
+        """Call once, make sure the inputs are untouched, hand the outputs over; the verdict's
+        `go` comes back. Returns a failure dict, or None when the judge says go."""
+        from ..check import modified_inputs
+        from ..inputs import clone_inputs
+        from .evaluate import sync
+        snapshot = clone_inputs(inputs)
+        outputs = call(inputs)
+        sync(self.device)
+        changed = modified_inputs(snapshot, inputs)
+        if changed:
+            return {"status": "RUNTIME_ERROR", "reason": f"solution modified its input(s) in place: "
+                                                         f"{', '.join(changed)}"}
+        saved = self.save_outputs(outputs, which)
+        if "status" in saved:
+            return saved
+        del outputs
+        self.channel.send("outputs", which=which, path=saved["path"])
+        return None if self.wait_verdict() else {"status": "JUDGED"}
+
+    def run_job(self, job: dict) -> dict:
+        import torch
+        from .. import solutions as sol_mod
+        from ..check import modified_inputs
+        from ..inputs import clone_inputs, make_inputs
+        from ..schema import Definition, Workload
+        from .call import SolutionCall
+        from .evaluate import PhaseClock, sync
+        self.pair += 1
+        if self.pair == 1 and self.device.startswith("cuda"):
+            torch.cuda.set_device(self.device)  # not earlier: a spare worker must not touch the GPU
+        definition = self.definition = Definition.model_validate(job["definition"])
+        workload = Workload.model_validate(job["workload"])
+        root = Path(job["root"])
+        axes = definition.resolve_axes(workload.axes)
+        self.state.restore(job["seed"])
+        info = sol_mod.device_info(self.device)
+        reason = sol_mod.unsupported_reason(self.solution, definition, axes, info)
+        if reason:
+            return {"status": "UNSUPPORTED", "reason": reason}
+        clock = PhaseClock(self.device)
+        with clock("build"):
+            verdict = self.build(info, axes)
+        if verdict:
+            return {"status": verdict[0], "reason": verdict[1], "phases_s": clock.seconds}
+        call = SolutionCall(self.function, self.solution, definition, axes, self.device)
+        self.phase("prepare")
+        with clock("inputs"):
+            try:
+                inputs = make_inputs(definition, workload, seed=job["seed"], device=self.device, root=root)
+            except Exception as exc:
+                traceback.print_exc()
+                return {"status": "RUNTIME_ERROR", "harness": True,
+                        "reason": f"harness could not prepare the workload: {type(exc).__name__}: {exc}"[:2000]}
+        self.phase("first_call")
+        with clock("first_call"):
+            call(clone_inputs(inputs))
+            sync(self.device)
+        self.phase("check")
+        with clock("check"):
+            failed = self.checked_call(call, inputs, "check")
+        if failed:
+            return {**failed, "phases_s": clock.seconds}
+        self.phase("timing")
+        with clock("timing"):
+            snapshot = clone_inputs(inputs)
+            timing, sets = self.time(call, inputs)
+            changed = sorted({n for s in sets for n in modified_inputs(snapshot, s)})
+            del sets
+        if changed:
+            return {"status": "RUNTIME_ERROR", "phases_s": clock.seconds,
+                    "reason": f"solution modified its input(s) in place during the timed calls: {', '.join(changed)}"}
+        del inputs, snapshot
+        if self.config.fresh_check:
+            self.phase("fresh_check")
+            with clock("fresh_check"):
+                fresh = make_inputs(definition, workload, seed=job["fresh_seed"], device=self.device, root=root)
+                failed = self.checked_call(call, fresh, "fresh")
+                del fresh
+            if failed:
+                return {**failed, "fresh": True, "phases_s": clock.seconds}
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        return {"status": "MEASURED", "timing": timing.model_dump(mode="json"), "phases_s": clock.seconds}
+
+    def time(self, call, inputs: dict):
+        from ..inputs import clone_inputs, input_bytes
+        from ..profile.attribution import call_range_name
+        from ..stages import stage
+        from ..timing import measure
+        from .evaluate import device_memory_bytes, input_copies_for
+        s = self.config
+        copies = s.input_copies or input_copies_for(input_bytes(inputs), device_memory_bytes(self.device))
+        sets = [inputs] + [clone_inputs(inputs) for _ in range(copies - 1)]
+        bound = [call.bound(x) for x in sets]
+        # Each timed call is an NVTX range of its own, so a whole-run capture (`nsys profile fib run`)
+        # can tell solutions and workloads apart.
+        range_name = call_range_name(self.solution.name, self.workload_uuid)
+
+        def timed(i: int) -> None:
+            with stage(range_name):
+                bound[i % len(bound)]()
+
+        stats = measure(timed, n_copies=len(bound), device=self.device, timer=s.timer, warmup_runs=s.warmup_runs,
+                        iterations=s.iterations, num_trials=s.num_trials, flush_l2=s.flush_l2)
+        return stats, sets
+
+    def serve(self) -> None:
+        from .evaluate import classify_exception
+        self.channel.send("ready", pid=os.getpid())
+        while True:
+            message = self.channel.recv()
+            if message["kind"] == "stop":
+                return
+            assert message["kind"] == "job", message
+            self.workload_uuid = message["workload"]["uuid"]
+            print(f"== {self.solution.name} on {self.workload_uuid} ({self.device})", flush=True)
+            fatal = False
+            try:
+                result = self.run_job(message)
+            except Stop:
+                return
+            except Exception as exc:
+                traceback.print_exc()
+                status, reason, fatal = classify_exception(exc)
+                result = {"status": status.value, "reason": reason, "fatal": fatal}
+                if not fatal and self.device.startswith("cuda"):
+                    import torch
+                    torch.cuda.empty_cache()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self.channel.send("result", **result)
+            if fatal:
+                return
+
+
+def worker_main(channel: Channel, args: dict) -> None:
+    if args.get("cache_dir"):
+        os.environ["FIB_CACHE_DIR"] = args["cache_dir"]
+    SolutionWorker(channel, args).serve()
+
+
+__all__ = ["worker_main", "SolutionWorker", "Any"]

@@ -1,0 +1,132 @@
+"""RunConfig: every setting of a run, validated once in the parent, written resolved into run.json.
+
+A value travels as this one model: the CLI builds it (a bad value is an error naming the option,
+exit 2, before any worker starts), run.json stores `model_dump(mode="json")` with `format`, and
+workers receive the same JSON. Tolerances resolve in layers, computed once per definition in the
+parent: fib's defaults, then the definition's `tolerance`, then the CLI's `--atol/--rtol/
+--required-matched-ratio`. `also_check` entries are extra verdicts recorded beside the main one:
+a definition's named preset (e.g. "contest") or explicit numbers.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .definition import Definition, Tolerance
+
+CONFIG_FORMAT = 2
+TIMER_CHOICES = ("auto", "cupti", "cuda_graph", "cuda_event", "wall")  # fib.timing.TIMERS (checked by a test)
+DEFAULT_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2, required_matched_ratio=1.0)
+
+
+class AlsoCheck(BaseModel):
+    """One extra verdict: a definition's preset by `preset` name, or explicit numbers."""
+    model_config = ConfigDict(extra="forbid")
+    preset: Optional[str] = None
+    atol: Optional[float] = Field(default=None, ge=0)
+    rtol: Optional[float] = Field(default=None, ge=0)
+    required_matched_ratio: Optional[float] = Field(default=None, gt=0, le=1)
+
+    @classmethod
+    def parse(cls, text: str) -> "AlsoCheck":
+        """'contest' (a preset name) or 'atol,rtol,ratio'."""
+        text = text.strip()
+        if "," not in text:
+            if not text.isidentifier():
+                raise ValueError(f"{text!r} is neither a preset name nor 'atol,rtol,ratio'")
+            return cls(preset=text)
+        parts = text.split(",")
+        if len(parts) != 3:
+            raise ValueError(f"{text!r}: expected 'atol,rtol,ratio', e.g. 0.1,0.2,0.85")
+        try:
+            atol, rtol, ratio = (float(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"{text!r}: expected three numbers 'atol,rtol,ratio'") from None
+        return cls(atol=atol, rtol=rtol, required_matched_ratio=ratio)
+
+    def resolve(self, definition: Definition) -> Tolerance:
+        if self.preset is not None:
+            presets = getattr(definition, "tolerance_presets", None) or {}
+            if self.preset not in presets:
+                known = ", ".join(sorted(presets)) or "none"
+                raise ValueError(f"definition '{definition.name}' has no tolerance preset '{self.preset}' "
+                                 f"(it has: {known})")
+            tol = presets[self.preset]
+            return tol.model_copy(update={"name": self.preset}) if "name" in type(tol).model_fields else tol
+        fields = dict(atol=self.atol, rtol=self.rtol, required_matched_ratio=self.required_matched_ratio)
+        tol = Tolerance(**fields)
+        if "name" in Tolerance.model_fields:
+            tol = tol.model_copy(update={"name": f"{self.atol:g},{self.rtol:g},{self.required_matched_ratio:g}"})
+        return tol
+
+
+class RunConfig(BaseModel):
+    """What a `fib run` does to each (solution, workload) pair."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    format: Literal[2] = CONFIG_FORMAT
+    # correctness: None means "the definition's, else fib's default"
+    atol: Optional[float] = Field(default=None, ge=0)
+    rtol: Optional[float] = Field(default=None, ge=0)
+    required_matched_ratio: Optional[float] = Field(default=None, gt=0, le=1)
+    also_check: list[AlsoCheck] = Field(default_factory=list)
+    fresh_check: bool = True
+    # timing
+    warmup_runs: int = Field(default=10, ge=0)
+    iterations: int = Field(default=50, ge=1)
+    num_trials: int = Field(default=3, ge=1)
+    timer: Literal["auto", "cupti", "cuda_graph", "cuda_event", "wall"] = "auto"
+    seed: int = 0
+    input_copies: int = Field(default=0, ge=0)          # 0: chosen from the input size
+    flush_l2: bool = True
+    # budgets (seconds)
+    timeout_s: float = Field(default=300.0, gt=0)      # a workload's calls: first call, check, timing, fresh check
+    build_timeout_s: Optional[float] = Field(default=None, gt=0)  # import + build hook; None: the solution's own
+    jit_timeout_s: float = Field(default=180.0, gt=0)  # a solution's very first call in the run (JIT compiles)
+    prepare_timeout_s: float = Field(default=600.0, gt=0)  # a worker's start, inputs, the reference
+    max_failures: int = Field(default=3, ge=1)
+    log_cap_bytes: int = Field(default=2 * 2**20, ge=4096)  # per solution log: head and tail kept
+
+    @field_validator("also_check", mode="before")
+    @classmethod
+    def _parse_also(cls, values):
+        out = []
+        for v in values or []:
+            if isinstance(v, str):
+                out.append(AlsoCheck.parse(v))
+            elif isinstance(v, (list, tuple)) and len(v) == 3:
+                out.append(AlsoCheck(atol=v[0], rtol=v[1], required_matched_ratio=v[2]))
+            else:
+                out.append(v)
+        return out
+
+    def tolerance(self, definition: Definition) -> Tolerance:
+        """The main verdict's tolerance: CLI over definition over fib's default."""
+        base = definition.tolerance or DEFAULT_TOLERANCE
+        update = {k: v for k, v in (("atol", self.atol), ("rtol", self.rtol),
+                                    ("required_matched_ratio", self.required_matched_ratio)) if v is not None}
+        return base.model_copy(update=update) if update else base
+
+    def also_tolerances(self, definition: Definition) -> list[Tolerance]:
+        return [a.resolve(definition) for a in self.also_check]
+
+    def build_budget(self, solution_build_timeout_s: float) -> float:
+        return self.build_timeout_s if self.build_timeout_s is not None else solution_build_timeout_s
+
+
+OPTION_NAMES = {"timeout_s": "--timeout", "build_timeout_s": "--build-timeout", "jit_timeout_s": "--jit-timeout",
+                "prepare_timeout_s": "--prepare-timeout", "log_cap_bytes": "--log-cap", "flush_l2": "--no-flush-l2",
+                "fresh_check": "--no-fresh-check"}
+
+
+def config_error_message(exc) -> str:
+    """A pydantic ValidationError of RunConfig as 'option: problem' lines."""
+    lines = []
+    for err in exc.errors():
+        field = str(err.get("loc", ("?",))[0])
+        option = OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+        lines.append(f"{option}: {err.get('msg')} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+__all__ = ["AlsoCheck", "RunConfig", "CONFIG_FORMAT", "TIMER_CHOICES", "config_error_message"]
