@@ -372,6 +372,7 @@ def build(
 
 def _register_subcommands() -> None:
     from .cli_history import compare_command, dashboard_command, history_app
+    from .cli_selftest import selftest_command
     from .profile.cli import profile_command
     from .report.cli import report_app
     app.command("profile")(profile_command)
@@ -379,6 +380,7 @@ def _register_subcommands() -> None:
     app.add_typer(history_app, name="history")
     app.command("compare")(compare_command)
     app.command("dashboard")(dashboard_command)
+    app.command("selftest")(selftest_command)
 
 
 _register_subcommands()

@@ -230,7 +230,8 @@ def reference_file(cache: ReferenceCache, definition: Definition, workload: Work
 
 
 def store_reference(cache: ReferenceCache, definition: Definition, workload: Workload, seed: int, root: Path,
-                    device, outputs: list[torch.Tensor], seconds: float) -> tuple[Path, dict]:
+                    device, outputs: list[torch.Tensor], seconds: float,
+                    inputs_digest: str | None = None) -> tuple[Path, dict]:
     """Write a computed reference into the cache (atomically); returns (file, metadata)."""
     from safetensors.torch import save_file
     file = cache.path(definition, reference_key(definition, workload, seed, root))
@@ -238,7 +239,7 @@ def store_reference(cache: ReferenceCache, definition: Definition, workload: Wor
     tmp = file.with_suffix(f".tmp{os.getpid()}")
     save_file({f"out{i}": o.detach().contiguous().cpu() for i, o in enumerate(outputs)}, str(tmp))
     os.replace(tmp, file)
-    meta = {"seconds": seconds, "workload": workload.uuid, "seed": seed}
+    meta = {"seconds": seconds, "workload": workload.uuid, "seed": seed, "inputs_digest": inputs_digest}
     file.with_suffix(".json").write_text(json.dumps(meta))
     return file, meta
 
@@ -267,3 +268,27 @@ def compute_reference(definition: Definition, inputs: dict[str, Any],
             raise DatasetError(problem, where=f"definition '{definition.name}'", field="reference",
                                fix="the definition's reference must return finite tensors of the declared shapes")
     return [o.float() for o in _as_output_list(result, definition)], seconds
+
+
+def inputs_digest(inputs: dict[str, Any]) -> str:
+    """A fingerprint of the inputs' bytes (tensors and scalars), computed on their device. The
+    reference process and each worker make the same seeded inputs; equal digests show that a
+    solution's process still builds pristine inputs (a solution that patched torch's generators
+    in its own process would change them)."""
+    parts = []
+    for name, value in inputs.items():
+        if not isinstance(value, torch.Tensor):
+            parts.append(f"{name}={value!r}")
+            continue
+        data = value.detach().contiguous().view(-1).view(torch.uint8) if value.numel() else value.new_empty(0,
+                                                                                                   dtype=torch.uint8)
+        total, weighted, chunk = 0, 0, 1 << 26
+        weights = None
+        for start in range(0, data.numel(), chunk):
+            piece = data[start:start + chunk].to(torch.int64)
+            if weights is None or weights.numel() != piece.numel():
+                weights = torch.arange(piece.numel(), device=piece.device, dtype=torch.int64) % 65521 + 1
+            total += int(piece.sum())
+            weighted += int((piece * weights).sum())
+        parts.append(f"{name}:{tuple(value.shape)}:{value.dtype}:{total}:{weighted}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

@@ -56,7 +56,7 @@ class Judge:
     def reference(self, msg: dict) -> dict:
         import torch
         from safetensors.torch import load_file
-        from ..inputs import compute_reference, make_inputs, reference_file, store_reference
+        from ..inputs import compute_reference, inputs_digest, make_inputs, reference_file, store_reference
         from ..schema import Definition, Tolerance, Workload
         definition = Definition.model_validate(msg["definition"])
         workload = Workload.model_validate(msg["workload"])
@@ -65,9 +65,10 @@ class Judge:
         key = msg["key"]
         file, meta = reference_file(self.cache, definition, workload, msg["seed"], root, self.device)
         computed = False
-        if file is None:
+        if file is None or not meta.get("inputs_digest"):
             try:
                 inputs = make_inputs(definition, workload, seed=msg["seed"], device=self.device, root=root)
+                digest = inputs_digest(inputs)
                 outputs, seconds = compute_reference(definition, inputs, validate=lambda o: validate_reference(
                     definition, axes, o))
             except Exception as exc:  # the definition's reference or generator is at fault
@@ -76,7 +77,7 @@ class Judge:
                 self.failed[key] = text
                 return {"key": key, "ok": False, "error": text}
             file, meta = store_reference(self.cache, definition, workload, msg["seed"], root, self.device, outputs,
-                                         seconds)
+                                         seconds, inputs_digest=digest)
             computed = True
             del inputs
         refs = [t for _, t in sorted(load_file(str(file), device=self.device).items(),
@@ -92,7 +93,7 @@ class Judge:
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
         return {"key": key, "ok": True, "seconds": meta["seconds"], "computed": computed, "vacuous": vacuous,
-                "file": str(file)}
+                "file": str(file), "inputs_digest": meta.get("inputs_digest")}
 
     def _remember(self, key: str, refs: list) -> None:
         self.loaded[key] = refs

@@ -104,6 +104,7 @@ class Pair:
     wants_go: bool | None = None       # verdict known, `go` not yet sent
     remaining_s: float = 0.0           # the pair's budget left when it began to wait for the judge
     pair_deadline: float = float("inf")
+    digests: dict = field(default_factory=dict)   # which -> digest of the inputs the worker made
 
 
 @dataclass
@@ -292,7 +293,15 @@ class Runner:
             if slot is None or slot.pair is None:
                 return
             pair = slot.pair
-            setattr(pair, message["which"], message)
+            which = message["which"]
+            seed = pair.seed if which == "check" else pair.fresh_seed
+            ref = self.refs.get(self._ref_key(pair.definition, pair.workload, seed)) or {}
+            if ref.get("inputs_digest") and pair.digests.get(which) != ref["inputs_digest"]:
+                message = {**message, "status": Status.RUNTIME_ERROR.value, "correctness": None,
+                           "reason": "the inputs built in the solution's process differ from the reference "
+                                     "process's (same seed): the solution changed how its process makes tensors "
+                                     "(patched torch's generators or factories?)"}
+            setattr(pair, which, message)
             pair.wants_go = message.get("status") == Status.PASSED.value
 
     def _workload(self, definition: str, uuid: str):
@@ -496,6 +505,7 @@ class Runner:
             setattr(pair, which, {"status": None, "reason": "no reference", "no_reference": True})
             pair.wants_go = False
             return
+        pair.digests[which] = message.get("inputs_digest")
         self._ids += 1
         self.verdict_waiters[self._ids] = slot
         self._ask_judge("judge", id=self._ids, which=which, ref_key=key, path=message["path"],
@@ -596,6 +606,7 @@ class Runner:
             which = "the JIT budget (--jit-timeout)" if budget == self.config.jit_timeout_s and \
                 (pair.definition, pair.solution) not in self.first_call_done else "the timeout (--timeout)"
             status, reason = Status.TIMEOUT, f"first call exceeded {which} of {budget:.0f} s"
+            self.first_call_done.add((pair.definition, pair.solution))  # the JIT budget is spent once
         elif phase in ("check", "timing", "fresh_check"):
             status, reason = Status.TIMEOUT, (f"evaluation exceeded the timeout of {self.config.timeout_s:.0f} s "
                                               f"(in phase '{phase}')")

@@ -106,7 +106,7 @@ class SolutionWorker:
         """Call once, make sure the inputs are untouched, hand the outputs over; the verdict's
         `go` comes back. Returns a failure dict, or None when the judge says go."""
         from ..check import modified_inputs
-        from ..inputs import clone_inputs
+        from ..inputs import clone_inputs, inputs_digest
         from .evaluate import sync
         snapshot = clone_inputs(inputs)
         outputs = call(inputs)
@@ -119,7 +119,7 @@ class SolutionWorker:
         if "status" in saved:
             return saved
         del outputs
-        self.channel.send("outputs", which=which, path=saved["path"])
+        self.channel.send("outputs", which=which, path=saved["path"], inputs_digest=inputs_digest(snapshot))
         return None if self.wait_verdict() else {"status": "JUDGED"}
 
     def run_job(self, job: dict) -> dict:
