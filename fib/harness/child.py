@@ -69,7 +69,11 @@ class Child:
     def start(cls, role: str, args: dict, log: CappedLog, start_budget: float,
               env: dict | None = None) -> "Child":
         parent_sock, child_sock = socket.socketpair()
-        child_env = {**os.environ, **(env or {}), "FIB_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        # The child imports the very fib package the parent runs (an installed copy elsewhere must not win).
+        package_parent = str(Path(__file__).resolve().parent.parent.parent)
+        path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
+        child_env = {**os.environ, **(env or {}), "FIB_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1",
+                     "PYTHONPATH": path}
         process = subprocess.Popen(
             [sys.executable, "-m", "fib.harness.child", role, str(child_sock.fileno()), json.dumps(args)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
