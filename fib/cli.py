@@ -333,6 +333,7 @@ def build(
 
 
 def _register_subcommands() -> None:
+    from .cli_cache import cache_app
     from .cli_history import compare_command, dashboard_command, history_app
     from .profile.cli import profile_command
     from .report.cli import report_app
@@ -341,6 +342,7 @@ def _register_subcommands() -> None:
     app.add_typer(history_app, name="history")
     app.command("compare")(compare_command)
     app.command("dashboard")(dashboard_command)
+    app.add_typer(cache_app, name="cache")
 
 
 _register_subcommands()
