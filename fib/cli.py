@@ -121,6 +121,8 @@ def run(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run directory (default: runs/<time>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output (or the latest under "
                                 "runs/), skipping pairs already measured."),
+    force: bool = typer.Option(False, "--force", help="With --resume: continue even though settings or the "
+                               "environment differ from the recorded run."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds per (solution, workload): its first call, "
                                   "check, timing and fresh check."),
     build_timeout: Optional[float] = typer.Option(None, "--build-timeout", help="Seconds for a solution's import "
@@ -172,14 +174,21 @@ def run(
         except ValueError as exc:
             _fail(f"--also-check: {exc}")
     plan = RunPlan(config=config, definitions=def_names, solutions=sols, workloads=works, devices=devs)
+    from .env import collect_environment
+    from .rundir import RunDirLock, check_resume
     run_dir = _run_dir(output, resume)
-    plan.build_failures = _prebuild(data, plan, build_timeout, run_dir)
-    progress = RunProgress(console, total=len(plan.pairs()))
-    runner = Runner(data, plan, run_dir, on_trace=progress.trace, on_phase=progress.phase,
-                    on_warning=lambda text: console.print(f"[bold red]warning:[/bold red] {text}", highlight=False))
-    with progress:
-        result = runner.run(resume=resume, command=["fib", *sys.argv[1:]])
-    rows = summary_rows(result.traces)
+    with RunDirLock(run_dir):
+        if resume:
+            for note in check_resume(run_dir, config.model_dump(mode="json"), collect_environment(), force=force):
+                console.print(f"[yellow]--force:[/yellow] resuming although {note}", highlight=False)
+        plan.build_failures = _prebuild(data, plan, build_timeout, run_dir)
+        progress = RunProgress(console, total=len(plan.pairs()))
+        runner = Runner(data, plan, run_dir, on_trace=progress.trace, on_phase=progress.phase,
+                        on_warning=lambda text: console.print(f"[bold red]warning:[/bold red] {text}",
+                                                              highlight=False))
+        with progress:
+            result = runner.run(resume=resume, command=["fib", *sys.argv[1:]])
+    rows = summary_rows(_whole_run(result))
     if as_json:
         out.print_json(json.dumps({"run_dir": str(run_dir), "interrupted": result.interrupted, "results": rows,
                                    "problems": result.problems, "vacuous_tolerance": result.vacuous}))
@@ -196,6 +205,15 @@ def run(
         raise typer.Exit(130)
     if not any(r["status"] == "PASSED" for r in rows) or result.problems:
         raise typer.Exit(1)
+
+
+def _whole_run(result) -> list:
+    """The run's traces, earlier ones of a resumed run included (the latest per pair)."""
+    latest = {}
+    for trace in list(result.previous) + list(result.traces):
+        if trace.solution and trace.evaluation:
+            latest[(trace.definition, trace.solution, trace.workload.uuid)] = trace
+    return list(latest.values())
 
 
 def _run_config(**values):
@@ -251,7 +269,7 @@ def _prebuild(data, plan, build_timeout, run_dir: Path) -> dict[str, tuple[str, 
 
 
 def _run_dir(output: Optional[Path], resume: bool) -> Path:
-    from .harness.runner import new_run_dir
+    from .rundir import create_run_dir
     base = Path(os.environ.get("FIB_RUNS_DIR", "runs"))
     if output is not None:
         if output.exists() and (output / "traces.jsonl").exists() and not resume:
@@ -262,7 +280,7 @@ def _run_dir(output: Optional[Path], resume: bool) -> Path:
         if not previous:
             _fail(f"--resume: no earlier run under {base}/ (pass --output RUN_DIR)")
         return previous[-1]
-    return new_run_dir(base)
+    return create_run_dir(base)
 
 
 @app.command("list")
@@ -371,6 +389,7 @@ def build(
 
 
 def _register_subcommands() -> None:
+    from .cli_cache import cache_app
     from .cli_history import compare_command, dashboard_command, history_app
     from .cli_selftest import selftest_command
     from .profile.cli import profile_command
@@ -381,6 +400,7 @@ def _register_subcommands() -> None:
     app.command("compare")(compare_command)
     app.command("dashboard")(dashboard_command)
     app.command("selftest")(selftest_command)
+    app.add_typer(cache_app, name="cache")
 
 
 _register_subcommands()

@@ -167,20 +167,45 @@ def _as_output_list(result, definition: Definition) -> list[torch.Tensor]:
     return [o if isinstance(o, torch.Tensor) else torch.tensor(o) for o in outputs]
 
 
-def reference_key(definition: Definition, workload: Workload, seed: int, root: Path) -> str:
+def device_kind_of(device) -> str:
+    """The kind of hardware `device` is, as FP32 references are keyed by it: "cpu" for the CPU, the
+    GPU's name for CUDA devices (torch.cuda.get_device_name, e.g. "NVIDIA H200"; "cuda" without an
+    index means the current device), else the device type ("mps", ...). The same reference code
+    can round differently on different hardware (other kernels, other reduction orders)."""
+    dev = device if isinstance(device, torch.device) else torch.device(str(device))
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev.index if dev.index is not None else torch.cuda.current_device())
+    return dev.type
+
+
+def reference_key(definition: Definition, workload: Workload, seed: int, root: Path, *,
+                  device_kind: str | None = None, device=None) -> str:
+    """The cache key of a reference output: the definition's content hash, the workload (uuid,
+    axes, inputs, and the size and mtime of its safetensors blobs), the seed, and the kind of
+    hardware it is computed on (`device_kind`; when not given, derived from `device` by
+    device_kind_of, and "cpu" when neither is given)."""
+    if device_kind is None:
+        device_kind = device_kind_of(device) if device is not None else "cpu"
     blobs = []
     for spec in workload.inputs.values():
         if spec.type == "safetensors":
             file = resolve_blob(root, spec.path)
             stat = file.stat() if file.exists() else None
             blobs.append([str(file), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0])
-    payload = {"definition": definition.content_hash(), "seed": seed, "blobs": blobs,
+    payload = {"definition": definition.content_hash(), "seed": seed, "blobs": blobs, "device_kind": device_kind,
                "workload": workload.model_dump(mode="json", include={"uuid", "axes", "inputs"})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
+# Files a cache folder may hold: an entry's outputs, its sidecar, and a write in progress.
+_CACHE_SUFFIXES = (".safetensors", ".json", ".tmp")
+
+
 class ReferenceCache:
-    """FP32 reference outputs on disk, one safetensors file per (definition, workload, seed)."""
+    """FP32 reference outputs on disk, one safetensors file per (definition, workload, seed,
+    device kind), under `<directory>/<definition name>/<key>.safetensors` with a `<key>.json`
+    sidecar {seconds, workload, seed, device_kind, definition, created}. The default directory is
+    `$FIB_CACHE_DIR/reference` (`~/.cache/fib/reference`)."""
 
     def __init__(self, directory: Path | None = None):
         self.directory = Path(directory) if directory else cache_dir() / "reference"
@@ -191,10 +216,14 @@ class ReferenceCache:
         return self.directory / definition.name / f"{key}.safetensors"
 
     def get(self, definition: Definition, workload: Workload, inputs: dict[str, Any], *, seed: int,
-            root: Path, device) -> tuple[list[torch.Tensor], float]:
-        """(outputs as float32 on `device`, seconds the reference took when it was computed)."""
+            root: Path, device, device_kind: str | None = None) -> tuple[list[torch.Tensor], float]:
+        """(outputs as float32 on `device`, seconds the reference took when it was computed).
+
+        `device_kind` (default: device_kind_of(device)) is part of the key, so a reference computed
+        on another kind of hardware is not reused. The reference is computed on the inputs' device."""
         from safetensors.torch import load_file, save_file
-        file = self.path(definition, reference_key(definition, workload, seed, root))
+        kind = device_kind if device_kind is not None else device_kind_of(device)
+        file = self.path(definition, reference_key(definition, workload, seed, root, device_kind=kind))
         if file.is_file():
             try:
                 stored = load_file(str(file), device=str(device))
@@ -206,18 +235,74 @@ class ReferenceCache:
         self.misses += 1
         outputs, seconds = compute_reference(definition, inputs)
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".tmp")
+        # temporary names of this process: two workers computing the same entry do not mix writes
+        tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp")
         save_file({f"out{i}": o.detach().contiguous().cpu() for i, o in enumerate(outputs)}, str(tmp))
         os.replace(tmp, file)
-        file.with_suffix(".json").write_text(json.dumps({"seconds": seconds, "workload": workload.uuid,
-                                                         "seed": seed}))
+        meta = {"seconds": seconds, "workload": workload.uuid, "seed": seed, "device_kind": kind,
+                "definition": definition.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, file.with_suffix(".json"))
         return [o.to(device) for o in outputs], seconds
+
+    def report(self) -> list[tuple[str, int, int]]:
+        """(definition, entries, bytes) per definition folder, sorted by name: entries counts the
+        stored outputs (.safetensors), bytes every file in the folder. Empty when nothing is cached."""
+        rows = []
+        for folder in self._folders(None):
+            entries = size = 0
+            for f in self._files(folder, all_files=True):
+                try:
+                    size += f.stat().st_size
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+                entries += f.suffix == ".safetensors"
+            rows.append((folder.name, entries, size))
+        return rows
+
+    def clear(self, definition: str | None = None) -> tuple[int, int]:
+        """Remove the cached references of `definition` (all definitions when None); returns
+        (files removed, bytes freed). Only the cache's own files (.safetensors, .json, .tmp) are
+        removed, then each folder left empty. An unknown definition removes nothing. A run using
+        the cache meanwhile loses nothing it already loaded; it recomputes what it needs next."""
+        files = freed = 0
+        for folder in self._folders(definition):
+            for f in self._files(folder, all_files=False):
+                try:
+                    size = f.stat().st_size
+                    f.unlink()
+                except FileNotFoundError:
+                    continue
+                files += 1
+                freed += size
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # not empty: something that is not ours
+        return files, freed
+
+    def _folders(self, definition: str | None) -> list[Path]:
+        if definition is not None:
+            if not definition or definition in (".", "..") or "/" in definition or os.sep in definition:
+                raise DatasetError(f"not a definition name: {definition!r}", field="--definition")
+            folder = self.directory / definition
+            return [folder] if folder.is_dir() else []
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir() if p.is_dir())
+
+    @staticmethod
+    def _files(folder: Path, *, all_files: bool) -> list[Path]:
+        try:
+            return [f for f in folder.iterdir() if f.is_file() and (all_files or f.suffix in _CACHE_SUFFIXES)]
+        except FileNotFoundError:
+            return []
 
 
 def reference_file(cache: ReferenceCache, definition: Definition, workload: Workload, seed: int, root: Path,
                    device) -> tuple[Path | None, dict]:
     """The cached reference's file and its metadata, or (None, {}) when it must be computed."""
-    file = cache.path(definition, reference_key(definition, workload, seed, root))
+    file = cache.path(definition, reference_key(definition, workload, seed, root, device=device))
     try:
         meta = json.loads(file.with_suffix(".json").read_text())
         if file.is_file() and "seconds" in meta:
@@ -234,12 +319,13 @@ def store_reference(cache: ReferenceCache, definition: Definition, workload: Wor
                     inputs_digest: str | None = None) -> tuple[Path, dict]:
     """Write a computed reference into the cache (atomically); returns (file, metadata)."""
     from safetensors.torch import save_file
-    file = cache.path(definition, reference_key(definition, workload, seed, root))
+    file = cache.path(definition, reference_key(definition, workload, seed, root, device=device))
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(f".tmp{os.getpid()}")
     save_file({f"out{i}": o.detach().contiguous().cpu() for i, o in enumerate(outputs)}, str(tmp))
     os.replace(tmp, file)
-    meta = {"seconds": seconds, "workload": workload.uuid, "seed": seed, "inputs_digest": inputs_digest}
+    meta = {"seconds": seconds, "workload": workload.uuid, "seed": seed, "inputs_digest": inputs_digest,
+            "device_kind": device_kind_of(device), "definition": definition.name}
     file.with_suffix(".json").write_text(json.dumps(meta))
     return file, meta
 

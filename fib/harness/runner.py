@@ -27,9 +27,9 @@ from typing import Callable
 from ..dataset import Dataset
 from ..env import collect_environment, git_info
 from ..inputs import workload_seed
-from ..schema import Correctness, Performance, Status, TimingStats, Trace, write_jsonl_line
+from ..rundir import append_trace
+from ..schema import Correctness, Performance, Status, TimingStats, Trace
 from ..schema.config import RunConfig
-from ..schema.io import load_jsonl
 from .child import Child
 from .evaluate import make_trace
 from .logs import CappedLog
@@ -58,6 +58,7 @@ class RunResult:
     traces: list[Trace] = field(default_factory=list)
     interrupted: bool = False
     skipped_done: int = 0
+    previous: list[Trace] = field(default_factory=list)  # traces already in the directory (--resume)
     problems: list[str] = field(default_factory=list)   # a definition's fault (its reference), not a solution's
     vacuous: dict[str, list[str]] = field(default_factory=dict)  # "definition/workload" -> trivial outputs that pass
 
@@ -74,13 +75,8 @@ def new_run_dir(base: Path) -> Path:
 
 def completed_pairs(run_dir: Path) -> set[tuple[str, str, str]]:
     """(definition, solution, workload uuid) already measured in this run directory."""
-    done = set()
-    file = run_dir / "traces.jsonl"
-    if file.is_file():
-        for _, obj in load_jsonl(file):
-            if obj.get("solution") and obj.get("evaluation"):
-                done.add((obj["definition"], obj["solution"], obj["workload"]["uuid"]))
-    return done
+    from ..rundir import completed_pairs as completed
+    return completed(run_dir, repair=False)
 
 
 def write_run_json(run_dir: Path, info: dict) -> None:
@@ -159,7 +155,7 @@ class Runner:
         return f"{definition}/{workload}/{seed}"
 
     def _emit(self, trace: Trace) -> None:
-        write_jsonl_line(self.run_dir / "traces.jsonl", trace)
+        append_trace(self.run_dir, trace)
         self.result.traces.append(trace)
         self.on_trace(trace)
 
@@ -174,9 +170,23 @@ class Runner:
 
     # ---- run --------------------------------------------------------------------------------
     def run(self, *, resume: bool = False, command: list[str] | None = None) -> RunResult:
+        from ..rundir import RunDirLock, holds_lock
+        if holds_lock(self.run_dir):  # the CLI took it already (before building)
+            return self._run(resume=resume, command=command)
+        with RunDirLock(self.run_dir):
+            return self._run(resume=resume, command=command)
+
+    def _run(self, *, resume: bool, command: list[str] | None) -> RunResult:
+        from ..rundir import read_traces
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
-        done = completed_pairs(self.run_dir) if resume else set()
+        done: set = set()
+        if resume:
+            found = read_traces(self.run_dir)
+            done = found.completed
+            self.result.previous = found.traces
+            for note in found.notes:
+                self.on_warning(note)
         self.result.skipped_done = len(done)
         info = {"command": command, "config": self.config.model_dump(mode="json"),
                 "selection": {"devices": self.plan.devices, "definitions": self.plan.definitions,

@@ -54,10 +54,48 @@ def dump_json(model: BaseModel) -> str:
     return model.model_dump_json(exclude_none=True)
 
 
+def append_jsonl_text(path: str | Path, text: str) -> None:
+    """Append one JSON text as a line, in a single write, then fsync it.
+
+    A crash leaves at most this line cut short, never an earlier one. If the file does not end
+    with a newline (a line cut short by an earlier crash that nobody repaired), a newline is
+    written first, so the new record never merges with the fragment: the fragment stays a bad line
+    of its own and the new record parses. A newly created file's directory entry is fsynced too.
+    """
+    if "\n" in text:
+        raise ValueError("a JSONL record must not contain a newline")
+    path = Path(path)
+    data = (text + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not size:
+        _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory
+    finally:
+        os.close(fd)
+
+
 def write_jsonl_line(path: str | Path, model: BaseModel) -> None:
-    """Append one record and flush it to disk, so an interrupted run keeps every finished line."""
-    line = dump_json(model) + "\n"
-    with open(path, "a") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append one record and flush it to disk, so an interrupted run keeps every finished line
+    (see append_jsonl_text: a crash cuts at most this line short)."""
+    append_jsonl_text(path, dump_json(model))
