@@ -119,7 +119,11 @@ def test_ctrl_c_keeps_measured_traces_and_resume_continues(tmp_path):
     assert json.loads((run_dir / "run.json").read_text())["state"] == "interrupted"
     # --resume picks up where it stopped and does not repeat what was measured
     done = {(t["solution"], t["workload"]["uuid"]) for t in kept}
-    resumed = subprocess.run(cmd[:-10] + ["--solutions", "good", "--resume", "--timer", "wall", "--iterations", "2"],
+    same = ["--iterations", "2", "--num-trials", "1", "--warmup-runs", "1", "--timer", "wall"]
+    refused = subprocess.run(cmd[:-10] + ["--solutions", "good", "--resume"] + same[:-4] + ["--iterations", "3"],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "iterations: 2 -> 3" in refused.stderr, refused.stderr[-2000:]
+    resumed = subprocess.run(cmd[:-10] + ["--solutions", "good", "--resume"] + same,
                              env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = [json.loads(line) for line in traces.read_text().splitlines()]
