@@ -35,10 +35,23 @@ class DatasetError(FibError):
     """A definition, workload or solution file that cannot be used."""
 
 
+class InvalidValue(ValueError):
+    """Raised by a schema validator: a value that cannot be used, with what to do about it.
+    `pydantic_problems` turns it into a DatasetError that keeps the fix."""
+
+    def __init__(self, message: str, fix: str | None = None):
+        super().__init__(message)
+        self.fix = fix
+
+
 def pydantic_problems(exc, where: str | Path) -> list[FibError]:
     """Turn a pydantic ValidationError into one DatasetError per problem, each naming its field."""
     problems = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err.get("loc", ())) or None
-        problems.append(DatasetError(err.get("msg", "invalid value"), where=where, field=field))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, InvalidValue):
+            problems.append(DatasetError(str(cause), where=where, field=field, fix=cause.fix))
+        else:
+            problems.append(DatasetError(err.get("msg", "invalid value"), where=where, field=field))
     return problems
