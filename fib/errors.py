@@ -53,5 +53,8 @@ def pydantic_problems(exc, where: str | Path) -> list[FibError]:
         if isinstance(cause, InvalidValue):
             problems.append(DatasetError(str(cause), where=where, field=field, fix=cause.fix))
         else:
-            problems.append(DatasetError(err.get("msg", "invalid value"), where=where, field=field))
+            message = err.get("msg", "invalid value")
+            if err.get("type") == "value_error":  # a validator's own words; pydantic prefixes "Value error, "
+                message = message.removeprefix("Value error, ")
+            problems.append(DatasetError(message, where=where, field=field))
     return problems

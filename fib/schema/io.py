@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import DatasetError, pydantic_problems
 
 M = TypeVar("M", bound=BaseModel)
+JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 def _parse_json(text: str, where: str):
@@ -66,7 +67,8 @@ def load_jsonl(path: str | Path, problems: list | None = None) -> Iterator[tuple
                     continue
                 obj = _parse_json(line, where)
                 if problems is not None and not isinstance(obj, dict):
-                    raise DatasetError(f"a line holds a JSON {type(obj).__name__}, not an object", where=where,
+                    kind = JSON_KINDS.get(type(obj), type(obj).__name__)
+                    raise DatasetError(f"a line holds a JSON {kind}, not an object", where=where,
                                        fix="put one JSON object per line")
             except DatasetError as err:
                 if problems is None:
