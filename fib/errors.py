@@ -44,6 +44,17 @@ class InvalidValue(ValueError):
         self.fix = fix
 
 
+# What to do about pydantic's generic errors, by error type.
+PYDANTIC_FIXES = {
+    "missing": "add the field",
+    "extra_forbidden": "remove the field or correct its spelling",
+    "union_tag_invalid": "use one of the expected values",
+    "union_tag_not_found": "add the field 'type'",
+    "literal_error": "use one of the expected values",
+    "enum": "use one of the expected values",
+}
+
+
 def pydantic_problems(exc, where: str | Path) -> list[FibError]:
     """Turn a pydantic ValidationError into one DatasetError per problem, each naming its field."""
     problems = []
@@ -56,5 +67,5 @@ def pydantic_problems(exc, where: str | Path) -> list[FibError]:
             message = err.get("msg", "invalid value")
             if err.get("type") == "value_error":  # a validator's own words; pydantic prefixes "Value error, "
                 message = message.removeprefix("Value error, ")
-            problems.append(DatasetError(message, where=where, field=field))
+            problems.append(DatasetError(message, where=where, field=field, fix=PYDANTIC_FIXES.get(err.get("type"))))
     return problems

@@ -272,7 +272,7 @@ def test_malformed_lines_are_named_and_the_rest_of_the_file_loads(tmp_path):
     text = problems_text(data)
     assert f"{file}:1: malformed JSON: Expecting property name" in text and "fix: fix the JSON syntax" in text
     assert f"{file}:3: a line holds a JSON array, not an object" in text
-    assert f"{file}:4: field 'axes': Field required" in text
+    assert f"{file}:4: field 'axes': Field required (fix: add the field)" in text
     assert f"{file}:5: not UTF-8 text" in text
     assert f"{file}:7: malformed JSON: the text ends before the JSON value does" in text and "cut short" in text
     assert len(data.problems) == 5

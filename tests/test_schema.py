@@ -120,3 +120,15 @@ def test_source_and_entry_paths_must_stay_inside(path):
     ok = Solution.model_validate({"name": "s", "definition": "d", "spec": {**spec, "entry_point": "sub/k.py::run"},
                                   "sources": [{"path": "sub/k.py", "content": ""}, {"path": "a..b.py", "content": ""}]})
     assert ok.entry_source().path == "sub/k.py"
+
+
+def test_generic_schema_errors_name_the_field_and_a_fix():
+    from fib.errors import DatasetError
+    from fib.schema.io import validate
+    with pytest.raises(DatasetError) as info:
+        validate(Workload, {"uuid": "u", "axes": {"n": 1}, "inputs": {"x": {"type": "file"}}}, "d.jsonl:4")
+    assert info.value.render().startswith("d.jsonl:4: field 'inputs.x': Input tag 'file'")
+    assert info.value.fix == "use one of the expected values"
+    with pytest.raises(DatasetError) as info:
+        validate(Workload, {"uuid": "u", "axes": {"n": 1}, "inputs": {"x": {"type": "random", "seed": 1}}}, "d.jsonl:5")
+    assert info.value.field == "inputs.x.random.seed" and info.value.fix == "remove the field or correct its spelling"
