@@ -19,8 +19,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 200)
 
-# Options that take a list: `--solutions a b`, `--solutions a,b` and `--solutions a --solutions b`.
-LIST_OPTIONS = {"--definitions", "--solutions", "--workloads", "--local", "--devices", "--device"}
+# Options that take a list: `--solutions a b`, `--solutions a,b` and `--solutions a --solutions b`, and
+# so do their short forms (`-d a b`, `-s a,b`, `-w seq_len=7 seq_len=14`).
+LIST_OPTIONS = {"--definitions", "-d", "--solutions", "-s", "--workloads", "-w", "--local", "--devices", "--device"}
+# List options that mean something when given bare: `fib list --workloads` lists every workload. A bare
+# one is passed on as `--workloads=` (given, empty); for `run` and `profile` that selects all workloads,
+# as leaving it out does. Other bare list options are dropped (the same as leaving them out).
+BARE_LIST_OPTIONS = {"--workloads": "--workloads=", "-w": "--workloads="}
 
 LocalOpt = typer.Option(None, "--local", help="Dataset root (repeatable). Default: $FIB_DATASET_PATH, "
                         "else this repository.")
@@ -31,22 +36,37 @@ WorkOpt = typer.Option(None, "--workloads", "-w", help="Workload uuids (or prefi
 
 
 def expand_list_args(argv: list[str]) -> list[str]:
-    """Turn `--solutions a b,c` into `--solutions a --solutions b --solutions c`."""
-    result, current = [], None
-    for token in argv:
+    """Turn `--solutions a b,c` (or `-s a b,c`) into `--solutions a --solutions b --solutions c`.
+    Everything after a `--` is passed on unchanged."""
+    result: list[str] = []
+    current, given = None, False
+
+    def close() -> None:  # the list option before this token got no values
+        if current in BARE_LIST_OPTIONS and not given:
+            result.append(BARE_LIST_OPTIONS[current])
+
+    for index, token in enumerate(argv):
+        if token == "--":
+            close()
+            return result + argv[index:]
         if token.startswith("-"):
+            close()
             name, eq, value = token.partition("=")
-            current = name if name in LIST_OPTIONS else None
+            current, given = (name if name in LIST_OPTIONS else None), False
             if current and eq:
-                result += [x for v in value.split(",") if v for x in (name, v)]
+                values = [v for v in value.split(",") if v]
+                result += [x for v in values for x in (name, v)]
+                given = bool(values)
                 continue
-            result.append(token)
-            if current:
-                result.pop()
+            if not current:
+                result.append(token)
         elif current:
-            result += [x for v in token.split(",") if v for x in (current, v)]
+            values = [v for v in token.split(",") if v]
+            result += [x for v in values for x in (current, v)]
+            given = given or bool(values)
         else:
             result.append(token)
+    close()
     return result
 
 
@@ -62,8 +82,8 @@ def _load(local: Optional[List[str]]):
 
 def _print_problems(data, *, limit: int | None = None) -> None:
     problems = data.problems if limit is None else data.problems[:limit]
-    for problem in problems:
-        console.print(f"[red]problem[/red] {problem.render()}", highlight=False)
+    for problem in problems:  # one line each (soft_wrap), so a log of them greps by file
+        console.print(f"[red]problem[/red] {problem.render()}", highlight=False, markup=True, soft_wrap=True)
     if limit is not None and len(data.problems) > limit:
         console.print(f"... and {len(data.problems) - limit} more (run `fib validate`)")
 
@@ -283,24 +303,44 @@ def _run_dir(output: Optional[Path], resume: bool) -> Path:
     return create_run_dir(base)
 
 
+def _input_kinds(workload) -> str:
+    """The workload's inputs grouped by kind, e.g. `random: x; scalar: alpha=2.0`."""
+    groups: dict[str, list[str]] = {}
+    for name, spec in workload.inputs.items():
+        label = f"{name}={spec.value}" if spec.type == "scalar" else name
+        groups.setdefault(spec.type, []).append(label)
+    return "; ".join(f"{kind}: {', '.join(names)}" for kind, names in groups.items()) or "-"
+
+
 @app.command("list")
 def list_(
     local: Optional[List[str]] = LocalOpt,
     definitions: Optional[List[str]] = DefsOpt,
-    workloads_too: bool = typer.Option(False, "--workloads", help="Also list each definition's workloads."),
+    solutions: Optional[List[str]] = typer.Option(None, "--solutions", "-s", help="Solutions to show "
+                                                  "(default: all)."),
+    workloads: Optional[List[str]] = typer.Option(None, "--workloads", "-w", help="Also list each definition's "
+                                                  "workloads (uuid, axes, input kinds); with values, only those "
+                                                  "matching a uuid prefix or an axis filter like seq_len=7."),
 ):
     """List definitions, their workloads and solutions, and whether each solution can run here."""
+    from .dataset import workload_matches
     from .solutions import device_info, solution_device, unsupported_reason
     data = _load(local)
-    names = split_list(definitions) or sorted(data.definitions)
+    names = list(dict.fromkeys(split_list(definitions))) or sorted(data.definitions)
+    unknown = [n for n in names if n not in data.definitions]
+    if unknown:
+        _fail(f"unknown definition(s) {', '.join(unknown)}; known: {', '.join(sorted(data.definitions)) or 'none'}")
+    sol_names = split_list(solutions)
+    missing = [s for s in sol_names if not any(s in data.solutions.get(n, {}) for n in names)]
+    if missing:
+        known = sorted({s for n in names for s in data.solutions.get(n, {})})
+        _fail(f"unknown solution(s) {', '.join(missing)} for {', '.join(names)}; known: {', '.join(known) or 'none'}")
     devices = _default_devices()
     table = Table(title="definitions", title_justify="left")
     for col in ("definition", "op_type", "var axes", "workloads", "solutions", "stages"):
         table.add_column(col)
     for name in names:
-        d = data.definitions.get(name)
-        if d is None:
-            _fail(f"unknown definition {name}")
+        d = data.definitions[name]
         table.add_row(name, d.op_type, ", ".join(d.var_axes()), str(len(data.workloads.get(name, []))),
                       str(len(data.solutions.get(name, {}))), ", ".join(d.stage_names()) or "-")
     out.print(table)
@@ -312,19 +352,22 @@ def list_(
         first = data.workloads.get(name, [None])[0]
         axes = d.resolve_axes(first.axes) if first else d.const_axes()
         for sol in data.solutions.get(name, {}).values():
+            if sol_names and sol.name not in sol_names:
+                continue
             device = solution_device(sol, devices)
             reason = unsupported_reason(sol, d, axes, device_info(device))
             sol_table.add_row(name, sol.name, sol.spec.language.value, ", ".join(sol.spec.target_hardware),
                               f"[red]unsupported: {reason}[/red]" if reason else f"[green]runs on {device}[/green]")
     out.print(sol_table)
-    if workloads_too:
+    if workloads is not None:  # given, bare (every workload) or with filters
+        filters = split_list(workloads)
         for name in names:
-            wt = Table(title=f"workloads of {name}", title_justify="left")
+            chosen = [w for w in data.workloads.get(name, []) if workload_matches(w, filters)]
+            wt = Table(title=f"workloads of {name} ({len(chosen)})", title_justify="left")
             for col in ("uuid", "axes", "inputs"):
-                wt.add_column(col)
-            for w in data.workloads.get(name, []):
-                kinds = ", ".join(sorted({s.type for s in w.inputs.values()}))
-                wt.add_row(w.uuid, json.dumps(w.axes), kinds)
+                wt.add_column(col, overflow="fold")
+            for w in chosen:
+                wt.add_row(w.uuid, ", ".join(f"{k}={v}" for k, v in w.axes.items()), _input_kinds(w))
             out.print(wt)
     if data.problems:
         console.print(f"[yellow]{len(data.problems)} problem(s) in the dataset: run `fib validate`[/yellow]")
@@ -335,7 +378,7 @@ def validate(local: Optional[List[str]] = LocalOpt):
     """Check a dataset and list every problem found (not only the first). Exit code 1 if any."""
     data = _load(local)
     for warning in data.warnings:
-        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False, soft_wrap=True)
     _print_problems(data)
     counts = (f"{len(data.definitions)} definitions, {sum(len(v) for v in data.workloads.values())} workloads, "
               f"{len(data.solution_list())} solutions in {', '.join(str(r) for r in data.roots)}")

@@ -35,10 +35,37 @@ class DatasetError(FibError):
     """A definition, workload or solution file that cannot be used."""
 
 
+class InvalidValue(ValueError):
+    """Raised by a schema validator: a value that cannot be used, with what to do about it.
+    `pydantic_problems` turns it into a DatasetError that keeps the fix."""
+
+    def __init__(self, message: str, fix: str | None = None):
+        super().__init__(message)
+        self.fix = fix
+
+
+# What to do about pydantic's generic errors, by error type.
+PYDANTIC_FIXES = {
+    "missing": "add the field",
+    "extra_forbidden": "remove the field or correct its spelling",
+    "union_tag_invalid": "use one of the expected values",
+    "union_tag_not_found": "add the field 'type'",
+    "literal_error": "use one of the expected values",
+    "enum": "use one of the expected values",
+}
+
+
 def pydantic_problems(exc, where: str | Path) -> list[FibError]:
     """Turn a pydantic ValidationError into one DatasetError per problem, each naming its field."""
     problems = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err.get("loc", ())) or None
-        problems.append(DatasetError(err.get("msg", "invalid value"), where=where, field=field))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, InvalidValue):
+            problems.append(DatasetError(str(cause), where=where, field=field, fix=cause.fix))
+        else:
+            message = err.get("msg", "invalid value")
+            if err.get("type") == "value_error":  # a validator's own words; pydantic prefixes "Value error, "
+                message = message.removeprefix("Value error, ")
+            problems.append(DatasetError(message, where=where, field=field, fix=PYDANTIC_FIXES.get(err.get("type"))))
     return problems

@@ -97,14 +97,34 @@ def unsupported_reason(solution: Solution, definition: Definition, axes: dict[st
 _LOADED_DIRS: dict[str, set[str]] = {}
 
 
+def _inside(folder: Path, relative: str, solution: Solution, field: str) -> Path:
+    """`folder / relative`, refused unless it resolves (symlinks followed) to a path inside `folder`."""
+    base = folder.resolve()
+    target = (folder / relative).resolve()
+    if target == base or base not in target.parents:
+        raise SolutionLoadError(f"{relative!r} resolves to {target}, outside the solution's folder {base}",
+                                where=solution.file or f"solution '{solution.name}'", field=field,
+                                fix="keep every source a relative path inside the solution's folder")
+    return target
+
+
 def source_dir(solution: Solution) -> Path:
-    """Where the solution's files are: its folder on disk, or its embedded sources written out."""
+    """Where the solution's files are: its folder on disk, or its embedded sources written out under
+    the cache folder. Either way every source path, the entry file among them, is checked to resolve
+    inside that folder (the schema refuses such paths already; this holds for models built in code)."""
+    entry_field = "spec.entry_point"
     if solution.root is not None:
+        for src in solution.sources:
+            _inside(solution.root, src.path, solution, entry_field if src.path == solution.spec.entry_file else "sources")
+        _inside(solution.root, solution.spec.entry_file, solution, entry_field)
         return solution.root
     digest = hashlib.sha256("".join(f"{s.path}\0{s.content}" for s in solution.sources).encode()).hexdigest()[:16]
-    target = cache_dir() / "solutions" / f"{solution.name}-{digest}"
+    base = cache_dir() / "solutions"
+    target = base / f"{solution.name}-{digest}"
+    _inside(base, target.name, solution, "name")
+    _inside(target, solution.spec.entry_file, solution, entry_field)
     for src in solution.sources:
-        path = target / src.path
+        path = _inside(target, src.path, solution, entry_field if src.path == solution.spec.entry_file else "sources")
         if not path.is_file() or path.read_text() != src.content:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(src.content or "")

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fib.cli import app, expand_list_args
-from tinydata import make_dataset
+from tinydata import GOOD, make_dataset, write_solution
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e8_h512_i256"
@@ -21,6 +21,79 @@ def test_list_options_accept_spaces_commas_and_repeats():
     argv = ["run", "--solutions", "a", "b,c", "--timeout", "5", "--solutions=d", "-o", "x", "--local", "p"]
     assert expand_list_args(argv) == ["run", "--solutions", "a", "--solutions", "b", "--solutions", "c",
                                       "--timeout", "5", "--solutions", "d", "-o", "x", "--local", "p"]
+
+
+def test_short_list_options_take_lists_like_the_long_ones():
+    argv = ["run", "-d", "a", "b", "-s", "x,y", "-w", "seq_len=7", "seq_len=14", "-o", "out"]
+    assert expand_list_args(argv) == ["run", "-d", "a", "-d", "b", "-s", "x", "-s", "y", "-w", "seq_len=7",
+                                      "-w", "seq_len=14", "-o", "out"]
+    assert expand_list_args(["profile", "-s=x,y", "z"]) == ["profile", "-s", "x", "-s", "y", "-s", "z"]
+    assert expand_list_args(["run", "-s", "a", "--", "-s", "b"]) == ["run", "-s", "a", "--", "-s", "b"]
+
+
+def test_bare_workloads_option_survives_expansion():
+    """`fib list --workloads` (no values) used to vanish in expand_list_args: no workload table was shown."""
+    assert expand_list_args(["list", "--workloads"]) == ["list", "--workloads="]
+    assert expand_list_args(["list", "-w", "--local", "p"]) == ["list", "--workloads=", "--local", "p"]
+    assert expand_list_args(["list", "--workloads", "n=3"]) == ["list", "--workloads", "n=3"]
+    assert expand_list_args(["run", "--solutions", "--local", "p"]) == ["run", "--local", "p"]  # as before
+
+
+def invoke(args):
+    """What `fib ARGS` does: main() expands list options, then runs the app."""
+    return CliRunner().invoke(app, expand_list_args(args), env={"COLUMNS": "250"})
+
+
+def test_list_workloads_shows_uuid_axes_and_input_kinds(tmp_path):
+    root = make_dataset(tmp_path, solutions=["good"])
+    plain = invoke(["list", "--local", str(root)])
+    assert plain.exit_code == 0, plain.output
+    assert "scale_add" in plain.output and "runs on cpu" in plain.output and "workloads of" not in plain.output
+    result = invoke(["list", "--local", str(root), "--workloads"])
+    assert result.exit_code == 0, result.output
+    assert "workloads of scale_add (2)" in result.output
+    for text in ("w-n3", "n=3", "random: x; scalar: alpha=2.0", "w-n8", "n=8", "scalar: alpha=-0.5"):
+        assert text in result.output
+
+
+def test_list_takes_short_list_options(tmp_path):
+    root = make_dataset(tmp_path, solutions=["good", "good_return", "raises"])
+    result = invoke(["list", "--local", str(root), "-d", "scale_add", "scale_add", "-s", "good,raises",
+                     "-w", "n=8", "n=99"])
+    assert result.exit_code == 0, result.output
+    assert "workloads of scale_add (1)" in result.output and "w-n8" in result.output and "w-n3" not in result.output
+    assert "raises" in result.output and "good_return" not in result.output
+    assert result.output.count("elementwise") == 1  # a definition named twice is listed once
+    wrong = invoke(["list", "--local", str(root), "-s", "nope"])
+    assert wrong.exit_code == 2 and "unknown solution(s) nope" in wrong.output
+
+
+def test_validate_warns_when_a_later_root_overrides_a_solution(tmp_path):
+    first = make_dataset(tmp_path / "a", solutions=["good"])
+    second = tmp_path / "b"
+    write_solution(second, "scale_add", "good", GOOD)
+    result = invoke(["validate", "--local", str(first), str(second)])
+    assert result.exit_code == 0, result.output
+    assert (f"warning solution 'good' of definition 'scale_add': {second}/solutions/scale_add/good/solution.json "
+            f"overrides {first}/solutions/scale_add/good/solution.json (a later dataset root wins)") in result.output
+
+
+def test_validate_names_file_field_and_fix_on_one_line(tmp_path):
+    root = make_dataset(tmp_path, solutions=["good"])
+    data_file = root / "datasets" / "elementwise" / "scale_add.jsonl"
+    data_file.write_text(data_file.read_text() + json.dumps({"uuid": "w-n3", "axes": {"n": 4}}) + "\n")
+    folder = write_solution(root, "scale_add", "sneaky", GOOD)
+    meta = json.loads((folder / "solution.json").read_text())
+    (folder / "solution.json").write_text(json.dumps(dict(meta, name="../sneaky")))
+    result = invoke(["validate", "--local", str(root)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert any(line.startswith(f"problem {data_file}:3: field 'uuid': workload uuid 'w-n3'")
+               and line.endswith("(fix: give each workload its own uuid, or delete the copy)") for line in lines), \
+        result.output
+    assert any(line.startswith(f"problem {folder}/solution.json: field 'name': solution name '../sneaky' has")
+               and "(fix: rename the solution" in line for line in lines), result.output
+    assert "2 problem(s)" in result.output
 
 
 @pytest.mark.parametrize("command,words", [

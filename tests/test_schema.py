@@ -89,3 +89,46 @@ def test_trace_status_rules_and_nan_roundtrip():
         Evaluation.model_validate(_evaluation("RUNTIME_ERROR", correctness=correctness))
     unsupported = Evaluation.model_validate(_evaluation("UNSUPPORTED", reason="needs sm100"))
     assert unsupported.status == Status.UNSUPPORTED and unsupported.reason == "needs sm100"
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", "..", "x..y", ".x", "a\0b"])
+def test_names_that_would_leave_fibs_folders_are_rejected(name):
+    from fib.errors import DatasetError
+    from fib.schema.io import validate
+    spec = {"language": "python", "entry_point": "k.py::run"}
+    for model, data, field in ((Solution, {"name": name, "definition": "d", "spec": spec}, "name"),
+                               (Solution, {"name": "s", "definition": name, "spec": spec}, "definition"),
+                               (Definition, {**DEFINITION, "name": name}, "name")):
+        with pytest.raises(DatasetError) as info:
+            validate(model, data, "f.json")
+        problem = info.value
+        assert problem.field == field and repr(name) in problem.message and "may not contain" in problem.message
+        assert problem.fix and problem.fix.startswith("rename the"), problem.render()
+    assert Solution.model_validate({"name": "v1.2-fast_x", "definition": "d", "spec": spec}).name == "v1.2-fast_x"
+
+
+@pytest.mark.parametrize("path", ["/abs.py", "../k.py", "a/../../k.py", "..\\k.py", "C:k.py", "C:\\k.py", "\\k.py",
+                                  "a\0.py"])
+def test_source_and_entry_paths_must_stay_inside(path):
+    spec = {"language": "python", "entry_point": "k.py::run"}
+    with pytest.raises(ValidationError, match="stay inside the solution's folder"):
+        Solution.model_validate({"name": "s", "definition": "d", "spec": spec,
+                                 "sources": [{"path": path, "content": ""}]})
+    entry = path if path.endswith(".py") else path + ".py"
+    with pytest.raises(ValidationError, match="entry_point file .* stay inside"):
+        Solution.model_validate({"name": "s", "definition": "d", "spec": {**spec, "entry_point": f"{entry}::run"}})
+    ok = Solution.model_validate({"name": "s", "definition": "d", "spec": {**spec, "entry_point": "sub/k.py::run"},
+                                  "sources": [{"path": "sub/k.py", "content": ""}, {"path": "a..b.py", "content": ""}]})
+    assert ok.entry_source().path == "sub/k.py"
+
+
+def test_generic_schema_errors_name_the_field_and_a_fix():
+    from fib.errors import DatasetError
+    from fib.schema.io import validate
+    with pytest.raises(DatasetError) as info:
+        validate(Workload, {"uuid": "u", "axes": {"n": 1}, "inputs": {"x": {"type": "file"}}}, "d.jsonl:4")
+    assert info.value.render().startswith("d.jsonl:4: field 'inputs.x': Input tag 'file'")
+    assert info.value.fix == "use one of the expected values"
+    with pytest.raises(DatasetError) as info:
+        validate(Workload, {"uuid": "u", "axes": {"n": 1}, "inputs": {"x": {"type": "random", "seed": 1}}}, "d.jsonl:5")
+    assert info.value.field == "inputs.x.random.seed" and info.value.fix == "remove the field or correct its spelling"

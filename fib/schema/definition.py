@@ -19,6 +19,8 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .names import check_name
+
 # Dtype names of the format, mapped to torch attribute names. `float8_e4m3` is the spelling of
 # older FlashInfer-Trace files and is read as float8_e4m3fn.
 DTYPES = {
@@ -123,6 +125,11 @@ class Definition(_Model):
             data = dict(data)
             data["op_type"] = data.pop("type")
         return data
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_name(value, "definition name")
 
     @field_validator("reference")
     @classmethod

@@ -11,12 +11,17 @@ from pydantic import BaseModel, ValidationError
 from ..errors import DatasetError, pydantic_problems
 
 M = TypeVar("M", bound=BaseModel)
+JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 def _parse_json(text: str, where: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
+        if exc.pos >= len(text.rstrip()):  # the text ends before the JSON value does
+            raise DatasetError(f"malformed JSON: the text ends before the JSON value does ({exc.msg}); "
+                               "it looks cut short", where=where,
+                               fix="complete or remove the truncated record") from None
         raise DatasetError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                            where=where, fix="fix the JSON syntax") from None
 
@@ -41,13 +46,36 @@ def load_model(path: str | Path, model: type[M]) -> M:
     return validate(model, _parse_json(text, str(path)), str(path))
 
 
-def load_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, parsed object) for each non-blank line; malformed lines raise."""
+def load_jsonl(path: str | Path, problems: list | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, parsed object) for each non-blank line.
+
+    Without `problems` the first malformed line raises. With a list, every malformed line (bad JSON,
+    a line cut short, bytes that are not UTF-8, a value that is not a JSON object) is appended to it
+    as a DatasetError naming `file:line`, and the lines after it are still read.
+    """
     path = Path(path)
-    with path.open() as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                yield number, _parse_json(line, f"{path}:{number}")
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            where = f"{path}:{number}"
+            try:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DatasetError(f"not UTF-8 text (byte {exc.start + 1} of the line)", where=where,
+                                       fix="save the file as UTF-8") from None
+                if not line.strip():
+                    continue
+                obj = _parse_json(line, where)
+                if problems is not None and not isinstance(obj, dict):
+                    kind = JSON_KINDS.get(type(obj), type(obj).__name__)
+                    raise DatasetError(f"a line holds a JSON {kind}, not an object", where=where,
+                                       fix="put one JSON object per line")
+            except DatasetError as err:
+                if problems is None:
+                    raise
+                problems.append(err)
+                continue
+            yield number, obj
 
 
 def dump_json(model: BaseModel) -> str:

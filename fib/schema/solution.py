@@ -15,6 +15,10 @@ is a source). fib additions to `spec`, all optional:
 `target_hardware` entries understood by fib: "cpu"; "cuda" or "gpu" (any CUDA GPU); "smNN" (that
 compute capability, e.g. sm90), "smNN+" (that or newer); any other word is matched against the GPU
 name (e.g. "H100", "B200").
+
+Names and paths are checked so that none leaves fib's folders (see `fib.schema.names`): `name` and
+`definition` are single path components, source paths and the entry_point file are relative without
+'..', and in fib's layout every source file, followed through symlinks, lies inside the folder.
 """
 from __future__ import annotations
 
@@ -24,6 +28,17 @@ from pathlib import Path
 from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from .names import check_name, check_relative_path
+
+
+class SourcePathError(ValueError):
+    """A solution's source file that is missing or lies outside its folder; names the field and the fix."""
+
+    def __init__(self, message: str, *, field: str, fix: str):
+        super().__init__(message)
+        self.field = field
+        self.fix = fix
 
 
 class Language(str, Enum):
@@ -41,9 +56,7 @@ class SourceFile(BaseModel):
     @field_validator("path")
     @classmethod
     def _relative_path(cls, path: str) -> str:
-        if Path(path).is_absolute() or ".." in Path(path).parts:
-            raise ValueError(f"source path {path!r} must be relative and stay inside the solution")
-        return path
+        return check_relative_path(path, "source path")
 
 
 class BuildSpec(BaseModel):
@@ -64,6 +77,7 @@ class BuildSpec(BaseModel):
         file, sep, func = value.partition("::")
         if not sep or not file.endswith(".py") or not func.isidentifier():
             raise ValueError(f"entry_point {value!r} must look like 'file.py::function'")
+        check_relative_path(file, "entry_point file")
         return value
 
     @property
@@ -89,6 +103,16 @@ class Solution(BaseModel):
     # The JSON file it was loaded from, for error messages.
     file: Optional[Path] = Field(default=None, exclude=True)
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_name(value, "solution name")
+
+    @field_validator("definition")
+    @classmethod
+    def _safe_definition(cls, value: str) -> str:
+        return check_name(value, "definition name")
+
     @model_validator(mode="after")
     def _sources_consistent(self):
         paths = [s.path for s in self.sources]
@@ -108,17 +132,28 @@ class Solution(BaseModel):
         return self._root
 
     def attach_root(self, root: Path) -> "Solution":
-        """Read the sources from `root` (our on-disk layout) into `content`."""
+        """Read the sources from `root` (our on-disk layout) into `content`.
+
+        Every source, the entry file first among them, must be a file inside `root` once symlinks
+        are resolved: a symlink pointing out of the folder raises SourcePathError (a ValueError)."""
         self._root = root
         if not self.sources:
-            self.sources = [SourceFile(path=str(p.relative_to(root)))
+            self.sources = [SourceFile(path=p.relative_to(root).as_posix())
                             for p in sorted(root.rglob("*"))
                             if p.is_file() and p.name != "solution.json" and "__pycache__" not in p.parts]
+        inside = root.resolve()
         for src in self.sources:
+            field = "spec.entry_point" if src.path == self.spec.entry_file else "sources"
+            file = root / src.path
+            target = file.resolve()
+            if target != inside and inside not in target.parents:
+                raise SourcePathError(f"{src.path!r} resolves to {target}, outside the solution's folder {inside}",
+                                      field=field, fix="copy the file into the solution's folder instead of "
+                                                       "linking to it")
             if src.content is None:
-                file = root / src.path
                 if not file.is_file():
-                    raise ValueError(f"sources names {src.path!r}, which is not a file in {root}")
+                    raise SourcePathError(f"sources names {src.path!r}, which is not a file in {root}",
+                                          field=field, fix="add the file or remove it from 'sources'")
                 src.content = file.read_text()
         return self
 
