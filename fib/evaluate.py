@@ -17,10 +17,10 @@ from typing import Any, Callable
 import torch
 
 from . import solutions as sol_mod
-from .check import CheckResult, Tolerances, check_outputs, modified_inputs
+from .check import CheckResult, check_outputs, modified_inputs
 from .errors import FibError
 from .inputs import ReferenceCache, clone_inputs, input_bytes, make_inputs, move_inputs, workload_seed
-from .schema import Correctness, Definition, Evaluation, Performance, Solution, Status, Trace, Workload
+from .schema import Correctness, Definition, Evaluation, Performance, Solution, Status, Tolerance, Trace, Workload
 from .profile.attribution import call_range_name
 from .stages import harness_stage, stage
 
@@ -41,14 +41,23 @@ class RunSettings:
     input_copies: int = 0  # 0: choose from the input size
     flush_l2: bool = True
     fresh_check: bool = True
-    also_check: list = field(default_factory=list)  # [[atol, rtol, required_matched_ratio], ...]
+    also_check: list = field(default_factory=list)  # Tolerance or [atol, rtol, required_matched_ratio]
 
-    def tolerances(self, definition: Definition) -> Tolerances:
-        base = definition.tolerance
-        pick = lambda given, field, default: given if given is not None else (  # noqa: E731
-            getattr(base, field) if base is not None else default)
-        return Tolerances(atol=pick(self.atol, "atol", 1e-2), rtol=pick(self.rtol, "rtol", 1e-2),
-                          required_matched_ratio=pick(self.required_matched_ratio, "required_matched_ratio", 1.0))
+    def tolerances(self, definition: Definition) -> Tolerance:
+        """The definition's tolerance with the given atol / rtol / matched ratio overriding its own
+        (fib.schema.Tolerance's defaults where the definition has none); the scale-free bounds
+        come from the definition."""
+        base = definition.tolerance or Tolerance()
+        overrides = {k: v for k, v in (("atol", self.atol), ("rtol", self.rtol),
+                                       ("required_matched_ratio", self.required_matched_ratio)) if v is not None}
+        if not overrides:
+            return base
+        name = f"{base.name} with command-line overrides" if base.name else None
+        return Tolerance.model_validate({**base.model_dump(exclude={"name"}), **overrides, "name": name})
+
+    def also_tolerances(self) -> list[Tolerance]:
+        return [t if isinstance(t, Tolerance) else
+                Tolerance(atol=t[0], rtol=t[1], required_matched_ratio=t[2]) for t in self.also_check]
 
 
 class FatalDeviceError(Exception):
@@ -245,7 +254,7 @@ class Evaluator:
                     inputs[name].copy_(snapshot[name])
                 return CheckResult(Status.RUNTIME_ERROR, None,
                                    f"solution modified its input(s) in place: {', '.join(changed)}")
-            also = [Tolerances(*t) for t in self.settings.also_check]
+            also = self.settings.also_tolerances()
             return check_outputs(prep.definition, prep.axes, result, references,
                                  self.settings.tolerances(prep.definition), also)
 

@@ -5,11 +5,11 @@ import math
 
 import torch
 
-from fib.check import Tolerances, check_outputs, compare, modified_inputs
-from fib.schema import Definition, Status
+from fib.check import check_outputs, compare, modified_inputs
+from fib.schema import Definition, Status, Tolerance
 from tinydata import DEFINITION
 
-TOL = Tolerances(atol=0.1, rtol=0.2, required_matched_ratio=0.75)
+TOL = Tolerance(atol=0.1, rtol=0.2, required_matched_ratio=0.75)
 
 
 def test_element_fails_only_when_both_errors_exceed():
