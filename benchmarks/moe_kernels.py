@@ -28,7 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 DEF = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
 SOLUTIONS = ["torch_eager", "triton_staged", "triton_fused"]
-ATOL, RTOL, MATCHED = 1.0, 0.3, 0.9
 
 
 def exec_source(source):
@@ -142,12 +141,21 @@ def floor_numbers(ids, offset, T, H, I, n_local, bw, tflops):
                 floor_mem_ms=mem_ms, floor_cmp_ms=cmp_ms, floor_ms=max(mem_ms, cmp_ms))
 
 
-def errors(out, ref):
-    diff = (out.float() - ref.float()).abs()
-    ok = diff <= ATOL + RTOL * ref.float().abs()
-    return dict(max_abs=float(diff.max()), rel_l2=float(diff.norm() / ref.float().norm()),
-                matched=float(ok.float().mean()), finite=bool(torch.isfinite(out.float()).all()),
-                passed=bool(ok.float().mean() >= MATCHED and torch.isfinite(out.float()).all()))
+def errors(out, ref, definition):
+    """fib's own verdict on one output (fib.check.check_outputs at the definition's tolerance,
+    the contest preset also checked) and its error statistics."""
+    from fib.check import check_outputs
+    from fib.schema import Status
+    axes = definition.resolve_axes({"seq_len": out.shape[0]})
+    result = check_outputs(definition, axes, [out], [ref.float()], definition.tolerance,
+                           [definition.tolerance_preset("contest")])
+    c = result.correctness
+    if c is None:  # wrong shape or dtype
+        return dict(passed=False, reason=result.reason)
+    return dict(max_abs=c.max_absolute_error, rel_l2=c.relative_l2_error, cosine=c.cosine_similarity,
+                matched=c.matched_ratio, finite=bool(torch.isfinite(out.float()).all()),
+                passed=result.status == Status.PASSED, passed_contest=c.extra["also_checked"][0]["passed"],
+                reason=result.reason)
 
 
 def kernel_times(fn, calls=20):
@@ -251,7 +259,7 @@ def main():
             try:
                 fn()
                 torch.cuda.synchronize()
-                row[f"{name}_err"] = errors(out, ref)
+                row[f"{name}_err"] = errors(out, ref, fib_def)
                 reps = 5 if name == "torch_eager" else 30
                 row[f"{name}_ev_ms"] = time_events(fn, reps)
                 if name != "torch_eager":
@@ -271,7 +279,7 @@ def main():
                 try:
                     fn = lambda o=out: fused.run(*inputs, o)
                     fn()
-                    e = errors(out, ref)
+                    e = errors(out, ref, fib_def)
                     first = out.clone()
                     graph_ms = time_graph(fn)
                     # fib run's own measure: cupti kernel-time sum per call, L2 flushed

@@ -37,6 +37,18 @@ for T in p.index:
 print("\n".join(rows))
 print()
 stats = {}
+labels = {}
+
+
+def tolerance_text(t: dict) -> str:
+    """The tolerance a trace was judged by (or an also-check entry), as the table header says it."""
+    text = f"atol {t['atol']:g}, rtol {t['rtol']:g}, ratio {t['required_matched_ratio']:g}"
+    if t.get("max_relative_l2") is not None:
+        text += f", rel-L2 <= {t['max_relative_l2']:g}"
+    name = t.get("tolerance") or t.get("name")
+    return f"{name}: {text}" if name else text
+
+
 for line in open(f"{R}/run/traces.jsonl"):
     t = json.loads(line)
     s = stats.setdefault(t["solution"], dict(n=0, passed=0, strict=0, low=1.0, maxabs=0.0, reason=None))
@@ -48,10 +60,13 @@ for line in open(f"{R}/run/traces.jsonl"):
     c = ev["correctness"]
     s["passed"] += 1
     also = c["extra"]["also_checked"][0]
+    labels.setdefault("main", tolerance_text(c))
+    labels.setdefault("also", tolerance_text(also))
     s["strict"] += also["passed"]
     s["low"] = min(s["low"], also["matched_ratio"])
     s["maxabs"] = max(s["maxabs"], c["max_absolute_error"])
-print("| solution | PASSED (atol 1, rtol 0.3, ratio 0.9) | also at atol 0.1, rtol 0.2, ratio 0.85 | lowest matched ratio (strict) | largest abs error |")
+print(f"| solution | PASSED ({labels.get('main', '-')}) | also at {labels.get('also', '-')} | "
+      "lowest matched ratio (strict) | largest abs error |")
 print("|---|---:|---:|---:|---:|")
 for name, s in stats.items():
     if s["passed"]:

@@ -94,7 +94,10 @@ def test_ds_definition_matches_the_public_contract():
         ("routed_scaling_factor", None, "float32"),
     ]
     assert [(n, s.shape, s.dtype) for n, s in defn.inputs.items()] == expected
-    assert (defn.tolerance.atol, defn.tolerance.rtol, defn.tolerance.required_matched_ratio) == (1.0, 0.3, 0.9)
+    tol = defn.tolerance
+    assert (tol.atol, tol.rtol, tol.required_matched_ratio, tol.max_relative_l2) == (0.1, 0.2, 0.98, 0.08)
+    contest = defn.tolerance_preset("contest")
+    assert (contest.atol, contest.rtol, contest.required_matched_ratio, contest.max_relative_l2) == (1.0, 0.3, 0.9, None)
     small = definition(DS_SMALL)
     assert [(n, s.shape, s.dtype) for n, s in small.inputs.items()] == expected
     assert small.reference == defn.reference and small.generator == defn.generator

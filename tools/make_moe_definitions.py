@@ -43,9 +43,21 @@ GENERATOR_FRAGMENTS = {
     "softmax_bf16": ("common", "rng", "synth", "generator_softmax_bf16"),
 }
 
-CONTEST_TOLERANCE = {"atol": 1.0, "rtol": 0.3, "required_matched_ratio": 0.9}
-# BF16 in, FP32 accumulation: a faithful solution is within a few bf16 ulps of the FP32 reference.
-BF16_TOLERANCE = {"atol": 0.02, "rtol": 0.02, "required_matched_ratio": 0.99}
+# Primary tolerances, chosen from measurements (benchmarks/moe_tolerance_margins.py; numbers in
+# datasets/moe/README.md): a relative L2 bound that correct solutions meet with a wide margin
+# (torch_eager <= 0.006, the Triton solutions' fp8 re-quantised intermediate 0.016-0.027) and
+# that every wrong output seen misses by far more (missing routed_scaling_factor 0.6, all zeros 1,
+# experts off by one >= 0.74), plus a per-element rule under which all zeros also fails.
+FP8_TOLERANCE = {"atol": 0.1, "rtol": 0.2, "required_matched_ratio": 0.98, "max_relative_l2": 0.08,
+                 "name": "fib_fp8"}
+# BF16 in, FP32 accumulation: a faithful solution is within a few bf16 ulps of the FP32 reference
+# (torch_eager: relative L2 0.004); routing weights left unnormalised is the nearest wrong (>= 0.28).
+BF16_TOLERANCE = {"atol": 0.02, "rtol": 0.02, "required_matched_ratio": 0.98, "max_relative_l2": 0.03,
+                  "name": "fib_bf16"}
+# The FlashInfer contest's tolerance, kept for comparison. Vacuous on these O(0.1-1) outputs: an
+# all-zeros output passes it on most DeepSeek workloads.
+CONTEST_TOLERANCE = {"atol": 1.0, "rtol": 0.3, "required_matched_ratio": 0.9, "name": "contest"}
+TOLERANCE_PRESETS = {"contest": CONTEST_TOLERANCE}
 
 # Regexes (for re.search) attributing third-party kernels, launched outside any fib.stage, to a
 # stage. Our own Triton kernels use the short names (_routing, _moe_align, _sort, _gemm1, ...).
@@ -188,7 +200,8 @@ def ds_definition(name: str, experts: int, local: int, hidden: int, inter: int, 
         "outputs": OUTPUT,
         "reference": reference_source("ds", {"TOP_K": 8, "N_GROUP": 8, "TOPK_GROUP": 4}),
         "generator": generator_source("ds"),
-        "tolerance": CONTEST_TOLERANCE,
+        "tolerance": FP8_TOLERANCE,
+        "tolerance_presets": TOLERANCE_PRESETS,
         "stages": STAGES,
     }
 
@@ -217,7 +230,8 @@ def qwen3_definition() -> dict:
         "outputs": OUTPUT,
         "reference": reference_source("softmax_fp8", {"TOP_K": 8}),
         "generator": generator_source("softmax_fp8"),
-        "tolerance": CONTEST_TOLERANCE,
+        "tolerance": FP8_TOLERANCE,
+        "tolerance_presets": TOLERANCE_PRESETS,
         "stages": STAGES,
     }
 
@@ -256,6 +270,7 @@ def mixtral_definition() -> dict:
         "reference": reference_source("softmax_bf16", {"TOP_K": 2}),
         "generator": generator_source("softmax_bf16"),
         "tolerance": BF16_TOLERANCE,
+        "tolerance_presets": TOLERANCE_PRESETS,
         "stages": STAGES,
     }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Full-size smoke run of the MoE definitions on a GPU: generator and reference time, output
-magnitude, expert load, and the torch_eager solutions' matched ratio against the reference.
+magnitude, expert load, and fib's check of the torch_eager solutions against the reference.
 
     .venv/bin/python tools/moe_gpu_smoke.py [--tokens N ...]
 """
@@ -17,6 +17,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from fib.check import check_outputs  # noqa: E402
+from fib.schema import Definition  # noqa: E402
 
 SCALARS = {"local_expert_offset": 96, "routed_scaling_factor": 2.5}
 
@@ -64,10 +67,13 @@ def smoke(path: Path, tokens: int) -> dict:
         output = torch.full(out.shape, float("nan"), dtype=torch.bfloat16, device="cuda")
         module.run(*args, output)  # warm-up
         _, sol_s = timed(lambda: module.run(*args, output))
-        tol = definition["tolerance"]
-        close = (output.float() - out).abs() <= tol["atol"] + tol["rtol"] * out.abs()
-        row.update(eager_s=round(sol_s, 4), eager_matched=round(float(close.double().mean()), 5),
-                   eager_max_abs_err=round(float((output.float() - out).abs().max()), 4))
+        # fib's own check at the definition's tolerance
+        defn = Definition.model_validate(definition)
+        result = check_outputs(defn, defn.resolve_axes({"seq_len": tokens}), [output], [out], defn.tolerance)
+        c = result.correctness
+        row.update(eager_s=round(sol_s, 4), eager_status=result.status.value,
+                   eager_matched=round(c.matched_ratio, 5), eager_rel_l2=round(c.relative_l2_error, 5),
+                   eager_max_abs_err=round(c.max_absolute_error, 4))
     del made, args, out
     torch.cuda.empty_cache()
     return row

@@ -296,7 +296,7 @@ class Runner:
                 if where not in self.result.vacuous:
                     self.result.vacuous[where] = message["vacuous"]
                     self.on_warning(f"VACUOUS TOLERANCE on {where}: {', '.join(message['vacuous'])} would PASS "
-                                    f"under {self.config.tolerance(self.data.definitions[definition]).model_dump()}; "
+                                    f"under {self.config.tolerance(self.data.definitions[definition]).describe()}; "
                                     "its traces carry vacuous_tolerance")
         elif kind == "verdict":
             slot = self.verdict_waiters.pop(message["id"], None)

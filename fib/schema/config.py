@@ -17,7 +17,7 @@ from .definition import Definition, Tolerance
 
 CONFIG_FORMAT = 2
 TIMER_CHOICES = ("auto", "cupti", "cuda_graph", "cuda_event", "wall")  # fib.timing.TIMERS (checked by a test)
-DEFAULT_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2, required_matched_ratio=1.0)
+DEFAULT_TOLERANCE = Tolerance()
 
 
 class AlsoCheck(BaseModel):
@@ -52,13 +52,9 @@ class AlsoCheck(BaseModel):
                 known = ", ".join(sorted(presets)) or "none"
                 raise ValueError(f"definition '{definition.name}' has no tolerance preset '{self.preset}' "
                                  f"(it has: {known})")
-            tol = presets[self.preset]
-            return tol.model_copy(update={"name": self.preset}) if "name" in type(tol).model_fields else tol
-        fields = dict(atol=self.atol, rtol=self.rtol, required_matched_ratio=self.required_matched_ratio)
-        tol = Tolerance(**fields)
-        if "name" in Tolerance.model_fields:
-            tol = tol.model_copy(update={"name": f"{self.atol:g},{self.rtol:g},{self.required_matched_ratio:g}"})
-        return tol
+            return presets[self.preset].model_copy(update={"name": self.preset})
+        return Tolerance(atol=self.atol, rtol=self.rtol, required_matched_ratio=self.required_matched_ratio,
+                         name=f"{self.atol:g},{self.rtol:g},{self.required_matched_ratio:g}")
 
 
 class RunConfig(BaseModel):
@@ -105,7 +101,10 @@ class RunConfig(BaseModel):
         base = definition.tolerance or DEFAULT_TOLERANCE
         update = {k: v for k, v in (("atol", self.atol), ("rtol", self.rtol),
                                     ("required_matched_ratio", self.required_matched_ratio)) if v is not None}
-        return base.model_copy(update=update) if update else base
+        if not update:
+            return base
+        name = f"{base.name} with command-line overrides" if base.name else None
+        return Tolerance.model_validate({**base.model_dump(exclude={"name"}), **update, "name": name})
 
     def also_tolerances(self, definition: Definition) -> list[Tolerance]:
         return [a.resolve(definition) for a in self.also_check]

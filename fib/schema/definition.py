@@ -3,7 +3,15 @@
 The FlashInfer-Trace fields are `name`, `op_type` (older files say `type`), `axes`, `inputs`,
 `outputs`, `reference`, `tags`, `description`, `constraints`. fib adds, all optional:
 
-- `tolerance`: default `atol`, `rtol`, `required_matched_ratio` for this operator (CLI flags win).
+- `tolerance`: the operator's correctness bound (a `Tolerance`, CLI flags win for `atol`, `rtol`,
+  `required_matched_ratio`): the per-element rule (an element fails when abs error > atol AND
+  relative error > rtol) with the required matched ratio, and, also fib additions, the optional
+  scale-free bounds `max_relative_l2` (||out - ref||_2 / ||ref||_2 per output) and
+  `min_cosine_similarity`, plus an optional `name` (a label recorded in traces).
+- `tolerance_presets`: other named tolerances for this operator, `{name: Tolerance}` (e.g.
+  `"contest"`: the FlashInfer contest's atol 1, rtol 0.3, ratio 0.9), for `--also-check`-style
+  comparisons and `Definition.tolerance_preset(name)`. Optional: FlashInfer-Trace files without
+  it load unchanged, and fib ignores it when judging a run.
 - `stages`: the pipeline's stages in order, each `{name, kernels: [regex...], description}`; the
   regexes attribute third-party kernels (launched outside any `fib.stage`) to a stage.
 - `generator`: Python source defining a top-level `generate(axes, scalars, generator, device)`
@@ -81,9 +89,29 @@ class TensorSpec(_Model):
 
 
 class Tolerance(_Model):
+    """fib's one tolerance type (definitions, the harness, fib.check, the CLI's overrides).
+
+    An element fails when abs error > `atol` AND relative error > `rtol`; an output fails when
+    less than `required_matched_ratio` of its elements pass. `max_relative_l2` (if set) bounds
+    ||out - ref||_2 / ||ref||_2 and `min_cosine_similarity` (if set) bounds the cosine similarity
+    of the flattened output and reference: scale-free checks that an O(0.1-1) output cannot pass
+    by being near zero. `name` labels the setting in traces (e.g. "contest")."""
+
     atol: float = Field(default=1e-2, ge=0)
     rtol: float = Field(default=1e-2, ge=0)
-    required_matched_ratio: float = Field(default=1.0, gt=0, le=1)
+    required_matched_ratio: float = Field(default=1.0, ge=0, le=1)
+    max_relative_l2: Optional[float] = Field(default=None, ge=0)
+    min_cosine_similarity: Optional[float] = Field(default=None, ge=-1, le=1)
+    name: Optional[str] = None
+
+    def describe(self) -> str:
+        """A one-line summary, e.g. 'atol 0.1, rtol 0.2, ratio 0.99, rel-L2 <= 0.08'."""
+        parts = [f"atol {self.atol:g}", f"rtol {self.rtol:g}", f"ratio {self.required_matched_ratio:g}"]
+        if self.max_relative_l2 is not None:
+            parts.append(f"rel-L2 <= {self.max_relative_l2:g}")
+        if self.min_cosine_similarity is not None:
+            parts.append(f"cosine >= {self.min_cosine_similarity:g}")
+        return (f"{self.name}: " if self.name else "") + ", ".join(parts)
 
 
 class StageSpec(_Model):
@@ -115,6 +143,7 @@ class Definition(_Model):
     constraints: list[str] = Field(default_factory=list)
     # fib additions
     tolerance: Optional[Tolerance] = None
+    tolerance_presets: dict[str, Tolerance] = Field(default_factory=dict)
     stages: list[StageSpec] = Field(default_factory=list)
     generator: Optional[str] = None
 
@@ -164,6 +193,8 @@ class Definition(_Model):
                         problems.append(f"{kind}.{tensor}.shape names unknown axis '{axis}'")
         if not self.outputs:
             problems.append("outputs is empty: a definition needs at least one output")
+        if any(not name for name in self.tolerance_presets):
+            problems.append("tolerance_presets has an empty name")
         stage_names = [s.name for s in self.stages]
         if len(set(stage_names)) != len(stage_names):
             problems.append(f"stages has duplicate names: {stage_names}")
@@ -222,6 +253,14 @@ class Definition(_Model):
         fields = {"name", "axes", "inputs", "outputs", "reference", "generator"}
         text = json.dumps(self.model_dump(include=fields, mode="json"), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def tolerance_preset(self, name: str) -> Tolerance:
+        """The named tolerance preset (its `name` filled in); ValueError listing the known names."""
+        if name not in self.tolerance_presets:
+            known = ", ".join(sorted(self.tolerance_presets)) or "none"
+            raise ValueError(f"definition '{self.name}' has no tolerance preset '{name}' (known: {known})")
+        preset = self.tolerance_presets[name]
+        return preset if preset.name else preset.model_copy(update={"name": name})
 
     def stage_names(self) -> list[str]:
         return [s.name for s in self.stages]

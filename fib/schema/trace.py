@@ -7,7 +7,12 @@ FlashInfer-Trace fields: `definition`, `workload`, `solution`, `evaluation` {`st
 carries correctness only, other statuses neither.
 
 fib additions, all optional: status UNSUPPORTED (with `reason`); `reason` for every non-PASSED
-status; `correctness.matched_ratio` and the tolerances it was judged by; `performance.timing`
+status; `correctness.matched_ratio` and the tolerances it was judged by; the scale-free
+`correctness.relative_l2_error` (||out - ref||_2 / ||ref||_2, the worst output's; NaN when an
+output has NaN/Inf where the reference is finite) and `correctness.cosine_similarity` (the worst
+output's), with the tolerance's `max_relative_l2`, `min_cosine_similarity` and `tolerance` (its
+name) where set; `correctness.extra` {`outputs`: per-output statistics, `also_checked`: the
+verdict at other tolerances}; `performance.timing`
 with the raw samples and their statistics; `evaluation.device` and `evaluation.seed`.
 """
 from __future__ import annotations
@@ -41,6 +46,11 @@ class Correctness(BaseModel):
     atol: Optional[float] = None
     rtol: Optional[float] = None
     required_matched_ratio: Optional[float] = None
+    relative_l2_error: Optional[float] = None
+    cosine_similarity: Optional[float] = None
+    max_relative_l2: Optional[float] = None
+    min_cosine_similarity: Optional[float] = None
+    tolerance: Optional[str] = None
 
     @field_validator("max_relative_error", "max_absolute_error")
     @classmethod
