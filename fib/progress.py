@@ -51,7 +51,9 @@ def summary_rows(traces: list[Trace]) -> list[dict]:
                      "speedup_vs_reference": p.speedup_factor if p else None,
                      "max_abs_error": c.max_absolute_error if c else None,
                      "max_rel_error": c.max_relative_error if c else None,
-                     "matched_ratio": c.matched_ratio if c else None, "device": ev.device})
+                     "matched_ratio": c.matched_ratio if c else None,
+                     "relative_l2": getattr(c, "relative_l2_error", None) if c else None,
+                     "vacuous_tolerance": (ev.model_extra or {}).get("vacuous_tolerance"), "device": ev.device})
     return rows
 
 
@@ -68,15 +70,16 @@ def print_summary(console: Console, rows: list[dict]) -> None:
         table = Table(title=definition, title_justify="left")
         for col, justify in (("solution", "left"), ("workload", "left"), ("status", "left"),
                              ("latency ms", "right"), ("95% CI ms", "right"), ("vs ref", "right"),
-                             ("max abs err", "right"), ("max rel err", "right"), ("matched", "right")):
+                             ("max abs err", "right"), ("rel L2", "right"), ("matched", "right")):
             table.add_column(col, justify=justify)
         for r in sorted(items, key=lambda r: (r["solution"], tuple(r["axes"].values()))):
             style = STATUS_STYLE.get(Status(r["status"]), "")
             axes = ",".join(f"{k}={v}" for k, v in r["axes"].items())
             ci = f"{r['ci95_ms'][0]:.4f}-{r['ci95_ms'][1]:.4f}" if r["ci95_ms"] else "-"
-            table.add_row(r["solution"], axes, f"[{style}]{r['status']}[/{style}]", _fmt(r["latency_ms"], ".4f"), ci,
+            status = r["status"] + (" (vacuous tol)" if r.get("vacuous_tolerance") else "")
+            table.add_row(r["solution"], axes, f"[{style}]{status}[/{style}]", _fmt(r["latency_ms"], ".4f"), ci,
                           _fmt(r["speedup_vs_reference"], ".2f"), _fmt(r["max_abs_error"], ".3g"),
-                          _fmt(r["max_rel_error"], ".3g"), _fmt(r["matched_ratio"], ".4f"))
+                          _fmt(r.get("relative_l2"), ".3g"), _fmt(r["matched_ratio"], ".4f"))
         console.print(table)
         reasons: dict[tuple[str, str, str], list[str]] = {}
         for r in items:

@@ -261,7 +261,7 @@ class Runner:
             self.judge_outstanding += 1
             self.judge.deadline = time.monotonic() + self.config.prepare_timeout_s
 
-    def _request_reference(self, definition: str, workload_uuid: str, seed: int) -> str:
+    def _request_reference(self, definition: str, workload_uuid: str, seed: int, *, main: bool = True) -> str:
         key = self._ref_key(definition, workload_uuid, seed)
         if key not in self.refs:
             self.refs[key] = None
@@ -269,7 +269,7 @@ class Runner:
             workload = next(w for w in self.data.workloads[definition] if w.uuid == workload_uuid)
             self._ask_judge("reference", key=key, definition=d.model_dump(mode="json"),
                             workload=workload.model_dump(mode="json"), root=str(self.data.root_for(definition)),
-                            seed=seed, tolerance=self.config.tolerance(d).model_dump(mode="json"))
+                            seed=seed, tolerance=self.config.tolerance(d).model_dump(mode="json") if main else None)
         return key
 
     def _on_judge(self, message: dict, slots: list[Slot]) -> None:
@@ -388,7 +388,7 @@ class Runner:
                 continue  # the reference failed: the definition's problem, reported once
             self._request_reference(d, w, pair.seed)
             if self.config.fresh_check:
-                self._request_reference(d, w, pair.fresh_seed)
+                self._request_reference(d, w, pair.fresh_seed, main=False)  # no vacuity check: one per workload
             self._look_ahead(queue)
             if slot.worker and slot.key != (d, s):
                 slot.worker.stop()
