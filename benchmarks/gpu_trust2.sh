@@ -22,6 +22,6 @@ t() {
 }
 export FIB_CACHE_DIR=/tmp/fib-cache-new
 t selftest_demo python3 -m fib selftest -d $DEMO --output $R/selftest_demo
-t hang_ds python3 -m fib selftest -d $DS -w seq_len=7 --fakes hangs reference --jit-timeout 20 --timeout 20 --output $R/hang_ds
+t hang_ds python3 -m fib selftest -d $DS -w seq_len=7 --fakes hangs,reference --jit-timeout 20 --timeout 20 --output $R/hang_ds
 t new_warm python3 -m fib run --definitions $DS --solutions triton_staged triton_fused --iterations 20 --num-trials 3 --output $R/run_new_warm
 t new_warm2 python3 -m fib run --definitions $DS --solutions triton_staged triton_fused --iterations 20 --num-trials 3 --output $R/run_new_warm2
