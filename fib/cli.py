@@ -197,10 +197,14 @@ def run(
     from .env import collect_environment
     from .rundir import RunDirLock, check_resume
     run_dir = _run_dir(output, resume)
-    with RunDirLock(run_dir):
+    try:
+        lock = RunDirLock(run_dir).acquire()
         if resume:
             for note in check_resume(run_dir, config.model_dump(mode="json"), collect_environment(), force=force):
                 console.print(f"[yellow]--force:[/yellow] resuming although {note}", highlight=False)
+    except FibError as err:
+        _fail(err.render())
+    try:
         plan.build_failures = _prebuild(data, plan, build_timeout, run_dir)
         progress = RunProgress(console, total=len(plan.pairs()))
         runner = Runner(data, plan, run_dir, on_trace=progress.trace, on_phase=progress.phase,
@@ -208,6 +212,8 @@ def run(
                                                               highlight=False))
         with progress:
             result = runner.run(resume=resume, command=["fib", *sys.argv[1:]])
+    finally:
+        lock.release()
     rows = summary_rows(_whole_run(result))
     if as_json:
         out.print_json(json.dumps({"run_dir": str(run_dir), "interrupted": result.interrupted, "results": rows,

@@ -210,3 +210,24 @@ def test_vacuous_tolerance_is_flagged(tmp_path):
     assert all(t.evaluation.model_extra.get("vacuous_tolerance") for t in result.traces)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["vacuous_tolerance"]
+
+
+def test_nan_outputs_show_as_nan_in_the_error_columns(tmp_path):
+    from fib.progress import summary_rows
+    root = make_dataset(tmp_path / "ds", solutions=["writes_nan"])
+    result = run(root, tmp_path / "run", ["writes_nan"])
+    rows = summary_rows(result.traces)
+    assert all(r["status"] == "INCORRECT_NUMERICAL" for r in rows)
+    assert all(r["max_abs_error"] != r["max_abs_error"] for r in rows)  # NaN, never 0.0
+    line = json.loads((tmp_path / "run" / "traces.jsonl").read_text().splitlines()[0])
+    assert line["evaluation"]["correctness"]["max_absolute_error"] == "NaN"
+
+
+def test_a_second_run_on_a_locked_run_directory_is_refused(tmp_path):
+    from fib.rundir import RunDirLock
+    root = make_dataset(tmp_path / "ds", solutions=["good"])
+    run_dir = tmp_path / "run"
+    with RunDirLock(run_dir):
+        result = CliRunner().invoke(app, ["run", "--local", str(root), "--output", str(run_dir), "--timer", "wall"])
+    assert result.exit_code == 2 and "another fib run" in result.output, result.output
+    assert not (run_dir / "traces.jsonl").exists()
