@@ -17,6 +17,7 @@ except Exception:  # nvtx missing or broken: stages still work, just without NVT
     _DOMAIN = None
 
 HARNESS_PREFIX = "fib.harness."
+CALL_PREFIX = "fib.call/"  # the NVTX range of one timed call: fib.call/<solution>/<workload>
 
 
 def _torch_profiler_on() -> bool:
@@ -63,3 +64,8 @@ class stage(contextlib.ContextDecorator):
 def harness_stage(name: str) -> stage:
     """A range for fib's own work (reference, checks, input preparation), kept out of pipelines."""
     return stage(HARNESS_PREFIX + name)
+
+
+def call_range_name(solution: str, workload: str) -> str:
+    """The NVTX range name of one timed call (profile.attribution parses it back)."""
+    return f"{CALL_PREFIX}{solution}/{workload}"

@@ -189,8 +189,7 @@ class SolutionWorker:
 
     def time(self, call, inputs: dict):
         from ..inputs import clone_inputs, input_bytes
-        from ..profile.attribution import call_range_name
-        from ..stages import stage
+        from ..stages import call_range_name, stage
         from ..timing import measure
         from .evaluate import device_memory_bytes, input_copies_for
         s = self.config

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..stages import HARNESS_PREFIX
+from ..stages import CALL_PREFIX, HARNESS_PREFIX, call_range_name  # noqa: F401  (re-exported)
 from .tiles import parse_tile, short_kernel_name
 
-CALL_PREFIX = "fib.call/"
 DOMAIN = "fib"
 OTHER = "other"
 UNKNOWN_SOLUTION = "(unknown)"
@@ -35,10 +34,6 @@ INSTANCE_COLUMNS = ["solution", "workload", "category", "harness", "stage", "sta
                     "kernel", "kernel_full", "tile", "start_ns", "duration_ns", "device", "stream",
                     "ranges"]
 RANGE_SEPARATOR = " > "  # `ranges`: every fib range open at the launch, outer first
-
-
-def call_range_name(solution: str, workload: str) -> str:
-    return f"{CALL_PREFIX}{solution}/{workload}"
 
 
 def parse_call_range(name: str) -> tuple[str, str] | None:
