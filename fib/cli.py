@@ -186,6 +186,8 @@ def run(
         _print_problems(data, limit=20)
         console.print("[yellow]the files above are skipped; the rest of the dataset runs[/yellow]")
     def_names, sols, works = _select(data, definitions, solutions, workloads)
+    if not split_list(definitions) and all(d == "cpu" for d in devs):
+        def_names = _leave_out_full_size(data, def_names, works)
     if not def_names:
         _fail("nothing to run: no (solution, workload) pair matches the selection")
     for d in def_names:
@@ -231,6 +233,23 @@ def run(
         raise typer.Exit(130)
     if not any(r["status"] == "PASSED" for r in rows) or result.problems:
         raise typer.Exit(1)
+
+
+def _leave_out_full_size(data, def_names: list[str], works: dict) -> list[str]:
+    """On a CPU, a bare `fib run` leaves out definitions whose workloads are too large to run there
+    in reasonable time, and says which and why (`--definitions D` runs one anyway)."""
+    from .harness.plan import CPU_INPUT_LIMIT_BYTES, too_large_for_cpu
+    keep = []
+    for d in def_names:
+        chosen = [w for w in data.workloads[d] if w.uuid in works[d]]
+        largest = too_large_for_cpu(data.definitions[d], chosen)
+        if largest is None:
+            keep.append(d)
+        else:
+            console.print(f"[yellow]left out[/yellow] {d}: its workloads' inputs reach {largest / 2**30:.1f} GiB, over "
+                          f"the {CPU_INPUT_LIMIT_BYTES // 2**20} MiB a CPU run takes by default (pass --definitions "
+                          f"{d} to run it anyway)", highlight=False)
+    return keep
 
 
 def _whole_run(result) -> list:
