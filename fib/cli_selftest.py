@@ -27,7 +27,7 @@ def selftest_command(
     checker, crashes, hangs) and must pass (the definition's own reference, one that changes torch's
     global state) on each definition's workloads, and compare every status with its expectation.
     Exit 1 if any differs: a tolerance that passes zeros shows up here."""
-    from .cli import _check_devices, _default_devices, _fail, _load, _normalise_devices, _select, console, out, \
+    from .cli_common import _check_devices, _default_devices, _fail, _load, _normalise_devices, _select, console, out, \
         split_list
     from .dataset import load_dataset
     from .harness.runner import Runner, RunPlan

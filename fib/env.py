@@ -49,7 +49,7 @@ def collect_environment() -> dict:
     env = {"cpu": _cpu_model(), "host": platform.node(), "platform": platform.platform(),
            "python_executable": sys.executable, "libs": libs, "cuda": torch.version.cuda, "gpu": None}
     if torch.cuda.is_available():
-        from .solutions import device_info
+        from .device import device_info
         info = device_info("cuda:0")
         env["gpu"] = {k: info[k] for k in ("name", "sm", "memory_gb", "sm_count")}
         env["gpu"].update(count=torch.cuda.device_count(), driver=_driver_version(),

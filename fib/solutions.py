@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+from .device import device_info  # noqa: F401  (re-exported: solutions.device_info)
 from .env import dist_version
 from .errors import FibError
 from .inputs import cache_dir, torch_dtype
@@ -18,16 +19,6 @@ from .schema import Definition, Solution
 
 class SolutionLoadError(FibError):
     """The solution's code cannot be imported or has no such entry function (a COMPILE_ERROR)."""
-
-
-def device_info(device: str) -> dict[str, Any]:
-    """What `target_hardware` and `fib_supported` hooks are matched against."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        index = torch.device(device).index or 0
-        props = torch.cuda.get_device_properties(index)
-        return {"type": "cuda", "device": device, "name": props.name, "sm": props.major * 10 + props.minor,
-                "memory_gb": round(props.total_memory / 2**30, 1), "sm_count": props.multi_processor_count}
-    return {"type": "cpu", "device": "cpu", "name": "cpu", "sm": None}
 
 
 def solution_device(solution: Solution, devices: list[str]) -> str:

@@ -24,7 +24,7 @@ DEMO_TOKENS = (16, 256, 2048)
 def demo_jobs(device: str):
     import torch
 
-    from .target import Job
+    from .job import Job
     gen = torch.Generator(device=device).manual_seed(0)
     hidden, inter, experts = 1024, 2048, 8
     w1 = torch.randn(hidden, 2 * inter, device=device, generator=gen, dtype=torch.bfloat16)

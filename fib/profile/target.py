@@ -17,22 +17,13 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..stages import stage
 from .attribution import call_range_name
+from .job import Job
 
 
-@dataclass
-class Job:
-    solution: str
-    workload: str
-    call: Callable[[], object]
-    axes: dict
-    definition: str = ""
-    in_call: bool = True  # False: harness work captured beside the calls, in no call range
 
 
 def _synchronize(device: str) -> None:
