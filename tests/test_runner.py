@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fib.dataset import load_dataset
-from fib.harness.runner import Runner, RunPlan, completed_pairs
+from fib.harness.runner import Runner, RunPlan
+from fib.rundir import completed_pairs
 from fib.schema.config import RunConfig
 from fib.schema import Status, Trace
 from tinydata import make_dataset, write_solution

@@ -56,6 +56,7 @@ class Judge:
     def reference(self, msg: dict) -> dict:
         import torch
         from safetensors.torch import load_file
+        from ..errors import FibError
         from ..inputs import compute_reference, inputs_digest, make_inputs, reference_file, store_reference
         from ..schema import Definition, Tolerance, Workload
         definition = Definition.model_validate(msg["definition"])
@@ -73,7 +74,7 @@ class Judge:
                     definition, axes, o))
             except Exception as exc:  # the definition's reference or generator is at fault
                 traceback.print_exc()
-                text = getattr(exc, "render", lambda: f"{type(exc).__name__}: {exc}")()
+                text = exc.render() if isinstance(exc, FibError) else f"{type(exc).__name__}: {exc}"
                 self.failed[key] = text
                 return {"key": key, "ok": False, "error": text}
             file, meta = store_reference(self.cache, definition, workload, msg["seed"], root, self.device, outputs,

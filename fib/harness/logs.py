@@ -19,6 +19,7 @@ class CappedLog:
         self._head = self.path.stat().st_size if self.path.exists() else 0
         self._tail = bytearray()        # the last bytes past the head, at most tail_cap
         self._recent = bytearray()      # the last bytes received, for a pair's excerpt
+        self._cut = 0                   # bytes dropped between head and tail
         self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
@@ -35,7 +36,6 @@ class CappedLog:
                 data = data[room:]
             if data:
                 self._tail += data
-                self._cut = getattr(self, "_cut", 0)
                 if len(self._tail) > self.tail_cap:
                     self._cut += len(self._tail) - self.tail_cap
                     del self._tail[: len(self._tail) - self.tail_cap]
@@ -48,9 +48,8 @@ class CappedLog:
             with open(self.path, "r+b") as handle:
                 handle.seek(self._head)
                 handle.truncate()
-                cut = getattr(self, "_cut", 0)
-                if cut:
-                    handle.write(f"\n[fib: {cut} bytes of output cut here; log capped at "
+                if self._cut:
+                    handle.write(f"\n[fib: {self._cut} bytes of output cut here; log capped at "
                                  f"{self.head_cap + self.tail_cap} bytes]\n".encode())
                 handle.write(bytes(self._tail))
 

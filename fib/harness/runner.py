@@ -10,7 +10,6 @@ times, the judge sends no work to that worker's device, so a reference never ove
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from ..rundir import append_trace
 from ..schema import Correctness, Performance, Status, TimingStats, Trace
 from ..schema.config import RunConfig
 from .child import Child
-from .evaluate import make_trace
+from .evaluate import make_trace, now_iso
 from .logs import CappedLog
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -63,22 +62,6 @@ class RunResult:
     vacuous: dict[str, list[str]] = field(default_factory=dict)  # "definition/workload" -> trivial outputs that pass
 
 
-def new_run_dir(base: Path) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = base / stamp
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = base / f"{stamp}-{suffix}"
-    return path
-
-
-def completed_pairs(run_dir: Path) -> set[tuple[str, str, str]]:
-    """(definition, solution, workload uuid) already measured in this run directory."""
-    from ..rundir import completed_pairs as completed
-    return completed(run_dir, repair=False)
-
-
 def write_run_json(run_dir: Path, info: dict) -> None:
     tmp = run_dir / "run.json.tmp"
     tmp.write_text(json.dumps(info, indent=2, default=str))
@@ -96,11 +79,18 @@ class Pair:
     check: dict | None = None          # the judge's verdict on the first input set
     fresh: dict | None = None
     waiting: str | None = None         # "check"/"fresh": outputs are with the judge
-    waiting_was: str | None = None
     wants_go: bool | None = None       # verdict known, `go` not yet sent
     remaining_s: float = 0.0           # the pair's budget left when it began to wait for the judge
     pair_deadline: float = float("inf")
     digests: dict = field(default_factory=dict)   # which -> digest of the inputs the worker made
+
+    def ref_key(self, which: str = "check") -> str:
+        """The reference of the first ("check") or the fresh input set."""
+        return ref_key(self.definition, self.workload, self.seed if which == "check" else self.fresh_seed)
+
+
+def ref_key(definition: str, workload: str, seed: int) -> str:
+    return f"{definition}/{workload}/{seed}"
 
 
 @dataclass
@@ -146,13 +136,8 @@ class Runner:
         return self.logs[name]
 
     def _objects(self, pair: Pair):
-        definition = self.data.definitions[pair.definition]
-        workload = next(w for w in self.data.workloads[pair.definition] if w.uuid == pair.workload)
-        solution = self.data.solutions[pair.definition][pair.solution]
-        return definition, workload, solution
-
-    def _ref_key(self, definition: str, workload: str, seed: int) -> str:
-        return f"{definition}/{workload}/{seed}"
+        return (self.data.definitions[pair.definition], self._workload(pair.definition, pair.workload),
+                self.data.solutions[pair.definition][pair.solution])
 
     def _emit(self, trace: Trace) -> None:
         append_trace(self.run_dir, trace)
@@ -193,7 +178,7 @@ class Runner:
                               "solutions": self.plan.solutions, "workloads": self.plan.workloads},
                 "git": git_info(PACKAGE_ROOT), "environment": self.environment,
                 "dataset_roots": [str(r) for r in self.data.roots],
-                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "started": now_iso(),
                 "finished": None, "state": "running"}
         write_run_json(self.run_dir, info)
         queue = deque(p for p in self.plan.pairs() if p not in done)
@@ -220,7 +205,7 @@ class Runner:
                 log.flush()
             shutil.rmtree(out_dir, ignore_errors=True)
             restore()
-            info.update(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), state=state,
+            info.update(finished=now_iso(), state=state,
                         problems=self.result.problems, vacuous_tolerance=self.result.vacuous)
             write_run_json(self.run_dir, info)
         return self.result
@@ -261,16 +246,19 @@ class Runner:
             self.judge_outstanding += 1
             self.judge.deadline = time.monotonic() + self.config.prepare_timeout_s
 
-    def _request_reference(self, definition: str, workload_uuid: str, seed: int, *, main: bool = True) -> str:
-        key = self._ref_key(definition, workload_uuid, seed)
-        if key not in self.refs:
-            self.refs[key] = None
-            d = self.data.definitions[definition]
-            workload = next(w for w in self.data.workloads[definition] if w.uuid == workload_uuid)
-            self._ask_judge("reference", key=key, definition=d.model_dump(mode="json"),
-                            workload=workload.model_dump(mode="json"), root=str(self.data.root_for(definition)),
-                            seed=seed, tolerance=self.config.tolerance(d).model_dump(mode="json") if main else None)
-        return key
+    def _request_reference(self, definition: str, workload_uuid: str, seed: int, *, main: bool = True) -> bool:
+        """Ask the judge for this reference unless it was asked already; True when asked now. Only
+        the main input set's request carries the tolerance, so vacuity is checked once per workload."""
+        key = ref_key(definition, workload_uuid, seed)
+        if key in self.refs:
+            return False
+        self.refs[key] = None
+        d = self.data.definitions[definition]
+        self._ask_judge("reference", key=key, definition=d.model_dump(mode="json"),
+                        workload=self._workload(definition, workload_uuid).model_dump(mode="json"),
+                        root=str(self.data.root_for(definition)), seed=seed,
+                        tolerance=self.config.tolerance(d).model_dump(mode="json") if main else None)
+        return True
 
     def _on_judge(self, message: dict, slots: list[Slot]) -> None:
         kind = message["kind"]
@@ -283,15 +271,14 @@ class Runner:
             time.monotonic() + self.config.prepare_timeout_s
         if kind == "reference":
             self.refs[message["key"]] = message
-            definition, workload, seed = message["key"].rsplit("/", 2)
+            definition, workload, _ = message["key"].rsplit("/", 2)
             if not message.get("ok"):
                 text = (f"definition '{definition}', workload {workload}: its reference cannot be used, so no "
                         f"solution is judged on this workload: {message.get('error')}")
                 if text not in self.result.problems:
                     self.result.problems.append(text)
                     self.on_warning(text)
-            elif message.get("vacuous") and int(seed) == workload_seed(self.config.seed, self._workload(
-                    definition, workload)):
+            elif message.get("vacuous"):  # only main input sets are checked for it
                 where = f"{definition}/{workload}"
                 if where not in self.result.vacuous:
                     self.result.vacuous[where] = message["vacuous"]
@@ -304,8 +291,7 @@ class Runner:
                 return
             pair = slot.pair
             which = message["which"]
-            seed = pair.seed if which == "check" else pair.fresh_seed
-            ref = self.refs.get(self._ref_key(pair.definition, pair.workload, seed)) or {}
+            ref = self.refs.get(pair.ref_key(which)) or {}
             if ref.get("inputs_digest") and pair.digests.get(which) != ref["inputs_digest"]:
                 message = {**message, "status": Status.RUNTIME_ERROR.value, "correctness": None,
                            "reason": "the inputs built in the solution's process differ from the reference "
@@ -383,8 +369,8 @@ class Runner:
             if skip:
                 self._emit_pair(pair, skip[0], skip[1])
                 continue
-            key = self._ref_key(d, w, pair.seed)
-            if self.refs.get(key) and not self.refs[key].get("ok"):
+            known = self.refs.get(pair.ref_key())
+            if known and not known.get("ok"):
                 continue  # the reference failed: the definition's problem, reported once
             self._request_reference(d, w, pair.seed)
             if self.config.fresh_check:
@@ -409,14 +395,12 @@ class Runner:
 
     def _look_ahead(self, queue: deque, depth: int = 2) -> None:
         """Ask for the references of the next workloads now, so the judge works while workers do."""
-        seen = 0
+        asked = 0
         for d, s, w in list(queue)[:8]:
-            key = self._ref_key(d, w, workload_seed(self.config.seed, self._workload(d, w)))
-            if key not in self.refs and self._skip_reason(d, s) is None:
-                self._request_reference(d, w, workload_seed(self.config.seed, self._workload(d, w)))
-                seen += 1
-            if seen >= depth:
+            if asked >= depth:
                 return
+            if self._skip_reason(d, s) is None:
+                asked += self._request_reference(d, w, workload_seed(self.config.seed, self._workload(d, w)))
 
     def _prestart(self, slot: Slot, queue: deque, out_dir: Path) -> None:
         """Start the worker of the next solution in the queue now: its Python and torch imports then
@@ -472,14 +456,13 @@ class Runner:
             return
         if pair.wants_go and slot.device == self._judge_device() and self.judge_outstanding > 0:
             return  # the judge is still busy on this device: time only once it is quiet
-        go = pair.wants_go
-        pair.waiting_was = pair.waiting
+        go, which = pair.wants_go, pair.waiting
         pair.wants_go, pair.waiting = None, None
         try:
             slot.worker.channel.send("verdict", go=go)
         except OSError:
             return
-        if go and pair.waiting_was == "check":
+        if go and which == "check":
             slot.worker.phase = "timing"  # from now on the judge keeps off this device
         pair.pair_deadline = time.monotonic() + pair.remaining_s
         slot.worker.deadline = pair.pair_deadline
@@ -504,8 +487,7 @@ class Runner:
     def _judge_outputs(self, slot: Slot, message: dict) -> None:
         pair = slot.pair
         which = message["which"]
-        seed = pair.seed if which == "check" else pair.fresh_seed
-        key = self._ref_key(pair.definition, pair.workload, seed)
+        key = pair.ref_key(which)
         definition, workload, _ = self._objects(pair)
         pair.waiting = which
         pair.remaining_s = max(0.0, pair.pair_deadline - time.monotonic())
@@ -531,7 +513,7 @@ class Runner:
         device = slot.device
         extra = {"worker": f"{device}/pid{slot.worker.pid}", "phases_s": {k: round(v, 6) for k, v in
                                                                           (message.get("phases_s") or {}).items()}}
-        ref = self.refs.get(self._ref_key(pair.definition, pair.workload, pair.seed)) or {}
+        ref = self.refs.get(pair.ref_key()) or {}
         if ref.get("ok"):
             extra["workload_prepare_s"] = {"reference_s": ref.get("seconds"), "reference_computed": ref.get("computed")}
         status = message.get("status")
@@ -612,9 +594,9 @@ class Runner:
             budget = self._budget(slot, "build")
             status, reason = Status.COMPILE_ERROR, f"import/build exceeded its budget of {budget:.0f} s"
         elif phase == "first_call":
+            first = (pair.definition, pair.solution) not in self.first_call_done
             budget = self._budget(slot, "first_call")
-            which = "the JIT budget (--jit-timeout)" if budget == self.config.jit_timeout_s and \
-                (pair.definition, pair.solution) not in self.first_call_done else "the timeout (--timeout)"
+            which = "the JIT budget (--jit-timeout)" if first else "the timeout (--timeout)"
             status, reason = Status.TIMEOUT, f"first call exceeded {which} of {budget:.0f} s"
             self.first_call_done.add((pair.definition, pair.solution))  # the JIT budget is spent once
         elif phase in ("check", "timing", "fresh_check"):

@@ -100,15 +100,14 @@ class SolutionWorker:
             tensors[f"out{i}"] = out.detach().contiguous().cpu()
         path = self.out_dir / f"{os.getpid()}-{self.pair}-{which}.safetensors"
         save_file(tensors, str(path))
-        return {"path": str(path), "count": len(outputs)}
+        return {"path": str(path)}
 
-    def checked_call(self, call, inputs: dict, which: str) -> dict | None:
-        """Call once, make sure the inputs are untouched, hand the outputs over; the verdict's
-        `go` comes back. Returns a failure dict, or None when the judge says go."""
+    def checked_call(self, call, inputs: dict, snapshot: dict, which: str) -> dict | None:
+        """Call once, make sure the inputs still equal `snapshot` (their copy from before), hand the
+        outputs over; the verdict's `go` comes back. Returns a failure dict, or None on go."""
         from ..check import modified_inputs
-        from ..inputs import clone_inputs, inputs_digest
+        from ..inputs import inputs_digest
         from .evaluate import sync
-        snapshot = clone_inputs(inputs)
         outputs = call(inputs)
         sync(self.device)
         changed = modified_inputs(snapshot, inputs)
@@ -162,12 +161,12 @@ class SolutionWorker:
             sync(self.device)
         self.phase("check")
         with clock("check"):
-            failed = self.checked_call(call, inputs, "check")
+            snapshot = clone_inputs(inputs)  # one copy serves the check and the timed calls
+            failed = self.checked_call(call, inputs, snapshot, "check")
         if failed:
             return {**failed, "phases_s": clock.seconds}
         self.phase("timing")
         with clock("timing"):
-            snapshot = clone_inputs(inputs)
             timing, sets = self.time(call, inputs)
             changed = sorted({n for s in sets for n in modified_inputs(snapshot, s)})
             del sets
@@ -179,7 +178,7 @@ class SolutionWorker:
             self.phase("fresh_check")
             with clock("fresh_check"):
                 fresh = make_inputs(definition, workload, seed=job["fresh_seed"], device=self.device, root=root)
-                failed = self.checked_call(call, fresh, "fresh")
+                failed = self.checked_call(call, fresh, clone_inputs(fresh), "fresh")
                 del fresh
             if failed:
                 return {**failed, "fresh": True, "phases_s": clock.seconds}

@@ -47,12 +47,7 @@ class AlsoCheck(BaseModel):
 
     def resolve(self, definition: Definition) -> Tolerance:
         if self.preset is not None:
-            presets = getattr(definition, "tolerance_presets", None) or {}
-            if self.preset not in presets:
-                known = ", ".join(sorted(presets)) or "none"
-                raise ValueError(f"definition '{definition.name}' has no tolerance preset '{self.preset}' "
-                                 f"(it has: {known})")
-            return presets[self.preset].model_copy(update={"name": self.preset})
+            return definition.tolerance_preset(self.preset)
         return Tolerance(atol=self.atol, rtol=self.rtol, required_matched_ratio=self.required_matched_ratio,
                          name=f"{self.atol:g},{self.rtol:g},{self.required_matched_ratio:g}")
 
