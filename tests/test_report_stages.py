@@ -7,11 +7,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fib.profile.attribution import StageRules
+from fib.analysis.attribution import StageRules
 from fib.profile.demo import DEMO_STAGES
-from fib.profile.torch_trace import load_torch_trace
-from fib.profile.tables import write_tables
-from fib.report.cli import report_app
+from fib.analysis.torch_trace import load_torch_trace
+from fib.analysis.tables import write_tables
+from fib.cli.report import report_app
 from fib.report.stages import report_stages
 
 FIX = Path(__file__).parent / "fixtures" / "profile"
@@ -106,7 +106,7 @@ def test_errors_are_clear(tmp_path):
 def test_nsys_rep_without_nsys_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("FIB_NSYS", "")
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("fib.profile.nsys.find_nsys", lambda: None)
+    monkeypatch.setattr("fib.analysis.nsys.find_nsys", lambda: None)
     rep = tmp_path / "capture.nsys-rep"
     rep.write_bytes(b"x")
     app = typer.Typer()

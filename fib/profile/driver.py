@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 from ..errors import FibError
-from . import nsys as nsys_mod
-from .attribution import StageRules
-from .nsys_sqlite import load_sqlite
-from .tables import write_tables
-from .torch_trace import load_torch_trace
+from ..analysis import nsys as nsys_mod
+from ..analysis.attribution import StageRules
+from ..analysis.nsys_sqlite import load_sqlite
+from ..analysis.tables import write_tables
+from ..analysis.torch_trace import load_torch_trace
 
 
 def resolve_backend(backend: str) -> str:

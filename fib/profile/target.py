@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from ..stages import stage
-from .attribution import call_range_name
+from ..analysis.attribution import call_range_name
 from .job import Job
 
 
@@ -76,7 +76,7 @@ def run_jobs(jobs: list[Job], *, iterations: int, warmup: int, backend: str, dev
 def dataset_jobs(spec: dict) -> tuple[list[Job], list[dict], dict[str, list]]:
     """Jobs for the spec's definitions × solutions × workloads, through fib's core APIs."""
     from .. import dataset as fib_dataset
-    from .. import inputs as fib_inputs
+    from ..harness import inputs as fib_inputs
     from .. import solutions as fib_solutions
 
     ds = fib_dataset.load_dataset([Path(r) for r in spec["roots"]])

@@ -1,0 +1,32 @@
+"""`fib report ...`: the typer sub-app the CLI registers (`app.add_typer(report_app, name="report")`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import FibError
+
+report_app = typer.Typer(help="Reports built from run directories and profiler captures (no GPU needed).",
+                         no_args_is_help=True)
+
+
+@report_app.command("stages")
+def stages_command(
+    sources: Annotated[list[Path], typer.Argument(help="run directories, .nsys-rep, .sqlite or torch .json traces")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="report folder (default reports/stages-<name>/)")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="solution the speedups are relative to (default: the best per stage)")] = None,
+    definition: Annotated[Optional[Path], typer.Option(help="definition JSON: stage order and kernel regexes for raw captures")] = None,
+    workloads: Annotated[Optional[list[Path]], typer.Option(help="JSONL of workloads or traces: axes of raw captures' workloads")] = None,
+    title: Annotated[Optional[str], typer.Option(help="report title")] = None,
+) -> None:
+    """Per-stage kernel tables, pipeline summaries, head-to-head, Amdahl and dispatch tables, plots."""
+    from ..report.stages import report_stages
+    try:
+        report = report_stages(sources, output, baseline=baseline, definition=definition,
+                               workloads=workloads, title=title)
+    except (FibError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"report written to {report}")
