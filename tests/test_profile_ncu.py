@@ -64,6 +64,10 @@ def test_units_become_ns_and_bytes(tmp_path):
     raw = read_raw_csv(path)
     assert raw.loc[0, "gpu__time_duration.sum"] == 1500.0 and raw.loc[0, "dram__bytes.sum"] == 2_048_000.0
     assert raw.loc[0, "launch__grid_size"] == 158.0
+    text = tmp_path / "text.csv"  # a unitless column of text (a device attribute) is kept as text
+    text.write_text('"ID","Kernel Name","gpu__time_duration.sum","device__attribute_display_name"\n'
+                    '"","","nsecond",""\n"0","k","1","NVIDIA H200"\n')
+    assert read_raw_csv(text).loc[0, "device__attribute_display_name"] == "NVIDIA H200"
     assert parse_number("1,234,567.5") == 1234567.5 and pd.isna(parse_number("n/a"))
     with pytest.raises(ValueError):
         parse_number("12,34")  # not a thousands grouping: refused, not guessed
@@ -177,6 +181,8 @@ def test_markdown_table(tmp_path, loaded):
     ('"ID","Kernel Name","gpu__time_duration.sum"\n"","","nsecond"\n"0","k","1","2"\n', "line 3: 4 fields"),
     ('"ID","Kernel Name","gpu__time_duration.sum"\n"","","nsecond"\n"0","k","fast"\n',
      "column 'gpu__time_duration.sum': cannot read 'fast'"),
+    ('"ID","Kernel Name","gpu__time_duration.sum","launch__registers_per_thread"\n"","","nsecond",""\n'
+     '"0","k","1","many"\n', "column 'launch__registers_per_thread' holds text (line 3: 'many')"),
     ('"ID","Process ID","Kernel Name","Section Name","Metric Name","Metric Unit","Metric Value"\n'
      '"0","1","k","SOL","Duration","us","1.0"\n', "details page"),
     ('"ID","Kernel Name","dram__bytes.sum"\n"","","byte"\n"0","k","1"\n', "no gpu__time_duration"),
@@ -312,3 +318,47 @@ def test_report_ncu_on_a_bare_csv(tmp_path):
     assert "| gemm1 | fused_moe_gemm1_kernel | 41.0 | 69 |" in result.output
     bad = CliRunner().invoke(report_app, ["ncu", str(tmp_path / "def.json")])
     assert bad.exit_code == 1 and "def.json" in bad.output
+
+
+def test_notes_say_what_the_csv_lacks(tmp_path):
+    from fib.profile.ncu_csv import facts_notes
+    path = tmp_path / "bare.csv"
+    path.write_text('"ID","Kernel Name","gpu__time_duration.sum"\n"","","nsecond"\n"0","k","1,000"\n')
+    instances, facts = load_ncu_csv(path)
+    notes = " ".join(facts_notes(facts))
+    assert "no NVTX push/pop column" in notes and "dram_pct" in notes and "duration_ns" not in notes
+    assert instances["category"].tolist() == ["outside"]
+
+
+# Recorded on the H200 by benchmarks/gpu_ncu.sh; the tests below run once the lead commits them.
+REAL_DS = FIX / "h200_ncu_ds_triton_fused.csv"
+REAL_DEMO = FIX / "h200_ncu_demo.csv"
+DS_DEF = Path(__file__).parents[1] / "definitions" / "moe" / \
+    "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048.json"
+
+
+@pytest.mark.skipif(not REAL_DS.exists(), reason="record it with benchmarks/gpu_ncu.sh on the H200")
+def test_real_h200_ncu_csv_triton_fused():
+    stages = json.loads(DS_DEF.read_text())["stages"]
+    instances, facts = load_ncu_csv(REAL_DS, StageRules.from_stages(stages))
+    assert facts["nvtx_column"] and not facts["stack_order"].startswith("unknown")
+    pipe = instances[instances["category"] == "pipeline"]
+    assert len(pipe) > 0 and set(pipe["solution"]) == {"triton_fused"} and pipe["workload"].nunique() == 3
+    assert set(pipe["stage"]) <= {s["name"] for s in stages}  # triton_fused marks every stage: nothing in "other"
+    assert {"routing", "gemm1", "gemm2", "finalize"} <= set(pipe["stage"])
+    assert (pipe["duration_ns"] > 0).all()
+    for role in ("dram_pct", "sm_pct", "occupancy_pct", "registers"):
+        assert pipe[role].between(0, 256).all(), role  # percentages and register counts, all read
+    gemm = pipe[pipe["stage"].isin(["gemm1", "gemm2"])]
+    assert (gemm["registers"] >= 32).all() and (gemm["dram_pct"] > 0).all()
+
+
+@pytest.mark.skipif(not REAL_DEMO.exists(), reason="record it with benchmarks/gpu_ncu.sh on the H200")
+def test_real_h200_ncu_csv_demo_nesting():
+    from fib.profile.demo import DEMO_STAGES
+    instances, facts = load_ncu_csv(REAL_DEMO, StageRules.from_stages(DEMO_STAGES))
+    pipe = instances[instances["category"] == "pipeline"]
+    a = pipe[pipe["solution"] == "demo_a"]
+    assert "experts" not in set(a["stage"])  # demo_a's gemm2 runs inside "experts": the innermost range wins
+    assert {"routing", "gemm1", "activation", "gemm2", "finalize"} <= set(a["stage"])
+    assert set(instances.loc[instances["category"] == "harness", "harness"]) == {"reference"}

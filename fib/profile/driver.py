@@ -148,14 +148,14 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
     rules = StageRules.from_stages([s for stages in result.get("stages", {}).values() for s in stages])
     ncu_paths = {}
     if backend == "ncu":
-        from .ncu_csv import load_ncu_csv
+        from .ncu_csv import facts_notes, load_ncu_csv
         from .ncu_table import write_report
         instances, facts = load_ncu_csv(ncu_csv_path, rules)
         calls = _calls_from_result(result)
         order = [s["name"] for stages in result.get("stages", {}).values() for s in stages]
         sm_count = (result.get("device") or {}).get("sm_count")
         axes = {p["workload"]: p["axes"] for p in result["pairs"]}
-        notes = list(meta["ncu_metric_notes"]) + [f"NVTX stacks as ncu lists them: {facts['stack_order']}"]
+        notes = list(meta["ncu_metric_notes"]) + facts_notes(facts)
         ncu_paths = write_report(profile_dir, instances, calls, axes, floor=floor_table, stage_order=order,
                                  sm_count=sm_count, notes=notes)
         meta.update(ncu_facts=facts, floor=str(floor) if floor else None,

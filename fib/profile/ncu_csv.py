@@ -32,7 +32,7 @@ import pandas as pd
 from ..errors import FibError
 from ..stages import CALL_PREFIX, HARNESS_PREFIX
 from .attribution import DOMAIN, StageRules, attribute_stacks
-from .ncu import METRIC_ROLES, MULTI_CANDIDATE_ROLES
+from .ncu import CORE_METRICS, METRIC_ROLES, MULTI_CANDIDATE_ROLES
 
 IDENTITY = {"ID": "id", "Process ID": "pid", "Process Name": "process", "Host Name": "host",
             "Kernel Name": "kernel_full", "Context": "context", "Stream": "stream", "Block Size": "block",
@@ -162,7 +162,7 @@ def read_raw_csv(path: str | Path) -> pd.DataFrame:
     nvtx_col = next((h for h in header if h.startswith(PUSH_POP_PREFIX)), None)
     skip = set(IDENTITY) | {h for h in header if h.startswith((PUSH_POP_PREFIX, START_END_PREFIX))}
     metrics = [h for h in header if h not in skip]
-    records = []
+    records, bad = [], {}  # bad: metric -> (line, cell) of its first cell that is not a number
     for line_no, row in body:
         if len(row) != len(header):
             raise _fail(path, f"line {line_no}: {len(row)} fields where the header has {len(header)}",
@@ -172,15 +172,22 @@ def read_raw_csv(path: str | Path) -> pd.DataFrame:
         record["nvtx"] = cells.get(nvtx_col, "") if nvtx_col else ""
         for metric in metrics:
             try:
-                value = parse_number(cells[metric])
+                record[metric] = parse_number(cells[metric]) * unit_scale(units.get(metric, ""))[0]
             except ValueError:
-                raise _fail(path, f"line {line_no}, column {metric!r}: cannot read {cells[metric]!r} as a number",
-                            fix="profile with `--print-units base` and an English locale") from None
-            record[metric] = value * unit_scale(units.get(metric, ""))[0]
+                bad.setdefault(metric, (line_no, cells[metric]))
+                record[metric] = cells[metric]
         records.append(record)
+    for metric, (line_no, cell) in bad.items():
+        if units.get(metric):  # a unit says the column holds numbers
+            raise _fail(path, f"line {line_no}, column {metric!r}: cannot read {cell!r} as a number",
+                        fix="profile with `--print-units base` and an English locale")
     frame = pd.DataFrame(records, columns=[*IDENTITY.values(), "nvtx", *metrics])
+    for metric in bad:  # a unitless column of text (a device attribute, a name): kept as text
+        frame[metric] = frame[metric].astype(str)
     frame.attrs["units"] = {m: unit_scale(units.get(m, ""))[1] for m in metrics}
+    frame.attrs["text_columns"] = {m: f"line {line_no}: {cell!r}" for m, (line_no, cell) in bad.items()}
     frame.attrs["nvtx"] = nvtx_col is not None
+    frame.attrs["path"] = str(path)
     return frame
 
 
@@ -193,8 +200,13 @@ def _dims(text: str) -> str | None:
 def metric_roles(raw: pd.DataFrame) -> dict[str, pd.Series]:
     """fib's metric columns (duration_ns, dram_pct, ...) from whichever candidates the CSV holds."""
     out = {}
+    text = raw.attrs.get("text_columns", {})
     for role, candidates in METRIC_ROLES.items():
         present = [c for c in candidates if c in raw.columns]
+        for column in present:
+            if column in text:
+                raise FibError(f"column {column!r} holds text ({text[column]}) where ncu writes numbers",
+                               where=raw.attrs.get("path"))
         if not present:
             continue
         if role in MULTI_CANDIDATE_ROLES:
@@ -241,3 +253,16 @@ def load_ncu_csv(path: str | Path, rules: StageRules | None = None) -> tuple[pd.
     facts = {"nvtx_column": bool(raw.attrs.get("nvtx")), "stack_order": order, "metric_sources": sources,
              "units": raw.attrs.get("units", {}), "kernels": int(len(raw))}
     return instances, facts
+
+
+def facts_notes(facts: dict) -> list[str]:
+    """What a reader of the ncu table should know about how the CSV was read."""
+    notes = [f"NVTX stacks as ncu lists them: {facts['stack_order']}"]
+    if not facts.get("nvtx_column"):
+        notes.append("the CSV has no NVTX push/pop column, so no kernel could be attributed to a call or stage "
+                     "(profile with `ncu --nvtx`; fib's ncu backend does)")
+    core = ["duration_ns" if role == "duration" else role for role in CORE_METRICS]
+    missing = [role for role in core if role not in facts.get("metric_sources", {})]
+    if missing:
+        notes.append(f"core metrics not in the CSV: {', '.join(missing)}")
+    return notes

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import FibError
 from ..profile.attribution import StageRules
-from ..profile.ncu_csv import load_ncu_csv
+from ..profile.ncu_csv import facts_notes, load_ncu_csv
 from ..profile.ncu_table import BoundRules, load_floor, write_report
 from ..profile.tables import infer_calls
 from .sources import definition_rules, workload_axes
@@ -41,7 +41,7 @@ def report_ncu(source: Path, output: Path | None = None, *, floor: Path | None =
     stages = [s for group in meta.get("stages", {}).values() for s in group]
     rules = definition_rules(definition) if definition else StageRules.from_stages(stages)
     instances, facts = load_ncu_csv(csv_path, rules)
-    notes = list(meta.get("ncu_metric_notes", [])) + [f"NVTX stacks as ncu lists them: {facts['stack_order']}"]
+    notes = list(meta.get("ncu_metric_notes", [])) + facts_notes(facts)
     if meta.get("pairs"):
         import pandas as pd
         calls = pd.DataFrame([(p["solution"], p["workload"], p["calls"]) for p in meta["pairs"]],
