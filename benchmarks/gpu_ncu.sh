@@ -5,7 +5,9 @@
 # the committed floor. Everything lands in $OUT/ncu/; the raw ncu CSVs are meant to be committed as
 # fixtures (tests/fixtures/profile/h200_ncu_*.csv) so the reader is tested on the real format.
 #   bash benchmarks/gpu_ncu.sh            (about 2-3 minutes on an H200)
+#   bash benchmarks/gpu_ncu.sh all        (then all 19 workloads too: the ncu table for the report)
 set -uo pipefail
+MODE=${1:-three}
 source .device/activate.sh
 [ -f .device/git-commit ] && export FIB_GIT_COMMIT=$(cat .device/git-commit)
 R=$OUT/ncu
@@ -34,6 +36,13 @@ timeout 420 python3 -m fib profile --definitions $DS --solutions triton_fused \
   --workloads seq_len=7 seq_len=901 seq_len=14107 --backend ncu ${FLOOR:+--floor $FLOOR} --output $R/ds > $R/ds.log 2>&1
 echo "deepseek: exit $? in $(( $(date +%s) - S )) s"
 cat $R/ds/profile/ncu.md 2>/dev/null || tail -30 $R/ds.log
+if [ "$MODE" = all ]; then
+  S=$(date +%s)
+  timeout 580 python3 -m fib profile --definitions $DS --solutions triton_fused --backend ncu \
+    ${FLOOR:+--floor $FLOOR} --output $R/ds_all > $R/ds_all.log 2>&1
+  echo "deepseek, all workloads: exit $? in $(( $(date +%s) - S )) s"
+  grep -E "^### |^kernel time" $R/ds_all/profile/ncu.md 2>/dev/null | paste - - | head -40
+fi
 
 # the raw NVTX cells of the first kernels, and what the reader made of them
 python3 - <<PY

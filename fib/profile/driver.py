@@ -146,7 +146,6 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
         raise ncu_mod.failure("ncu profiling", cmd, proc.returncode, proc.stderr, proc.stdout, log_text)
     result = _read_result(Path(spec["result"]), cmd, proc)
     rules = StageRules.from_stages([s for stages in result.get("stages", {}).values() for s in stages])
-    ncu_paths = {}
     if backend == "ncu":
         from .ncu_csv import facts_notes, load_ncu_csv
         from .ncu_table import write_report
