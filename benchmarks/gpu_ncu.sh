@@ -5,7 +5,7 @@
 # the committed floor. Everything lands in $OUT/ncu/; the raw ncu CSVs are meant to be committed as
 # fixtures (tests/fixtures/profile/h200_ncu_*.csv) so the reader is tested on the real format.
 #   bash benchmarks/gpu_ncu.sh            (about 2-3 minutes on an H200)
-#   bash benchmarks/gpu_ncu.sh all        (then all 19 workloads too: the ncu table for the report)
+#   bash benchmarks/gpu_ncu.sh all        (instead: all 19 workloads, the ncu table for the report)
 set -uo pipefail
 MODE=${1:-three}
 source .device/activate.sh
@@ -28,14 +28,16 @@ $NCU --query-metrics > $R/query_metrics.txt 2>&1; echo "query-metrics exit $? ($
 grep -iE "tensor|gmma|hmma" $R/query_metrics.txt | head -20
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee $R/nvidia-smi.csv
 
+if [ "$MODE" != all ]; then
 S=$(date +%s)
-timeout 240 python3 -m fib profile --demo --backend ncu --output $R/demo > $R/demo.log 2>&1
+timeout 150 python3 -m fib profile --demo --backend ncu --output $R/demo > $R/demo.log 2>&1
 echo "demo: exit $? in $(( $(date +%s) - S )) s"; tail -4 $R/demo.log
 S=$(date +%s)
-timeout 420 python3 -m fib profile --definitions $DS --solutions triton_fused \
+timeout 390 python3 -m fib profile --definitions $DS --solutions triton_fused \
   --workloads seq_len=7 seq_len=901 seq_len=14107 --backend ncu ${FLOOR:+--floor $FLOOR} --output $R/ds > $R/ds.log 2>&1
 echo "deepseek: exit $? in $(( $(date +%s) - S )) s"
 cat $R/ds/profile/ncu.md 2>/dev/null || tail -30 $R/ds.log
+fi
 if [ "$MODE" = all ]; then
   S=$(date +%s)
   timeout 580 python3 -m fib profile --definitions $DS --solutions triton_fused --backend ncu \
@@ -70,4 +72,5 @@ k = pd.read_csv('$R/demo/profile/kernels.csv')
 print(k.groupby(['solution', 'stage'])['per_call_us'].sum().round(2).to_string())" 2>&1 | tail -20
 cp $R/ds/profile/ncu_raw.csv $OUT/h200_ncu_ds_triton_fused.csv 2>/dev/null
 cp $R/demo/profile/ncu_raw.csv $OUT/h200_ncu_demo.csv 2>/dev/null
+cp $R/ds_all/profile/ncu_raw.csv $OUT/h200_ncu_ds_all_triton_fused.csv 2>/dev/null
 ls -la $OUT
