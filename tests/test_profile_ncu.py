@@ -304,6 +304,21 @@ def test_driver_end_to_end_with_a_stand_in_ncu(tmp_path, monkeypatch):
     assert (tmp_path / "again" / "ncu.md").read_text() == (prof / "ncu.md").read_text()
 
 
+def test_driver_reads_a_table_printed_to_stdout(tmp_path, monkeypatch):
+    fake = tmp_path / "ncu"
+    text = FAKE_NCU.format(python=sys.executable, query=QUERY, csv=str(CSV), stages=STAGES)
+    text = text.replace('shutil.copy({!r}, args[args.index("--log-file") + 1])'.format(str(CSV)),
+                        'open(args[args.index("--log-file") + 1], "w").write("==PROF== Disconnected\\n"); '
+                        'print(open({!r}).read())'.format(str(CSV)))
+    assert "print(open(" in text
+    fake.write_text(text)
+    fake.chmod(0o755)
+    monkeypatch.setenv("FIB_NCU", str(fake))
+    run = driver.profile(definitions=["d"], solutions=["sol_a"], backend="ncu", output=tmp_path / "run", timeout=120)
+    assert (run / "profile" / "ncu_log.txt").read_text().startswith("==PROF==")
+    assert "| gemm1 | fused_moe_gemm1_kernel | 41.0 |" in (run / "profile" / "ncu.md").read_text()
+
+
 def test_report_ncu_on_a_bare_csv(tmp_path):
     from fib.report.cli import report_app
     definition = tmp_path / "def.json"

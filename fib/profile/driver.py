@@ -88,6 +88,17 @@ def _calls_from_result(result: dict):
                         columns=["solution", "workload", "calls"])
 
 
+def _ncu_table_from_stdout(log_path: Path, stdout: str, meta: dict) -> None:
+    """ncu writes its tables to --log-file; should a version print them to stdout instead, the
+    table is taken from there (the reader skips the program's own lines before the header)."""
+    header = '"Kernel Name"'
+    if header in log_path.read_text(errors="replace") or header not in (stdout or ""):
+        return
+    log_path.rename(log_path.with_name("ncu_log.txt"))
+    log_path.write_text(stdout)
+    meta.setdefault("ncu_metric_notes", []).append("ncu printed its table to stdout, not to --log-file: read from there")
+
+
 def profile(*, definitions, solutions, workloads=None, backend="auto", iterations: int | None = None, warmup=3,
             output: Path | None = None, roots=None, seed=0, device="cuda:0", demo=False,
             timeout: float | None = 3600, floor: Path | None = None, ncu_kernels: str | None = None,
@@ -144,6 +155,8 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
         if result_path.exists() and "error" in json.loads(result_path.read_text()):
             _read_result(result_path, cmd, proc)  # the child's own failure names what failed
         raise ncu_mod.failure("ncu profiling", cmd, proc.returncode, proc.stderr, proc.stdout, log_text)
+    if backend == "ncu":
+        _ncu_table_from_stdout(ncu_csv_path, proc.stdout, meta)
     result = _read_result(Path(spec["result"]), cmd, proc)
     rules = StageRules.from_stages([s for stages in result.get("stages", {}).values() for s in stages])
     if backend == "ncu":
