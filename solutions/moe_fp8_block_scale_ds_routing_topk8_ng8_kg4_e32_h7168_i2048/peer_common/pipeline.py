@@ -41,13 +41,14 @@ def _gather_rows_kernel(hidden_ptr, hidden_scale_ptr, row_entry_ptr, n_live_ptr,
     entry = tl.load(row_entry_ptr + r)
     live = entry < n_entries
     token = tl.where(live, entry // TOPK, 0).to(tl.int64)
+    read_h = tl.where(live, H, 0)  # padding rows read nothing and store zeros
     cols = tl.arange(0, BH)
     for h0 in range(0, H, BH):
         c = h0 + cols
-        x = tl.load(hidden_ptr + token * H + c, mask=(c < H) & live, other=0.0)
+        x = tl.load(hidden_ptr + token * H + c, mask=c < read_h, other=0.0)
         tl.store(a_ptr + r.to(tl.int64) * H + c, x, mask=c < H)
     kb = tl.arange(0, BKB)
-    s = tl.load(hidden_scale_ptr + kb * n_tokens + token, mask=(kb < KB) & live, other=0.0)
+    s = tl.load(hidden_scale_ptr + kb * n_tokens + token, mask=kb < tl.where(live, KB, 0), other=0.0)
     seg = r // seg_rows
     tl.store(a_scale_ptr + (seg * KB + kb).to(tl.int64) * seg_rows + r - seg * seg_rows, s, mask=kb < KB)
     if live:
