@@ -37,7 +37,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-for p in (str(ROOT), str(TESTS)):
+# test_moe_solutions (inputs, reference) lives in tests/ or, after the layout change, families/moe/tests/
+for p in (str(ROOT), str(TESTS), str(ROOT / "families" / "moe" / "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
 SOL_ROOT = ROOT / "solutions" / "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
