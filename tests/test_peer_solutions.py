@@ -204,7 +204,7 @@ def load_peer(folder, entry):
 
 
 def judge(out, inputs):
-    from fib.check import check_outputs
+    from fib.harness.check import check_outputs
     from fib.schema import Definition, Tolerance, load_model
     from test_moe_solutions import PER_ELEMENT, SIBLING_DEFINITION, reference
     definition = load_model(SIBLING_DEFINITION, Definition)
