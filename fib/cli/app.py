@@ -100,6 +100,9 @@ def run(
     timer: str = typer.Option("auto", "--timer", help="auto, cupti, cuda_graph, cuda_event or wall."),
     seed: int = typer.Option(0, "--seed", help="Seed the inputs are built from (recorded in each trace)."),
     input_copies: int = typer.Option(0, "--input-copies", help="Input sets rotated while timing (0: auto)."),
+    cpu_timing_budget: float = typer.Option(3.0, "--cpu-timing-budget", help="On a CPU device, seconds of timed "
+                                            "calls per workload at most (fewer iterations, recorded in the trace); "
+                                            "0: no budget. GPUs are never cut short."),
     no_fresh_check: bool = typer.Option(False, "--no-fresh-check", help="Skip the second check on a fresh "
                                         "input set after timing."),
     max_failures: int = typer.Option(3, "--max-failures", help="Skip a solution after this many crashes or "
@@ -118,6 +121,7 @@ def run(
     config = _run_config(atol=atol, rtol=rtol, required_matched_ratio=required_matched_ratio,
                          warmup_runs=warmup_runs, iterations=iterations, num_trials=num_trials, timer=timer,
                          seed=seed, input_copies=input_copies, fresh_check=not no_fresh_check,
+                         cpu_timing_budget_s=cpu_timing_budget or None,
                          also_check=split_list(also_check), timeout_s=timeout, build_timeout_s=build_timeout,
                          jit_timeout_s=jit_timeout, max_failures=max_failures)
     devs = _check_devices(_normalise_devices(split_list(devices)) or _default_devices())

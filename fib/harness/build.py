@@ -250,7 +250,7 @@ def build_solution(solution: Solution, *, timeout_s: Optional[float] = None, log
             "device": device, "result": str(result_file)}))
         env = dict(os.environ)
         env.update(solution.spec.worker_environment(env))  # what its worker would start with
-        package_parent = str(Path(__file__).resolve().parent.parent)
+        package_parent = str(Path(__file__).resolve().parents[2])  # the folder holding the fib package
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         with open(log_path, "ab") as log:

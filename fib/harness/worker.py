@@ -204,7 +204,8 @@ class SolutionWorker:
                 bound[i % len(bound)]()
 
         stats = measure(timed, n_copies=len(bound), device=self.device, timer=s.timer, warmup_runs=s.warmup_runs,
-                        iterations=s.iterations, num_trials=s.num_trials, flush_l2=s.flush_l2)
+                        iterations=s.iterations, num_trials=s.num_trials, flush_l2=s.flush_l2,
+                        cpu_budget_s=s.cpu_timing_budget_s)
         return stats, sets
 
     def serve(self) -> None:
