@@ -132,7 +132,8 @@ class Runner:
     # ---- small helpers ----------------------------------------------------------------------
     def _log(self, name: str) -> CappedLog:
         if name not in self.logs:
-            self.logs[name] = CappedLog(self.run_dir / "logs" / f"{name}.log", self.config.log_cap_bytes)
+            file_name = name.replace("/", "--")  # 'author/name' of a namespaced solution
+            self.logs[name] = CappedLog(self.run_dir / "logs" / f"{file_name}.log", self.config.log_cap_bytes)
         return self.logs[name]
 
     def _objects(self, pair: Pair):
@@ -421,7 +422,8 @@ class Runner:
         args = {"device": device, "config": self.config.model_dump(mode="json"),
                 "solution": dumped, "out_dir": str(out_dir),
                 "solution_root": str(solution.root) if solution.root else None,
-                "solution_file": str(solution.file) if solution.file else None, "cache_dir": self.plan.cache_dir}
+                "solution_file": str(solution.file) if solution.file else None,
+                "solution_namespaced": solution.namespaced, "cache_dir": self.plan.cache_dir}
         return Child.start("worker", args, self._log(s), self.config.prepare_timeout_s)
 
     def _budget(self, slot: Slot, phase: str) -> float:
