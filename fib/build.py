@@ -358,7 +358,7 @@ def _child_compile(solution: Solution, info: dict, *, force: bool) -> dict:
     try:
         built = native.load_entry(solution, info)
     except FibError as err:
-        return {"status": FAILED, "reason": err.message}
+        return {"status": FAILED, "reason": err.message + (f" (fix: {err.fix})" if err.fix else "")}
     print(f"[fib build] {solution.label}: {built.library} ({'cached' if built.cached else 'compiled'})", flush=True)
     return {"status": BUILT}
 

@@ -11,8 +11,9 @@ into a Python-callable module, the way flashinfer-bench builds them.
   TORCH_LIBRARY means torch. A source that binds nothing is a COMPILE_ERROR that says what to add
   (fib generates no shim: a solution that runs here runs in flashinfer-bench unchanged).
 
-Builds are cached under `$FIB_CACHE_DIR/builds/native/<solution>-<key>/`, the key a hash of the
-sources, the entry point, language, binding, flags and dependencies, and the toolchain (C++
+Builds are cached under `$FIB_CACHE_DIR/builds/native/<key>/`, the key a hash of the sources,
+language, binding, flags and dependencies (not the entry point or the solution's name: solutions
+with the same sources share one library), and the toolchain (C++
 compiler and nvcc versions, torch and its CUDA, Python, tvm-ffi, the GPU's SM). A finished build
 leaves `fib-build.json` beside the library; with it a later load imports the library without
 running a compiler. A compiler failure raises `NativeBuildError` (a SolutionLoadError, so the
@@ -183,8 +184,8 @@ def toolchain(solution: Solution, info: dict[str, Any]) -> dict[str, Optional[st
 def build_key(solution: Solution, info: dict[str, Any]) -> str:
     spec = solution.spec
     binding = binding_of(solution)
-    text = json.dumps({
-        "entry": spec.entry_point, "language": spec.language.value, "binding": binding.value if binding else None,
+    text = json.dumps({  # not the entry point: one library serves every function it binds
+        "language": spec.language.value, "binding": binding.value if binding else None,
         "options": spec.compile_options.model_dump() if spec.compile_options else None,
         "dependencies": sorted(spec.dependencies), "toolchain": toolchain(solution, info),
         "sources": sorted((s.path, _source_text(solution, s.path)) for s in solution.sources)}, sort_keys=True)
@@ -193,11 +194,7 @@ def build_key(solution: Solution, info: dict[str, Any]) -> str:
 
 def build_dir(solution: Solution, info: dict[str, Any]) -> Path:
     from .build import builds_dir
-    return builds_dir() / "native" / f"{_file_safe(solution.safe_label)}-{build_key(solution, info)}"
-
-
-def _file_safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return builds_dir() / "native" / build_key(solution, info)
 
 
 def _module_name(folder: Path) -> str:
@@ -350,7 +347,7 @@ def load_entry(solution: Solution, info: dict[str, Any]) -> NativeBuild:
             library = _compile(solution, binding, folder, info)
             (folder / RECORD).write_text(json.dumps({
                 "solution": solution.label, "definition": solution.definition, "library": str(library),
-                "binding": binding.value, "key": folder.name.rsplit("-", 1)[-1],
+                "binding": binding.value, "key": folder.name,
                 "toolchain": toolchain(solution, info), "seconds": round(time.monotonic() - started, 3)}, indent=1))
     module = _load_library(solution, binding, library)
     function = _entry(solution, binding, module)
