@@ -63,8 +63,8 @@ class BuildResult:
 
 # ---- the record of successful builds ----------------------------------------------------------
 def builds_dir() -> Path:
-    base = Path(os.environ.get("FIB_CACHE_DIR", Path.home() / ".cache" / "fib"))
-    return base / "builds"
+    from .inputs import cache_dir
+    return cache_dir() / "builds"
 
 
 def _source_texts(solution: Solution) -> list[tuple[str, str]]:

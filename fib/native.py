@@ -193,8 +193,8 @@ def build_key(solution: Solution, info: dict[str, Any]) -> str:
 
 
 def build_dir(solution: Solution, info: dict[str, Any]) -> Path:
-    from .build import builds_dir
-    return builds_dir() / "native" / build_key(solution, info)
+    from .inputs import cache_dir  # fib.build's builds_dir(), without importing fib.build
+    return cache_dir() / "builds" / "native" / build_key(solution, info)
 
 
 def _module_name(folder: Path) -> str:

@@ -331,3 +331,54 @@ def test_tvm_ffi_binding_builds_and_passes(tmp_path, monkeypatch):
     assert [e["status"] for e in traces(tmp_path / "run")["ffi"]] == ["PASSED", "PASSED"], result.output
     sol = load_dataset([root]).solutions["scale_add"]["ffi"]
     assert native.find(sol, device_info("cpu"))["binding"] == "tvm-ffi"
+
+
+# ---- flashinfer-bench's example layout (benchmarks/fibench_example.py) and our CUDA example ---------
+def test_fibench_example_layout_loads_unchanged_and_says_why_not_on_a_cpu(tmp_path, monkeypatch):
+    """The script's layout, filled with a tiny CUDA tvm-ffi solution of our own that, like
+    flashinfer-bench's example, names B200 and gives no binding: it loads without a problem, and
+    on a CPU each workload is UNSUPPORTED with the reason (--any-hardware does not change that)."""
+    import importlib
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU: benchmarks/gpu_native_example.sh runs it there")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        script = importlib.import_module("fibench_example")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    (upstream / "kernel.h").write_text("#pragma once\nconstexpr int GEMM_N_CONST = 4096;\n")
+    (upstream / "kernel.cu").write_text((ROOT / "examples" / "cuda_vector_add" / "solutions" / "vector_add" /
+                                         "cuda_tvm_ffi" / "vector_add.cu").read_text()
+                                        .replace("TVM_FFI_DLL_EXPORT_TYPED_FUNC(run, run)",
+                                                 "TVM_FFI_DLL_EXPORT_TYPED_FUNC(gemm_n_4096_k_4096, run)"))
+    out = script.write_dataset(tmp_path / "example", upstream)
+    data = load_dataset([out])
+    assert not data.problems, data.problems
+    sol = data.solutions["gemm_n4096_k4096"]["example_agent_solution"]
+    assert (sol.spec.language.value, sol.spec.entry_point, native.binding_of(sol).value) == \
+        ("cuda", "kernel.cu::gemm_n_4096_k_4096", "tvm-ffi")
+    monkeypatch.setenv("FIB_CACHE_DIR", str(tmp_path / "cache"))
+    for extra in ((), ("--any-hardware",)):
+        run_dir = tmp_path / f"run{len(extra)}"
+        result = fib_run("--local", str(out), "-o", str(run_dir), "-w", "M=1", *extra)
+        assert result.exit_code == 1, result.output  # nothing PASSED
+        (only,) = traces(run_dir)["example_agent_solution"]
+        assert only["status"] == "UNSUPPORTED" and "targets B200; this device is cpu" in only["reason"], only
+
+
+def test_our_cuda_example_loads_and_is_unsupported_on_a_cpu():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    data = load_dataset([ROOT / "examples" / "cuda_vector_add"])
+    assert not data.problems, data.problems
+    sols = data.solutions["vector_add"]
+    assert {n: native.binding_of(s).value for n, s in sols.items()} == {"cuda_torch": "torch",
+                                                                        "cuda_tvm_ffi": "tvm-ffi"}
+    for sol in sols.values():
+        reason = unsupported_reason(sol, data.definitions["vector_add"], {"n": 8}, CPU)
+        assert reason == "targets cuda; this device is cpu"
+        assert "runs on a CUDA GPU" in native.unsupported_reason(sol, CPU)
