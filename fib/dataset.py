@@ -413,8 +413,9 @@ def _load_solutions(data: Dataset, root: Path) -> None:
         earlier = [label for label, sol in by_label.items() if sol.name == name]
         if earlier and kept:
             files = ", ".join(str(by_label[label].file) for label in earlier)
-            data.warnings.append(f"solution '{name}' of definition '{def_name}': "
-                                 f"{', '.join(str(s.file) for s in kept)} overrides {files} (a later dataset root wins)")
+            newer = ", ".join(str(s.file) for s in kept)
+            data.warnings.append(f"solution '{name}' of definition '{def_name}': {newer} overrides {files} "
+                                 "(a later dataset root wins)")
         if earlier:
             for label in earlier:
                 del by_label[label]

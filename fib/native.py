@@ -193,7 +193,7 @@ def build_key(solution: Solution, info: dict[str, Any]) -> str:
 
 
 def build_dir(solution: Solution, info: dict[str, Any]) -> Path:
-    from .inputs import cache_dir  # fib.build's builds_dir(), without importing fib.build
+    from .harness.inputs import cache_dir  # what harness.build.builds_dir() uses, without importing it
     return cache_dir() / "builds" / "native" / build_key(solution, info)
 
 

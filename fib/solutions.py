@@ -14,7 +14,7 @@ from . import native
 from .device import device_info  # noqa: F401  (re-exported: solutions.device_info)
 from .env import dist_version
 from .errors import FibError
-from .inputs import cache_dir, torch_dtype
+from .harness.inputs import cache_dir, torch_dtype
 from .schema import Definition, Solution
 from .schema.solution import LANGUAGE_PACKAGES
 

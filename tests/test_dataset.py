@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from fib.dataset import load_dataset
 from fib.errors import DatasetError
-from fib.inputs import make_inputs
+from fib.harness.inputs import make_inputs
 from fib.schema import Workload
 from tinydata import DEFINITION, GOOD, WORKLOADS, make_dataset, write_solution
 

@@ -20,8 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from fib import native  # noqa: E402
-from fib.cli import app  # noqa: E402
-from fib.cli import expand_list_args  # noqa: E402
+from fib.cli.app import app, expand_list_args  # noqa: E402
 from fib.dataset import load_dataset  # noqa: E402
 from fib.schema import Solution  # noqa: E402
 from fib.solutions import device_info, unsupported_reason  # noqa: E402

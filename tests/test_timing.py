@@ -1,4 +1,4 @@
-"""fib.timing: statistics, warm-up, rotation and timer choice on CPU; the CUDA timers on a GPU."""
+"""fib.timing.measure: statistics, warm-up, rotation and timer choice on CPU; the CUDA timers on a GPU."""
 from __future__ import annotations
 
 import time
@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from fib.timing import (CALL_RANGE, TimingError, _warm_up, attribute_device_time, l2_flush_bytes,
-                        measure, summarize)
+from fib.errors import TimingError
+from fib.timing.cupti import CALL_RANGE, attribute_device_time
+from fib.timing.flush import l2_flush_bytes
+from fib.timing.measure import _warm_up, measure
+from fib.timing.stats import summarize
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -253,7 +256,7 @@ def test_attribution_through_the_driver_launch_correlation():
 def test_attribution_splits_the_timeline_at_flushes_when_launches_are_unseen():
     """No host record for the solution's launches: the flush kernels (seen through their aten op)
     mark where each call's device work begins and ends."""
-    from fib.timing import FLUSH_RANGE
+    from fib.timing.flush import FLUSH_RANGE
     records = [
         _host(FLUSH_RANGE, 0, 10, corr=1), _host("aten::sum", 1, 5, corr=2), _host("aten::zero_", 6, 9, corr=3),
         _host(CALL_RANGE, 10, 50, corr=4),

@@ -25,7 +25,7 @@ from typing import Callable
 
 from ..dataset import Dataset
 from ..env import collect_environment, git_info
-from ..inputs import workload_seed
+from .inputs import workload_seed
 from ..rundir import append_trace
 from ..schema import Correctness, Performance, Status, TimingStats, Trace
 from ..schema.config import RunConfig
@@ -424,7 +424,8 @@ class Runner:
                 "solution_root": str(solution.root) if solution.root else None,
                 "solution_file": str(solution.file) if solution.file else None,
                 "solution_namespaced": solution.namespaced, "cache_dir": self.plan.cache_dir}
-        return Child.start("worker", args, self._log(s), self.config.prepare_timeout_s)
+        return Child.start("worker", args, self._log(s), self.config.prepare_timeout_s,
+                           env=solution.spec.worker_environment(dict(os.environ)))
 
     def _budget(self, slot: Slot, phase: str) -> float:
         pair = slot.pair

@@ -29,7 +29,7 @@ class Stop(Exception):
 class SolutionWorker:
     def __init__(self, channel: Channel, args: dict):
         import torch  # noqa: F401  (imported while the worker may still be a spare)
-        from .. import timing  # noqa: F401  (scipy's import takes seconds: keep it out of the first timeout)
+        from ..timing import measure as _timing  # noqa: F401  (scipy's import takes seconds: keep it out of the first timeout)
         from ..schema import Solution
         from ..schema.config import RunConfig
         from .torch_state import TorchState
@@ -107,8 +107,8 @@ class SolutionWorker:
     def checked_call(self, call, inputs: dict, snapshot: dict, which: str) -> dict | None:
         """Call once, make sure the inputs still equal `snapshot` (their copy from before), hand the
         outputs over; the verdict's `go` comes back. Returns a failure dict, or None on go."""
-        from ..check import modified_inputs
-        from ..inputs import inputs_digest
+        from .check import modified_inputs
+        from .inputs import inputs_digest
         from .evaluate import sync
         outputs = call(inputs)
         sync(self.device)
@@ -126,8 +126,8 @@ class SolutionWorker:
     def run_job(self, job: dict) -> dict:
         import torch
         from .. import solutions as sol_mod
-        from ..check import modified_inputs
-        from ..inputs import clone_inputs, make_inputs
+        from .check import modified_inputs
+        from .inputs import clone_inputs, make_inputs
         from ..schema import Definition, Workload
         from .call import SolutionCall
         from .evaluate import PhaseClock, sync
@@ -190,9 +190,9 @@ class SolutionWorker:
         return {"status": "MEASURED", "timing": timing.model_dump(mode="json"), "phases_s": clock.seconds}
 
     def time(self, call, inputs: dict):
-        from ..inputs import clone_inputs, input_bytes
+        from .inputs import clone_inputs, input_bytes
         from ..stages import call_range_name, stage
-        from ..timing import measure
+        from ..timing.measure import measure
         from .evaluate import device_memory_bytes, input_copies_for
         s = self.config
         copies = s.input_copies or input_copies_for(input_bytes(inputs), device_memory_bytes(self.device))

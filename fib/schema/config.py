@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .definition import Definition, Tolerance
 
 CONFIG_FORMAT = 2
-TIMER_CHOICES = ("auto", "cupti", "cuda_graph", "cuda_event", "wall")  # fib.timing.TIMERS (checked by a test)
+TIMER_CHOICES = ("auto", "cupti", "cuda_graph", "cuda_event", "wall")  # fib.timing.measure.TIMERS (checked by a test)
 DEFAULT_TOLERANCE = Tolerance()
 
 
