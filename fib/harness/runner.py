@@ -134,7 +134,8 @@ class Runner:
     # ---- small helpers ----------------------------------------------------------------------
     def _log(self, name: str) -> CappedLog:
         if name not in self.logs:
-            self.logs[name] = CappedLog(self.run_dir / "logs" / f"{name}.log", self.config.log_cap_bytes)
+            file_name = name.replace("/", "--")  # 'author/name' of a namespaced solution
+            self.logs[name] = CappedLog(self.run_dir / "logs" / f"{file_name}.log", self.config.log_cap_bytes)
         return self.logs[name]
 
     def _objects(self, pair: Pair):
@@ -410,7 +411,7 @@ class Runner:
             definition = self.data.definitions[d]
             self._static_reasons[key] = sol_mod.unsupported_reason(
                 self.data.solutions[d][s], definition, definition.resolve_axes(workload.axes),
-                self._device_infos[device])
+                self._device_infos[device], any_hardware=self.config.any_hardware)
         return self._static_reasons[key]
 
     def _look_ahead(self, queue: deque, depth: int = 2) -> None:
@@ -442,7 +443,8 @@ class Runner:
         args = {"device": device, "config": self.config.model_dump(mode="json"),
                 "solution": dumped, "out_dir": str(out_dir),
                 "solution_root": str(solution.root) if solution.root else None,
-                "solution_file": str(solution.file) if solution.file else None, "cache_dir": self.plan.cache_dir}
+                "solution_file": str(solution.file) if solution.file else None,
+                "solution_namespaced": solution.namespaced, "cache_dir": self.plan.cache_dir}
         return Child.start("worker", args, self._log(s), self.config.prepare_timeout_s,
                            env=solution.spec.worker_environment(dict(os.environ)))
 

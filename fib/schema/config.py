@@ -62,6 +62,8 @@ class RunConfig(BaseModel):
     required_matched_ratio: Optional[float] = Field(default=None, gt=0, le=1)
     also_check: list[AlsoCheck] = Field(default_factory=list)
     fresh_check: bool = True
+    # run solutions whose target_hardware names another GPU or SM on this GPU anyway (--any-hardware)
+    any_hardware: bool = False
     # timing
     warmup_runs: int = Field(default=10, ge=0)
     iterations: int = Field(default=50, ge=1)
