@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fib.errors import FibError
-from fib.analysis import nsys
+from fib.profile import nsys
 from fib.profile import driver
 
 

@@ -106,7 +106,7 @@ def test_errors_are_clear(tmp_path):
 def test_nsys_rep_without_nsys_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("FIB_NSYS", "")
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("fib.analysis.nsys.find_nsys", lambda: None)
+    monkeypatch.setattr("fib.profile.nsys.find_nsys", lambda: None)
     rep = tmp_path / "capture.nsys-rep"
     rep.write_bytes(b"x")
     app = typer.Typer()

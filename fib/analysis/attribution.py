@@ -125,9 +125,18 @@ def attribute(ranges, launches, kernels: pd.DataFrame, rules: StageRules | None 
     `kernels` has one row per entry of `launches` with columns kernel_full, start_ns,
     duration_ns and optionally device, stream. Returns INSTANCE_COLUMNS.
     """
-    rules = rules or StageRules()
     have_calls = any(parse_call_range(clean_range_name(r[3])) for r in ranges)
-    stacks = open_ranges_at_launches(ranges, launches)
+    return attribute_stacks(open_ranges_at_launches(ranges, launches), kernels, rules, have_calls=have_calls)
+
+
+def attribute_stacks(stacks: list[tuple[str, ...]], kernels: pd.DataFrame, rules: StageRules | None = None,
+                     *, have_calls: bool | None = None) -> pd.DataFrame:
+    """`attribute` for a profiler that reports each kernel's open ranges itself (ncu: the NVTX
+    push/pop stack of the launching thread, outer first). `have_calls`: whether the capture holds
+    any `fib.call/` range (default: whether any of these stacks does)."""
+    rules = rules or StageRules()
+    if have_calls is None:
+        have_calls = any(parse_call_range(clean_range_name(n)) for stack in stacks for n in stack)
     rows = []
     for stack in stacks:
         call, harness, stage = classify(stack)

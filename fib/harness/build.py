@@ -255,6 +255,7 @@ def build_solution(solution: Solution, *, timeout_s: Optional[float] = None, log
             "file": str(solution.file) if solution.file is not None else None,
             "device": device, "result": str(result_file)}))
         env = dict(os.environ)
+        env.update(solution.spec.worker_environment(env))  # what its worker would start with
         package_parent = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"

@@ -427,7 +427,8 @@ class Runner:
                 "solution": dumped, "out_dir": str(out_dir),
                 "solution_root": str(solution.root) if solution.root else None,
                 "solution_file": str(solution.file) if solution.file else None, "cache_dir": self.plan.cache_dir}
-        return Child.start("worker", args, self._log(s), self.config.prepare_timeout_s)
+        return Child.start("worker", args, self._log(s), self.config.prepare_timeout_s,
+                           env=solution.spec.worker_environment(dict(os.environ)))
 
     def _budget(self, slot: Slot, phase: str) -> float:
         pair = slot.pair

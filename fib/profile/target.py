@@ -2,13 +2,13 @@
 
 Runs only the timed calls of each (solution, workload) pair, eagerly: no reference, no checks.
 Warm-up calls run before the capture; then `cudaProfilerStart()` (nsys is started with
-`--capture-range=cudaProfilerApi`) or a torch.profiler session, `iterations` calls per pair each
+`--capture-range=cudaProfilerApi`, ncu with `--profile-from-start off`) or a torch.profiler session, `iterations` calls per pair each
 inside the range `fib.call/<solution>/<workload uuid>` (NVTX domain "fib", and a
 `record_function` under torch.profiler), then the capture stops. Solutions mark their stages
 with `fib.stage`. The child writes `spec["result"]`: the pairs it ran (with their axes and call
 counts), the pairs it skipped and why, and the definitions' stages.
 
-Spec keys: backend ("nsys" | "torch"), roots, definitions, solutions, workloads (uuids or null),
+Spec keys: backend ("nsys" | "ncu" | "torch"), roots, definitions, solutions, workloads (uuids or null),
 iterations, warmup, seed, device, trace (torch: chrome trace path), result; or demo: true to run
 fib.profile.demo's synthetic pipelines instead of a dataset. A solution named `SOLUTION@NAME`
 (as `fib run --config/--sweep` name their variants) is SOLUTION called with its configuration

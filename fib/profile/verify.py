@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import FibError
-from ..analysis import nsys as nsys_mod
+from . import nsys as nsys_mod
 from ..analysis.attribution import DOMAIN, RANGE_SEPARATOR
 from ..analysis.nsys_sqlite import load_sqlite
 

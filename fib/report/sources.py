@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import FibError
-from ..analysis import nsys as nsys_mod
+from ..profile import nsys as nsys_mod
 from ..analysis.attribution import StageRules
 from ..analysis.nsys_sqlite import load_sqlite
 from ..analysis.tables import infer_calls, kernel_table, leftout_table

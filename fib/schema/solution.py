@@ -11,6 +11,10 @@ is a source). fib additions to `spec`, all optional:
 - `shape_constraints`: Python expressions over the axes that must hold (else UNSUPPORTED).
 - `build_timeout_s`: the budget for import and the `fib_build` hook (default 300 s), kept apart from the run
   timeout; the very first call (JIT) has `--jit-timeout`.
+- `worker_env`: environment variables set when this solution's worker process (and its `fib build`
+  process) starts, for what must be in place before the first import (e.g. `LD_PRELOAD`). Values may
+  name the parent's variables as `${NAME}`; an entry whose variables are all unset or empty is left
+  out (see `BuildSpec.worker_environment`).
 
 `target_hardware` entries understood by fib: "cpu"; "cuda" or "gpu" (any CUDA GPU); "smNN" (that
 compute capability, e.g. sm90), "smNN+" (that or newer); any other word is matched against the GPU
@@ -23,6 +27,7 @@ Names and paths are checked so that none leaves fib's folders (see `fib.schema.n
 from __future__ import annotations
 
 import ast
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -48,6 +53,10 @@ class Language(str, Enum):
     cpp = "cpp"
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
 class SourceFile(BaseModel):
     model_config = ConfigDict(extra="allow")
     path: str = Field(min_length=1)
@@ -70,6 +79,27 @@ class BuildSpec(BaseModel):
     # fib additions
     shape_constraints: list[str] = Field(default_factory=list)
     build_timeout_s: float = Field(default=300, gt=0)
+    worker_env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("worker_env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k in value if not _ENV_NAME.fullmatch(k) or k.startswith("FIB_"))
+        if bad:
+            raise ValueError(f"worker_env names {bad} are not environment variable names a solution may set "
+                             "(letters, digits, '_', not starting with a digit; FIB_* belong to fib)")
+        return value
+
+    def worker_environment(self, environ: dict[str, str]) -> dict[str, str]:
+        """`worker_env` with `${NAME}` replaced from `environ`; an entry whose referenced variables are
+        all unset or empty is dropped (so an unset `${DEEPGEMM_LD_PRELOAD}` sets no LD_PRELOAD)."""
+        resolved = {}
+        for key, template in self.worker_env.items():
+            names = _ENV_REF.findall(template)
+            if names and not any(environ.get(n) for n in names):
+                continue
+            resolved[key] = _ENV_REF.sub(lambda m: environ.get(m.group(1), ""), template)
+        return resolved
 
     @field_validator("entry_point")
     @classmethod

@@ -110,7 +110,9 @@ def attribute_device_time(records: list[dict], n_calls: int) -> tuple[list[float
             by_launch[r["correlation_id"]] = k
         else:
             by_op[r["correlation_id"]] = k
+    host_ids = {r["correlation_id"] for r in records if not r["gpu"]}
     per_call: list[list[tuple[int, int]]] = [[] for _ in calls]
+    unattributed = 0
     for r in records:
         if not r["gpu"] or r["annotation"]:
             continue
@@ -119,10 +121,17 @@ def attribute_device_time(records: list[dict], n_calls: int) -> tuple[list[float
             k = by_op.get(r["linked_id"])
         if k is not None:
             per_call[k].append((r["start_ns"], r["end_ns"]))
-    if any(not evs for evs in per_call):
+        elif r["correlation_id"] not in host_ids and r["linked_id"] not in host_ids:
+            unattributed += 1  # its launch is not among the host events at all
+    if unattributed or any(not evs for evs in per_call):
         # Launches the profiler did not record on the host (Triton's cuLaunchKernel is not always
-        # among Kineto's events): split the device timeline at the L2-flush kernels instead.
-        per_call = _split_at_flushes(records, calls) or per_call
+        # among Kineto's events; DeepGEMM's cuLaunchKernelEx was not, on an H200): a kernel sum
+        # without them would be too small, so split the device timeline at the L2-flush kernels.
+        split = _split_at_flushes(records, calls)
+        if split is None and unattributed:
+            raise TimingError(f"{unattributed} device event(s) launched during the timed calls could not be "
+                              "attributed to a call (their launches are not among the profiler's host events)")
+        per_call = split or per_call
     empty = [k for k, evs in enumerate(per_call) if not evs]
     if empty:
         raise TimingError(f"no device work attributed to {len(empty)} of {n_calls} calls "
