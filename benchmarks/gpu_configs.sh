@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Issue #14 item 2 on the H200 (one device call, ~6-8 min): triton_fused's and triton_staged's
-# configurations through the normal harness. (1) the default path is bit-identical to main's:
-# the same workloads through `fib run` with triton_fused (own choice) on this tree and on main's
-# moe.py (MAIN_FUSED, copied in before the call) compare output-for-output via the traces' errors
-# and the kernels' compile report; (2) `fib run --sweep` ranks each solution's configurations per
-# workload (sweep.md); (3) compile_sm90.py --sweep: registers/spills of every configuration with
-# the machine's Triton 3.6. Results under $OUT/configs.
+# configurations through the normal harness. (1) compile_sm90.py --sweep: registers/spills of every
+# declared configuration with the machine's Triton 3.6; (2) `fib run --sweep` ranks each solution's
+# configurations per workload ($OUT/configs/sweep/sweep.md); (3) triton_fused without --config
+# (its own choice) on the same workloads: its errors must equal the sweep's @default rows'.
+# Results under $OUT/configs.
 set -uo pipefail
 source .device/activate.sh
 [ -f .device/git-commit ] && export FIB_GIT_COMMIT=$(cat .device/git-commit)

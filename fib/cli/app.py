@@ -100,6 +100,12 @@ def run(
     timer: str = typer.Option("auto", "--timer", help="auto, cupti, cuda_graph, cuda_event or wall."),
     seed: int = typer.Option(0, "--seed", help="Seed the inputs are built from (recorded in each trace)."),
     input_copies: int = typer.Option(0, "--input-copies", help="Input sets rotated while timing (0: auto)."),
+    cpu_timing_budget: float = typer.Option(3.0, "--cpu-timing-budget", help="On a CPU device, seconds of timed "
+                                            "calls per workload at most (fewer iterations, recorded in the trace); "
+                                            "0: no budget. GPUs are never cut short."),
+    any_hardware: bool = typer.Option(False, "--any-hardware", help="Run GPU solutions on this GPU even where "
+                                      "their target_hardware names another GPU or SM (e.g. a flashinfer-bench "
+                                      "solution that says B200, on an H200); CPU-only ones still need a CPU."),
     no_fresh_check: bool = typer.Option(False, "--no-fresh-check", help="Skip the second check on a fresh "
                                         "input set after timing."),
     max_failures: int = typer.Option(3, "--max-failures", help="Skip a solution after this many crashes or "
@@ -125,6 +131,8 @@ def run(
     config = _run_config(atol=atol, rtol=rtol, required_matched_ratio=required_matched_ratio,
                          warmup_runs=warmup_runs, iterations=iterations, num_trials=num_trials, timer=timer,
                          seed=seed, input_copies=input_copies, fresh_check=not no_fresh_check,
+                         cpu_timing_budget_s=cpu_timing_budget or None,
+                         any_hardware=any_hardware,
                          also_check=split_list(also_check), timeout_s=timeout, build_timeout_s=build_timeout,
                          jit_timeout_s=jit_timeout, max_failures=max_failures)
     devs = _check_devices(_normalise_devices(split_list(devices)) or _default_devices())
@@ -322,7 +330,8 @@ def _prebuild(data, plan, build_timeout, run_dir: Path) -> dict[str, tuple[str, 
     if not todo:
         return {}
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    results = _build_all(todo, device, force=False, timeout=build_timeout, log_dir=run_dir / "logs")
+    results = _build_all(todo, device, force=False, timeout=build_timeout, log_dir=run_dir / "logs",
+                         any_hardware=plan.config.any_hardware)
     failures = {}
     for name, r in results.items():
         if r.status in ("failed", "timeout"):
@@ -397,11 +406,11 @@ def list_(
         first = data.workloads.get(name, [None])[0]
         axes = d.resolve_axes(first.axes) if first else d.const_axes()
         for sol in data.solutions.get(name, {}).values():
-            if sol_names and sol.name not in sol_names:
+            if sol_names and sol.label not in sol_names:
                 continue
             device = solution_device(sol, devices)
             reason = unsupported_reason(sol, d, axes, device_info(device))
-            sol_table.add_row(name, sol.name, sol.spec.language.value, ", ".join(sol.spec.target_hardware),
+            sol_table.add_row(name, sol.label, sol.spec.language.value, ", ".join(sol.spec.target_hardware),
                               f"[red]unsupported: {reason}[/red]" if reason else f"[green]runs on {device}[/green]")
     out.print(sol_table)
     if workloads is not None:  # given, bare (every workload) or with filters
@@ -433,20 +442,22 @@ def validate(local: Optional[List[str]] = LocalOpt):
     out.print(f"[green]ok[/green]: {counts}", highlight=False)
 
 
-def _build_all(solutions_to_build, device: str, *, force: bool, timeout: Optional[float], log_dir: Optional[Path]):
+def _build_all(solutions_to_build, device: str, *, force: bool, timeout: Optional[float], log_dir: Optional[Path],
+               any_hardware: bool = False):
     """Run each solution's build hook apart from evaluation, with a spinner and its own budget."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from ..harness.build import build_solution
     results = {}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         for sol in solutions_to_build:
-            task = bar.add_task(f"building {sol.name}", total=None)
-            log_path = (log_dir / f"build-{sol.name}.log") if log_dir else None
+            task = bar.add_task(f"building {sol.label}", total=None)
+            log_path = (log_dir / f"build-{sol.safe_label}.log") if log_dir else None
             result = build_solution(sol, timeout_s=timeout, log_path=log_path, force=force, device=device,
+                                    any_hardware=any_hardware,
                                     progress=lambda _s, t=task: bar.update(t))
-            bar.update(task, description=f"{sol.name}: {result.status}"
+            bar.update(task, description=f"{sol.label}: {result.status}"
                        + (" (cached)" if result.cached else f" in {result.seconds:.1f} s"), completed=1, total=1)
-            results[sol.name] = result
+            results[sol.label] = result
     return results
 
 

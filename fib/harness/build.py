@@ -63,8 +63,8 @@ class BuildResult:
 
 # ---- the record of successful builds ----------------------------------------------------------
 def builds_dir() -> Path:
-    base = Path(os.environ.get("FIB_CACHE_DIR", Path.home() / ".cache" / "fib"))
-    return base / "builds"
+    from .inputs import cache_dir
+    return cache_dir() / "builds"
 
 
 def _source_texts(solution: Solution) -> list[tuple[str, str]]:
@@ -98,7 +98,7 @@ def build_environment(device: str = "cuda") -> dict[str, Optional[str]]:
 
 
 def build_key(solution: Solution, environment: dict) -> str:
-    text = json.dumps({"solution": solution.name, "definition": solution.definition,
+    text = json.dumps({"solution": solution.label, "definition": solution.definition,
                        "sources": sources_hash(solution), "environment": environment}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -108,11 +108,18 @@ def _safe(name: str) -> str:
 
 
 def _record_path(solution: Solution, environment: dict) -> Path:
-    return builds_dir() / f"{_safe(solution.definition)}--{_safe(solution.name)}--{build_key(solution, environment)}.json"
+    key = build_key(solution, environment)
+    return builds_dir() / f"{_safe(solution.definition)}--{_safe(solution.safe_label)}--{key}.json"
 
 
 def find_build(solution: Solution, *, environment: Optional[dict] = None, device: str = "cuda") -> Optional[dict]:
-    """The record of a successful build of exactly these sources in this environment, or None."""
+    """The record of a successful build of exactly these sources in this environment, or None.
+    A compiled (C++/CUDA) solution's record is its library's, keyed by sources and toolchain
+    (`fib.native.find`), so a wiped build folder is built again."""
+    if solution.spec.language.native and environment is None:
+        from ..native import find
+        from ..solutions import device_info
+        return find(solution, device_info(device))
     environment = environment if environment is not None else build_environment(device)
     path = _record_path(solution, environment)
     try:
@@ -126,7 +133,7 @@ def find_build(solution: Solution, *, environment: Optional[dict] = None, device
 def _write_record(solution: Solution, environment: dict, seconds: float) -> Path:
     path = _record_path(solution, environment)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"solution": solution.name, "definition": solution.definition,
+    record = {"solution": solution.label, "definition": solution.definition,
               "sources_hash": sources_hash(solution), "environment": environment,
               "seconds": round(seconds, 3), "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     tmp = path.with_suffix(".tmp")
@@ -144,7 +151,10 @@ def forget_build(solution: Solution, *, environment: Optional[dict] = None, devi
 # ---- does the entry module define the hook? ---------------------------------------------------
 def has_build_hook(solution: Solution) -> Optional[bool]:
     """Whether the entry file defines `fib_build` at top level: True, False, or None when only
-    importing it can tell (a star import, unparsable text, sources not at hand)."""
+    importing it can tell (a star import, unparsable text, sources not at hand). A compiled
+    (C++/CUDA) solution always has a build: its compilation."""
+    if solution.spec.language.native:
+        return True
     return defines_top_level(solution, HOOK)
 
 
@@ -181,12 +191,12 @@ def defines_top_level(solution: Solution, name: str) -> Optional[bool]:
 
 
 # ---- running the hook -------------------------------------------------------------------------
-def _json_reason(solution: Solution, info: dict) -> Optional[str]:
+def _json_reason(solution: Solution, info: dict, any_hardware: bool = False) -> Optional[str]:
     """Why the solution's JSON (target_hardware, dependencies) rules it out here, or None. A build
     is not for one shape: shape_constraints are left to each workload."""
     from ..solutions import unsupported_reason
     spec = solution.spec.model_copy(update={"shape_constraints": []})
-    return unsupported_reason(solution.model_copy(update={"spec": spec}), None, {}, info)
+    return unsupported_reason(solution.model_copy(update={"spec": spec}), None, {}, info, any_hardware=any_hardware)
 
 
 def _tail(path: Optional[Path], start: int = 0) -> str:
@@ -217,7 +227,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def build_solution(solution: Solution, *, timeout_s: Optional[float] = None, log_path: Optional[Path] = None,
                    progress: Optional[Callable[[float], None]] = None, progress_interval_s: float = 0.5,
-                   force: bool = False, device: str = "cuda") -> BuildResult:
+                   force: bool = False, device: str = "cuda", any_hardware: bool = False) -> BuildResult:
     """Run the solution's `fib_build()` hook in a child process under `timeout_s` (default
     `spec.build_timeout_s`).
 
@@ -230,15 +240,16 @@ def build_solution(solution: Solution, *, timeout_s: Optional[float] = None, log
     everything it started are killed before the exception propagates. The child's output is
     appended to `log_path`, default `$FIB_CACHE_DIR/builds/logs/<solution>.log`."""
     from ..solutions import device_info
-    name = solution.name
+    name = solution.label
     if has_build_hook(solution) is False:
         return BuildResult(name, SKIPPED, reason=f"{solution.spec.entry_file} defines no {HOOK}()")
-    reason = _json_reason(solution, device_info(device))
+    reason = _json_reason(solution, device_info(device), any_hardware)
     if reason:
         return BuildResult(name, UNSUPPORTED, reason=reason)
     environment = build_environment(device)
     if not force:
-        record = find_build(solution, environment=environment)
+        record = find_build(solution, device=device) if solution.spec.language.native else \
+            find_build(solution, environment=environment)
         if record is not None:
             return BuildResult(name, BUILT, cached=True, record_path=record["path"],
                                reason=f"built before ({record.get('built_at', '?')}, {record.get('seconds', '?')} s)")
@@ -253,10 +264,11 @@ def build_solution(solution: Solution, *, timeout_s: Optional[float] = None, log
             "solution": json.loads(solution.model_dump_json()),
             "root": str(solution.root) if solution.root is not None else None,
             "file": str(solution.file) if solution.file is not None else None,
+            "namespaced": solution.namespaced, "force": force, "any_hardware": any_hardware,
             "device": device, "result": str(result_file)}))
         env = dict(os.environ)
         env.update(solution.spec.worker_environment(env))  # what its worker would start with
-        package_parent = str(Path(__file__).resolve().parent.parent)
+        package_parent = str(Path(__file__).resolve().parents[2])  # the folder holding the fib package
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         with open(log_path, "ab") as log:
@@ -313,10 +325,13 @@ def _child_build(request: dict) -> dict:
         solution.attach_root(Path(request["root"]))
     if request.get("file"):
         solution.file = Path(request["file"])
+    solution.namespaced = bool(request.get("namespaced"))
     info = device_info(request.get("device") or "cuda")
-    reason = _json_reason(solution, info)  # checked by the parent too; the child's view decides
+    reason = _json_reason(solution, info, bool(request.get("any_hardware")))  # the child's view decides
     if reason:
         return {"status": UNSUPPORTED, "reason": reason}
+    if solution.spec.language.native:
+        return _child_compile(solution, info, force=bool(request.get("force")))
     try:
         module = import_entry_module(solution)
     except Exception as exc:
@@ -339,6 +354,21 @@ def _child_build(request: dict) -> dict:
         traceback.print_exc()
         return {"status": FAILED, "reason": f"{HOOK}() raised {type(exc).__name__}: {exc}"}
     print(f"[fib build] {solution.name}.{HOOK}() done", flush=True)
+    return {"status": BUILT}
+
+
+def _child_compile(solution: Solution, info: dict, *, force: bool) -> dict:
+    """A C++/CUDA solution's build: the compiler, run here so the budget's kill takes it along."""
+    import shutil
+    from .. import native
+    from ..errors import FibError
+    if force:
+        shutil.rmtree(native.build_dir(solution, info), ignore_errors=True)
+    try:
+        built = native.load_entry(solution, info)
+    except FibError as err:
+        return {"status": FAILED, "reason": err.message + (f" (fix: {err.fix})" if err.fix else "")}
+    print(f"[fib build] {solution.label}: {built.library} ({'cached' if built.cached else 'compiled'})", flush=True)
     return {"status": BUILT}
 
 

@@ -74,10 +74,11 @@ class SolutionCall:
              config: str | dict | None = None, *, solution_name: str | None = None) -> "SolutionCall":
         """Import the entry point; `config` is a configuration name (looked up in the module's
         fib_configs at `axes`: ConfigError if not declared there), a dict (passed as it is), or None."""
-        function = sol_mod.load_entry(solution)
+        function = sol_mod.load_entry(solution, device=device)
         if isinstance(config, str):
             name = solution_name or solution.name
-            config, reason = choose_config(sys.modules[function.__module__], name, config, axes)
+            module = None if solution.spec.language.native else sys.modules[function.__module__]
+            config, reason = choose_config(module, name, config, axes)  # a compiled solution declares none
             if reason:
                 raise ConfigError(reason, fix=f"choose one of the names listed, or run '{name}' without a config")
         return cls(function, solution, definition, axes, device, config=config)

@@ -51,7 +51,7 @@ def require_configs(solution: Solution, option: str) -> None:
     """ConfigError unless the solution's entry file defines `fib_configs` (read, not run)."""
     from .build import defines_top_level
     from .call import CONFIG_HOOK
-    if defines_top_level(solution, CONFIG_HOOK) is False:
+    if solution.spec.language.native or defines_top_level(solution, CONFIG_HOOK) is False:
         raise ConfigError(f"{option}: solution '{solution.name}' declares no configurations: its entry file "
                           f"{solution.spec.entry_file} defines no top-level {CONFIG_HOOK}(axes)",
                           where=solution.file, fix=f"drop {option} for it, or define {CONFIG_HOOK} "
@@ -84,6 +84,7 @@ def base_solution(data, definition: str, name: str, variants: dict[str, Solution
 def probe_configs(solution: Solution, axes_by_workload: dict[str, dict], timeout_s: float) -> dict[str, dict]:
     """{workload uuid: {name: configuration}} the solution declares at each workload's axes, asked
     of a probe process. ConfigError naming the solution when it declares none or the probe fails."""
+    require_configs(solution, "--sweep")  # read first: a compiled solution, or no hook in the file
     dumped = solution.model_dump(mode="json")
     with tempfile.TemporaryDirectory(prefix="fib-configs-") as tmp:
         args, out = Path(tmp) / "args.json", Path(tmp) / "out.json"

@@ -41,6 +41,7 @@ class SolutionWorker:
         if args.get("solution_root"):
             solution.attach_root(Path(args["solution_root"]))
         solution.file = Path(args["solution_file"]) if args.get("solution_file") else None
+        solution.namespaced = bool(args.get("solution_namespaced"))
         self.solution = solution
         self.state = TorchState.capture()
         self.module = None
@@ -68,8 +69,9 @@ class SolutionWorker:
         if self.function is None and self.build_error is None:
             self.phase("build")
             try:
-                self.function = sol_mod.load_entry(self.solution)
-                self.module = sys.modules[self.function.__module__]
+                self.function = sol_mod.load_entry(self.solution, device=self.device)
+                # a compiled solution has no Python module, hence no fib_build/fib_supported hooks
+                self.module = None if self.solution.spec.language.native else sys.modules[self.function.__module__]
                 hook = getattr(self.module, "fib_build", None)
                 if hook is not None:
                     hook()
@@ -138,7 +140,8 @@ class SolutionWorker:
         axes = definition.resolve_axes(workload.axes)
         self.state.restore(job["seed"])
         info = sol_mod.device_info(self.device)
-        reason = sol_mod.unsupported_reason(self.solution, definition, axes, info)
+        reason = sol_mod.unsupported_reason(self.solution, definition, axes, info,
+                                            any_hardware=self.config.any_hardware)
         if reason:
             return {"status": "UNSUPPORTED", "reason": reason}
         clock = PhaseClock(self.device)
@@ -206,14 +209,15 @@ class SolutionWorker:
         bound = [call.bound(x) for x in sets]
         # Each timed call is an NVTX range of its own, so a whole-run capture (`nsys profile fib run`)
         # can tell solutions and workloads apart.
-        range_name = call_range_name(self.solution.name, self.workload_uuid)
+        range_name = call_range_name(self.solution.label, self.workload_uuid)
 
         def timed(i: int) -> None:
             with stage(range_name):
                 bound[i % len(bound)]()
 
         stats = measure(timed, n_copies=len(bound), device=self.device, timer=s.timer, warmup_runs=s.warmup_runs,
-                        iterations=s.iterations, num_trials=s.num_trials, flush_l2=s.flush_l2)
+                        iterations=s.iterations, num_trials=s.num_trials, flush_l2=s.flush_l2,
+                        cpu_budget_s=s.cpu_timing_budget_s)
         return stats, sets
 
     def serve(self) -> None:
@@ -225,7 +229,7 @@ class SolutionWorker:
                 return
             assert message["kind"] == "job", message
             self.workload_uuid = message["workload"]["uuid"]
-            print(f"== {self.solution.name} on {self.workload_uuid} ({self.device})", flush=True)
+            print(f"== {self.solution.label} on {self.workload_uuid} ({self.device})", flush=True)
             fatal = False
             self.chosen = None  # the configuration this pair runs, once known (recorded in its trace)
             try:

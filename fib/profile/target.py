@@ -108,7 +108,8 @@ def dataset_jobs(spec: dict) -> tuple[list[Job], list[dict], dict[str, list]]:
                 fn = fn or (None if reason else fib_solutions.load_entry(solution, definition))
                 config = None
                 if not reason and config_name:
-                    config, reason = choose_config(sys.modules[fn.__module__], base, config_name, axes)
+                    module = None if solution.spec.language.native else sys.modules[fn.__module__]
+                    config, reason = choose_config(module, base, config_name, axes)
                 if reason:
                     skipped.append({"solution": sol_name, "workload": workload.uuid, "reason": reason})
                     continue

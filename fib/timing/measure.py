@@ -60,11 +60,13 @@ def measure(call: Callable[[int], None], *, n_copies: int, device, timer: str = 
             warmup_runs: int = 10, iterations: int = 50, num_trials: int = 3,
             flush_l2: bool = True, min_warmup_ms: float = 25.0, max_warmup_runs: int = 1000,
             max_warmup_ms: float = 2000.0, stable_window: int = 5, stable_rtol: float = 0.1,
-            seed: int = 0) -> TimingStats:
+            seed: int = 0, cpu_budget_s: float | None = None) -> TimingStats:
     """Warm `call` up, then time `iterations * num_trials` calls with `timer`; see the module doc.
 
     `call(idx)` runs the solution once on input copy `idx` (0 <= idx < n_copies, rotating).
     Raises TimingError when the timer cannot run on `device` or cannot measure this call.
+    On a CPU device, `cpu_budget_s` caps the timed calls: fewer iterations per trial (at least one),
+    said in `timer_note`; a CUDA device is never cut short.
     """
     import torch
     if timer not in TIMERS:
@@ -87,10 +89,24 @@ def measure(call: Callable[[int], None], *, n_copies: int, device, timer: str = 
     sync = (lambda: None)
     done, stable = _warm_up(lambda: _wall_once(rot, sync, None), warmup_runs, min_warmup_ms,
                             max_warmup_runs, max_warmup_ms, stable_window, stable_rtol)
+    if cpu_budget_s is not None:
+        iterations, note = _budgeted(rot, sync, iterations, num_trials, cpu_budget_s, note)
     samples = [_wall_once(rot, sync, None) for _ in range(iterations * num_trials)]
     return summarize(samples, timer="wall", warmup_runs=done, l2_flush=False, input_copies=n_copies,
                      seed=seed, timer_note=note, warmup_stable=stable, iterations=iterations,
                      num_trials=num_trials, trial_medians_ms=_trial_medians(samples, iterations))
+
+
+def _budgeted(rot: Rotation, sync, iterations: int, num_trials: int, budget_s: float,
+              note: str) -> tuple[int, str]:
+    """Iterations per trial that fit `budget_s`, from one more call's time after the warm-up."""
+    probe_ms = _wall_once(rot, sync, None)
+    fit = int(budget_s * 1e3 / max(probe_ms, 1e-6) / num_trials)
+    if fit >= iterations:
+        return iterations, note
+    kept = max(1, fit)
+    return kept, (f"{note}; CPU time budget {budget_s:g} s: {kept} of {iterations} iterations per trial "
+                  f"(one call took {probe_ms:.1f} ms)")
 
 
 def _wall_once(rot: Rotation, sync: Callable[[], None], flush) -> float:
@@ -157,11 +173,8 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
     extra: dict[str, Any] = {}
     if timer == "cupti":
         try:
-            samples, spans = [], []
-            for _ in range(num_trials):
-                kernel_ms, span_ms = cupti_times(rot, flush, iterations)
-                samples += kernel_ms
-                spans += span_ms
+            # one profiler session for every trial: each session costs a Kineto start and stop
+            samples, spans = cupti_times(rot, flush, iterations * num_trials)
             extra["span_median_ms"] = float(np.median(spans))
         except TimingError as exc:
             if not note.startswith("auto"):
