@@ -73,3 +73,9 @@ def pydantic_problems(exc, where: str | Path) -> list[FibError]:
 
 class TimingError(FibError):
     """A timer that cannot run here, or a call that the chosen timer cannot measure."""
+
+
+class ConfigError(FibError):
+    """A solution configuration that cannot be used: `--config` for a solution that declares none,
+    a name it does not declare at a workload, or a `fib_configs` hook that answers something else
+    than {name: dict}."""

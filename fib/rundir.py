@@ -385,12 +385,14 @@ def completed_pairs(run_dir: str | Path, *, repair: bool = True) -> set[tuple[st
 #   environment_differences instead;
 # - timeout_s, build_timeout_s, prepare_timeout_s, max_failures, cache_dir: budgets and places,
 #   which decide whether a pair ends as TIMEOUT or is skipped, never what a measurement is (a resume
-#   with a longer --timeout for pairs that timed out is a legitimate use).
+#   with a longer --timeout for pairs that timed out is a legitimate use);
+# - variants, sweep: solution configurations, part of the selection (each runs under its own
+#   solution name `solution@config`, so old and new traces never mix).
 # Every other key is compared, including keys added to RunSettings later, so a new setting is
 # checked without editing this list.
 IGNORED_ON_RESUME = frozenset({"definitions", "solutions", "workloads", "devices", "timeout_s",
                                "build_timeout_s", "prepare_timeout_s", "jit_timeout_s", "max_failures", "cache_dir",
-                               "log_cap_bytes"})
+                               "log_cap_bytes", "variants", "sweep"})
 _TOLERANCE_KEYS = {"atol", "rtol", "required_matched_ratio"}
 _MISSING = object()
 

@@ -247,13 +247,3 @@ def poison_(tensor: torch.Tensor) -> None:
         tensor.view(torch.uint8).fill_(0xFF)
     else:
         tensor.fill_(torch.iinfo(tensor.dtype).min)
-
-
-def call_solution(function: Callable, solution: Solution, inputs: dict[str, Any],
-                  outputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Run once; returns the outputs (the DPS buffers, or what the function returned)."""
-    if solution.spec.destination_passing_style:
-        function(*inputs.values(), *outputs)
-        return outputs
-    result = function(*inputs.values())
-    return list(result) if isinstance(result, (tuple, list)) else [result]

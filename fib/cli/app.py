@@ -117,10 +117,17 @@ def run(
                                                   "another tolerance: a definition's preset name (e.g. contest) "
                                                   "or 'atol,rtol,ratio' (repeatable); the status keeps the main "
                                                   "tolerance."),
+    config_choice: Optional[List[str]] = typer.Option(None, "--config", help="SOLUTION=NAME: run that "
+                                                     "configuration of a solution (its fib_configs), as the "
+                                                     "solution SOLUTION@NAME (repeatable)."),
+    sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="SOLUTION: run every configuration the "
+                                              "solution declares at each workload, each as SOLUTION@NAME, and "
+                                              "rank them per workload (sweep.md, sweep.csv) (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ):
     """Check every solution on every workload against the FP32 reference, time those that pass,
-    and write a run directory (run.json, traces.jsonl, logs/) that reports and comparisons read."""
+    and write a run directory (run.json, traces.jsonl, logs/) that reports and comparisons read.
+    With --config or --sweep and no --solutions, only the solutions they name run."""
     from ..harness.runner import Runner, RunPlan
     from ..progress import RunProgress, print_summary, summary_rows
 
@@ -142,7 +149,21 @@ def run(
     if data.problems:
         _print_problems(data, limit=20)
         console.print("[yellow]the files above are skipped; the rest of the dataset runs[/yellow]")
+    from ..harness.variants import parse_config_options
+    try:
+        chosen_configs = parse_config_options(split_list(config_choice))
+    except FibError as err:
+        _fail(err.render())
+    swept = list(dict.fromkeys(split_list(sweep)))
+    if (chosen_configs or swept) and not split_list(solutions):  # only the solutions they name
+        solutions = list(dict.fromkeys([s for s, _ in chosen_configs] + swept))
     def_names, sols, works = _select(data, definitions, solutions, workloads)
+    same: dict = {}
+    if chosen_configs or swept:
+        try:
+            excluded, same = _apply_variants(data, def_names, sols, works, chosen_configs, swept, config)
+        except FibError as err:
+            _fail(err.render())
     if not split_list(definitions) and all(d == "cpu" for d in devs):
         def_names = _leave_out_full_size(data, def_names, works)
     if not def_names:
@@ -153,6 +174,8 @@ def run(
         except ValueError as exc:
             _fail(f"--also-check: {exc}")
     plan = RunPlan(config=config, definitions=def_names, solutions=sols, workloads=works, devices=devs, marks=marks)
+    if chosen_configs or swept:
+        plan.excluded = excluded
     from ..env import collect_environment
     from ..rundir import RunDirLock, check_resume
     run_dir = _run_dir(output, resume)
@@ -181,6 +204,8 @@ def run(
                                    "problems": result.problems, "vacuous_tolerance": result.vacuous}))
     else:
         print_summary(out, rows)
+    if swept:
+        _print_sweep(_whole_run(result), config, same, run_dir, quiet=as_json)
     for problem in result.problems:
         console.print(f"[red]definition problem:[/red] {problem}", highlight=False)
     for where, trivial in result.vacuous.items():
@@ -192,6 +217,75 @@ def run(
         raise typer.Exit(130)
     if not any(r["status"] == "PASSED" for r in rows) or result.problems:
         raise typer.Exit(1)
+
+
+def _apply_variants(data, def_names, sols, works, chosen: list[tuple[str, str]], swept: list[str], config):
+    """Replace each solution named by --config/--sweep in the selection by its variants
+    (SOLUTION@NAME, fib.harness.variants), record them in `config`, and return the pairs a sweep
+    leaves out (a name not declared at a workload, or repeating another's configuration there)
+    and, per (definition, solution), those repeats {workload: {name: other}}."""
+    from ..harness.variants import add_variants, probe_configs, require_configs, sweep_plan
+    from ..schema.config import variant_name
+    named = list(dict.fromkeys([s for s, _ in chosen] + swept))
+    missing = [s for s in named if not any(s in sols[d] for d in def_names)]
+    if missing:
+        _fail(f"--config/--sweep: solution(s) {', '.join(missing)} not among the selected solutions "
+              f"({', '.join(sorted({s for d in def_names for s in sols[d]})) or 'none'})")
+    variants, excluded, same = {}, set(), {}
+    for d in def_names:
+        definition = data.definitions[d]
+        for name in [s for s in sols[d] if s in named]:
+            solution = data.solutions[d][name]
+            names = [n for s, n in chosen if s == name]
+            if names:
+                require_configs(solution, "--config")
+            if name in swept:
+                axes = {w: definition.resolve_axes(next(x for x in data.workloads[d] if x.uuid == w).axes)
+                        for w in works[d]}
+                declared = probe_configs(solution, axes, config.prepare_timeout_s)
+                all_names, repeats = sweep_plan(declared)
+                if not all_names:
+                    _fail(f"--sweep: solution '{name}' declares no configuration at the selected workloads of {d}")
+                for w in works[d]:
+                    for n in all_names:
+                        if n not in names and (n not in declared[w] or n in repeats.get(w, {})):
+                            excluded.add((d, variant_name(name, n), w))
+                same[(d, name)] = repeats
+                names += [n for n in all_names if n not in names]
+            made = add_variants(data, d, name, names)
+            variants.update(made)
+            at = sols[d].index(name)
+            sols[d][at:at + 1] = list(made)
+    config.variants = variants
+    config.sweep = swept
+    return excluded, same
+
+
+def _print_sweep(traces, config, same: dict, run_dir: Path, *, quiet: bool) -> None:
+    """Per workload, the swept configurations ranked by latency (best marked); sweep.md/.csv."""
+    from ..report.sweep import sweep_table, write_sweep
+    df = sweep_table(traces, config.variants, config.sweep, same)
+    paths = write_sweep(run_dir, df)
+    if quiet:
+        return
+    table = Table(title="sweep: configurations by latency per workload", title_justify="left")
+    for col in ("workload", "axes", "rank", "config", "latency ms", "x best", "status"):
+        table.add_column(col, overflow="fold")
+    previous = None
+    for _, r in df.iterrows():
+        key = (r["definition"], r["solution"], r["workload"])
+        if previous is not None and key != previous:
+            table.add_section()
+        previous = key
+        import pandas as pd
+        name = f"{r['solution']}@{r['config']}"
+        table.add_row(r["workload"][:12], r["axes"], "" if pd.isna(r["rank"]) else str(r["rank"]),
+                      f"[bold green]* {name}[/bold green]" if r["best"] else name,
+                      f"{r['latency_ms']:.4f}" if pd.notna(r["latency_ms"]) else "-",
+                      f"{r['vs_best']:.3f}" if pd.notna(r["vs_best"]) else "-",
+                      r["status"] + (f": {r['note']}" if r["note"] else ""))
+    out.print(table)
+    console.print(f"sweep table: {paths[1]} and {paths[0].name}", highlight=False)
 
 
 def _leave_out_full_size(data, def_names: list[str], works: dict) -> list[str]:
@@ -248,8 +342,11 @@ def _prebuild(data, plan, build_timeout, run_dir: Path) -> dict[str, tuple[str, 
     solution -> (status, reason), so their pairs are answered without running them."""
     from ..harness.build import find_build, has_build_hook
     from ..solutions import solution_device
+    from ..harness.variants import base_solution
     device = next((d for d in plan.devices if d.startswith("cuda")), plan.devices[0])
-    todo = [data.solutions[d][n] for d in plan.definitions for n in plan.solutions[d]]
+    behind = {n: base_solution(data, d, n, plan.config.variants) for d in plan.definitions
+              for n in plan.solutions[d]}  # a variant is built as its solution
+    todo = list({s.name: s for s in behind.values()}.values())
     todo = [s for s in todo if has_build_hook(s) and solution_device(s, plan.devices) == device
             and find_build(s, device=device) is None]
     if not todo:
@@ -263,6 +360,7 @@ def _prebuild(data, plan, build_timeout, run_dir: Path) -> dict[str, tuple[str, 
             failures[name] = ("COMPILE_ERROR", f"build {r.status}: {r.reason or ''} (log: {r.log_path})")
         elif r.status == "unsupported":
             failures[name] = ("UNSUPPORTED", r.reason or "unsupported")
+    failures.update({n: failures[s.name] for n, s in behind.items() if s.name in failures})
     return failures
 
 

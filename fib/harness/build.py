@@ -155,6 +155,12 @@ def has_build_hook(solution: Solution) -> Optional[bool]:
     (C++/CUDA) solution always has a build: its compilation."""
     if solution.spec.language.native:
         return True
+    return defines_top_level(solution, HOOK)
+
+
+def defines_top_level(solution: Solution, name: str) -> Optional[bool]:
+    """Whether the entry file defines `name` at top level (def, assignment, import), read without
+    running it: True, False, or None when only importing it can tell."""
     entry = solution.entry_source()
     text = entry.content if entry is not None else None
     if text is None and solution.root is not None and (solution.root / solution.spec.entry_file).is_file():
@@ -166,20 +172,20 @@ def has_build_hook(solution: Solution) -> Optional[bool]:
     except SyntaxError:
         return None
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == HOOK:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
             return True
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == HOOK for t in targets):
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
                 return True
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             for alias in node.names:
                 if alias.name == "*":
                     return None
-                if (alias.asname or alias.name) == HOOK:
+                if (alias.asname or alias.name) == name:
                     return True
         if isinstance(node, (ast.If, ast.Try, ast.With)):  # conditional definitions: ask the import
-            if HOOK in ast.unparse(node):
+            if name in ast.unparse(node):
                 return None
     return False
 

@@ -46,10 +46,12 @@ class RunPlan:
     cache_dir: str | None = None
     build_failures: dict[str, tuple[str, str]] = field(default_factory=dict)  # solution -> (status, reason)
     marks: dict[str, float] = field(default_factory=dict)  # the CLI's own moments (time.time()): timeline.jsonl
+    excluded: set[tuple[str, str, str]] = field(default_factory=set)  # pairs not to run (a sweep's undeclared)
 
     def pairs(self) -> list[tuple[str, str, str]]:
         """(definition, solution, workload), solution-major: a solution's worker serves its workloads in a row."""
-        return [(d, s, w) for d in self.definitions for s in self.solutions[d] for w in self.workloads[d]]
+        return [(d, s, w) for d in self.definitions for s in self.solutions[d] for w in self.workloads[d]
+                if (d, s, w) not in self.excluded]
 
 
 @dataclass
@@ -171,6 +173,9 @@ class Runner:
         vacuous = self.result.vacuous.get(f"{pair.definition}/{pair.workload}")
         if vacuous:
             fields["vacuous_tolerance"] = vacuous
+        variant = self.config.variants.get(pair.solution)
+        if variant is not None and "solution_config" not in fields:  # ended before the worker chose it
+            fields["solution_config"] = {"solution": variant.solution, "name": variant.config}
         self._emit(make_trace(definition, workload, solution, status, reason=reason, log=log,
                               environment=self._env_model, device=device, seed=pair.seed, **fields))
 
@@ -569,6 +574,8 @@ class Runner:
         extra = {"worker": f"{device}/pid{slot.worker.pid}", "phases_s": {k: round(v, 6) for k, v in
                                                                           (message.get("phases_s") or {}).items()}}
         ref = self.refs.get(pair.ref_key()) or {}
+        if message.get("solution_config"):
+            extra["solution_config"] = message["solution_config"]
         if ref.get("ok"):
             extra["workload_prepare_s"] = {"reference_s": ref.get("seconds"), "reference_computed": ref.get("computed")}
         status = message.get("status")

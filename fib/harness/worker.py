@@ -8,7 +8,7 @@ isolation protects against faults, not adversaries (see README, "What fib trusts
 
 Messages to the parent: ready{pid}; phase{phase} before each step (the parent applies the budgets);
 outputs{which: "check"|"fresh", path} then waits for verdict{go}; result{status?, reason?, timing?,
-phases_s, workload_prepare_s}; after a lost CUDA context the result carries fatal=true and the
+phases_s, workload_prepare_s, solution_config?}; after a lost CUDA context the result carries fatal=true and the
 worker exits. From the parent: job{...}, verdict{go}, stop.
 """
 from __future__ import annotations
@@ -149,7 +149,16 @@ class SolutionWorker:
             verdict = self.build(info, axes)
         if verdict:
             return {"status": verdict[0], "reason": verdict[1], "phases_s": clock.seconds}
-        call = SolutionCall(self.function, self.solution, definition, axes, self.device)
+        config = None
+        variant = self.config.variants.get(self.solution.name)
+        if variant is not None:  # one named configuration of the solution (--config, --sweep)
+            from .call import choose_config
+            self.chosen = {"solution": variant.solution, "name": variant.config}
+            config, reason = choose_config(self.module, variant.solution, variant.config, axes)
+            if reason:
+                return {"status": "UNSUPPORTED", "reason": reason, "phases_s": clock.seconds}
+            self.chosen["values"] = config
+        call = SolutionCall(self.function, self.solution, definition, axes, self.device, config=config)
         self.phase("prepare")
         with clock("inputs"):
             try:
@@ -222,6 +231,7 @@ class SolutionWorker:
             self.workload_uuid = message["workload"]["uuid"]
             print(f"== {self.solution.label} on {self.workload_uuid} ({self.device})", flush=True)
             fatal = False
+            self.chosen = None  # the configuration this pair runs, once known (recorded in its trace)
             try:
                 result = self.run_job(message)
             except Stop:
@@ -233,6 +243,8 @@ class SolutionWorker:
                 if not fatal and self.device.startswith("cuda"):
                     import torch
                     torch.cuda.empty_cache()
+            if self.chosen is not None:
+                result["solution_config"] = self.chosen
             sys.stdout.flush()
             sys.stderr.flush()
             self.channel.send("result", **result)

@@ -10,7 +10,10 @@ counts), the pairs it skipped and why, and the definitions' stages.
 
 Spec keys: backend ("nsys" | "ncu" | "torch"), roots, definitions, solutions, workloads (uuids or null),
 iterations, warmup, seed, device, trace (torch: chrome trace path), result; or demo: true to run
-fib.profile.demo's synthetic pipelines instead of a dataset.
+fib.profile.demo's synthetic pipelines instead of a dataset. A solution named `SOLUTION@NAME`
+(as `fib run --config/--sweep` name their variants) is SOLUTION called with its configuration
+NAME; where NAME is not declared at a workload, that pair is skipped with the reason.
+Every call goes through fib's SolutionCall, as in `fib run`.
 """
 from __future__ import annotations
 
@@ -78,6 +81,7 @@ def dataset_jobs(spec: dict) -> tuple[list[Job], list[dict], dict[str, list]]:
     from .. import dataset as fib_dataset
     from ..harness import inputs as fib_inputs
     from .. import solutions as fib_solutions
+    from ..harness.call import SolutionCall, choose_config
 
     ds = fib_dataset.load_dataset([Path(r) for r in spec["roots"]])
     device = spec.get("device", "cuda:0")
@@ -90,7 +94,9 @@ def dataset_jobs(spec: dict) -> tuple[list[Job], list[dict], dict[str, list]]:
         stages[def_name] = [s.model_dump() for s in definition.stages]
         root = ds.root_for(def_name)
         for sol_name in spec["solutions"]:
-            solution = ds.solutions.get(def_name, {}).get(sol_name)
+            base, _, config_name = sol_name.partition("@") if sol_name not in ds.solutions.get(def_name, {}) \
+                else (sol_name, "", "")
+            solution = ds.solutions.get(def_name, {}).get(base)
             if solution is None:
                 continue
             fn = None
@@ -99,22 +105,23 @@ def dataset_jobs(spec: dict) -> tuple[list[Job], list[dict], dict[str, list]]:
                     continue
                 axes = definition.resolve_axes(workload.axes)
                 reason = fib_solutions.unsupported_reason(solution, definition, axes, device_info)
+                fn = fn or (None if reason else fib_solutions.load_entry(solution, definition))
+                config = None
+                if not reason and config_name:
+                    module = None if solution.spec.language.native else sys.modules[fn.__module__]
+                    config, reason = choose_config(module, base, config_name, axes)
                 if reason:
                     skipped.append({"solution": sol_name, "workload": workload.uuid, "reason": reason})
                     continue
-                fn = fn or fib_solutions.load_entry(solution, definition)
                 key = (def_name, workload.uuid)
                 if key not in shared_inputs:
                     # The same seed derivation as `fib run`, so both see the same inputs (and routing).
                     seed = fib_inputs.workload_seed(spec.get("seed", 0), workload)
                     shared_inputs[key] = fib_inputs.make_inputs(definition, workload, seed=seed, device=device,
                                                                 root=root)
-                inputs = shared_inputs[key]
-                args = list(inputs.values())
-                if solution.spec.destination_passing_style:
-                    args += list(fib_solutions.allocate_outputs(definition, axes, device))
-                jobs.append(Job(sol_name, workload.uuid, (lambda f=fn, a=args: f(*a)),
-                                dict(workload.axes), def_name))
+                call = SolutionCall(fn, solution, definition, axes, device, config=config)
+                jobs.append(Job(sol_name, workload.uuid, call.bound(shared_inputs[key]), dict(workload.axes),
+                                def_name))
     return jobs, skipped, stages
 
 

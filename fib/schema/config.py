@@ -5,19 +5,34 @@ exit 2, before any worker starts), run.json stores `model_dump(mode="json")` wit
 workers receive the same JSON. Tolerances resolve in layers, computed once per definition in the
 parent: fib's defaults, then the definition's `tolerance`, then the CLI's `--atol/--rtol/
 --required-matched-ratio`. `also_check` entries are extra verdicts recorded beside the main one:
-a definition's named preset (e.g. "contest") or explicit numbers.
+a definition's named preset (e.g. "contest") or explicit numbers. `variants` are the solution
+configurations chosen (`--config SOLUTION=NAME`, `--sweep SOLUTION`): each runs as a solution of
+its own named `SOLUTION@NAME` (fib.harness.call: the solution's `fib_configs` hook).
 """
 from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .definition import Definition, Tolerance
 
 CONFIG_FORMAT = 2
 TIMER_CHOICES = ("auto", "cupti", "cuda_graph", "cuda_event", "wall")  # fib.timing.measure.TIMERS (checked by a test)
 DEFAULT_TOLERANCE = Tolerance()
+CONFIG_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"  # a configuration name (it becomes part of a solution's)
+
+
+def variant_name(solution: str, config: str) -> str:
+    """The name a solution's configuration runs under: its traces, logs and reports use it."""
+    return f"{solution}@{config}"
+
+
+class SolutionVariant(BaseModel):
+    """One named configuration of a solution, run as a solution of its own (`variant_name`)."""
+    model_config = ConfigDict(extra="forbid")
+    solution: str = Field(min_length=1)
+    config: str = Field(pattern=f"^{CONFIG_NAME_PATTERN}$")
 
 
 class AlsoCheck(BaseModel):
@@ -83,6 +98,16 @@ class RunConfig(BaseModel):
     prepare_timeout_s: float = Field(default=600.0, gt=0)  # a worker's start, inputs, the reference
     max_failures: int = Field(default=3, ge=1)
     log_cap_bytes: int = Field(default=2 * 2**20, ge=4096)  # per solution log: head and tail kept
+    # solution configurations: variant name (solution@config) -> which; sweep: solutions swept
+    variants: dict[str, SolutionVariant] = Field(default_factory=dict)
+    sweep: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _variant_names(self):
+        for name, variant in self.variants.items():
+            if name != variant_name(variant.solution, variant.config):
+                raise ValueError(f"variant {name!r} must be named {variant_name(variant.solution, variant.config)!r}")
+        return self
 
     @field_validator("also_check", mode="before")
     @classmethod
@@ -116,7 +141,7 @@ class RunConfig(BaseModel):
 
 OPTION_NAMES = {"timeout_s": "--timeout", "build_timeout_s": "--build-timeout", "jit_timeout_s": "--jit-timeout",
                 "prepare_timeout_s": "--prepare-timeout", "log_cap_bytes": "--log-cap", "flush_l2": "--no-flush-l2",
-                "fresh_check": "--no-fresh-check"}
+                "fresh_check": "--no-fresh-check", "variants": "--config", "sweep": "--sweep"}
 
 
 def config_error_message(exc) -> str:
@@ -129,4 +154,5 @@ def config_error_message(exc) -> str:
     return "; ".join(lines)
 
 
-__all__ = ["AlsoCheck", "RunConfig", "CONFIG_FORMAT", "TIMER_CHOICES", "config_error_message"]
+__all__ = ["AlsoCheck", "RunConfig", "SolutionVariant", "CONFIG_FORMAT", "TIMER_CHOICES", "config_error_message",
+           "variant_name"]

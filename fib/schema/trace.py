@@ -13,7 +13,10 @@ output has NaN/Inf where the reference is finite) and `correctness.cosine_simila
 output's), with the tolerance's `max_relative_l2`, `min_cosine_similarity` and `tolerance` (its
 name) where set; `correctness.extra` {`outputs`: per-output statistics, `also_checked`: the
 verdict at other tolerances}; `performance.timing`
-with the raw samples and their statistics; `evaluation.device` and `evaluation.seed`.
+with the raw samples and their statistics; `evaluation.device` and `evaluation.seed`;
+`evaluation.solution_config` {`solution`, `name`, `values`} when the trace's solution is one
+configuration of a solution (`solution@name`, fib run --config/--sweep): the configuration dict
+the solution was called with (`values`, absent when the pair ended before it was chosen).
 """
 from __future__ import annotations
 
@@ -91,6 +94,14 @@ class Environment(BaseModel):
     libs: dict[str, str] = Field(default_factory=dict)
 
 
+class SolutionConfigRecord(BaseModel):
+    """Which configuration of which solution a trace measured."""
+    model_config = ConfigDict(extra="allow")
+    solution: str
+    name: str
+    values: Optional[dict[str, Any]] = None
+
+
 class Evaluation(BaseModel):
     model_config = ConfigDict(extra="allow")
     status: Status
@@ -102,6 +113,7 @@ class Evaluation(BaseModel):
     reason: Optional[str] = None
     device: Optional[str] = None
     seed: Optional[int] = None
+    solution_config: Optional[SolutionConfigRecord] = None
 
     @model_validator(mode="after")
     def _fields_match_status(self):

@@ -8,12 +8,17 @@ Triton's own ptxas, and reads the resource report: registers, stack (spills), sh
 
     python families/moe/benchmarks/compile_sm90.py --tokens 1 7 80 2000 [--sweep]
 
+--sweep also compiles every configuration the solution's fib_configs declares at each T (what
+`fib run --sweep` would time), passed through fib's SolutionCall as config=: nothing is patched
+in the solution's module.
+
 Run it with the Triton the GPU machine has (3.6 there) for resource numbers that match it; the
 project's CPU test runs it with whatever Triton is installed, for compile errors.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import inspect
 import os
@@ -43,17 +48,35 @@ def load_solution(name: str):
     return module
 
 
-def meta_inputs(T: int, H=7168, I=2048, E=256, n_local=32, offset=0):
-    """The definition's inputs at seq_len T as meta tensors (shapes and dtypes only)."""
+def meta_inputs(T: int, H=7168, I=2048, E=256, n_local=32, offset=0) -> dict:
+    """The definition's inputs at seq_len T as meta tensors (shapes and dtypes only), by name."""
     m = dict(device="meta")
-    return [torch.empty(T, E, dtype=torch.float32, **m), torch.empty(E, dtype=torch.bfloat16, **m),
-            torch.empty(T, H, dtype=torch.float8_e4m3fn, **m),
-            torch.empty(H // 128, T, dtype=torch.float32, **m),
-            torch.empty(n_local, 2 * I, H, dtype=torch.float8_e4m3fn, **m),
-            torch.empty(n_local, 2 * I // 128, H // 128, dtype=torch.float32, **m),
-            torch.empty(n_local, H, I, dtype=torch.float8_e4m3fn, **m),
-            torch.empty(n_local, H // 128, I // 128, dtype=torch.float32, **m),
-            offset, 2.5, torch.empty(T, H, dtype=torch.bfloat16, **m)]
+    return {"routing_logits": torch.empty(T, E, dtype=torch.float32, **m),
+            "routing_bias": torch.empty(E, dtype=torch.bfloat16, **m),
+            "hidden_states": torch.empty(T, H, dtype=torch.float8_e4m3fn, **m),
+            "hidden_states_scale": torch.empty(H // 128, T, dtype=torch.float32, **m),
+            "gemm1_weights": torch.empty(n_local, 2 * I, H, dtype=torch.float8_e4m3fn, **m),
+            "gemm1_weights_scale": torch.empty(n_local, 2 * I // 128, H // 128, dtype=torch.float32, **m),
+            "gemm2_weights": torch.empty(n_local, H, I, dtype=torch.float8_e4m3fn, **m),
+            "gemm2_weights_scale": torch.empty(n_local, H // 128, I // 128, dtype=torch.float32, **m),
+            "local_expert_offset": offset, "routed_scaling_factor": 2.5}
+
+
+@functools.lru_cache(maxsize=None)
+def _fib_objects(name: str):
+    """The definition and the solution `name` as fib loads them (SolutionCall needs both)."""
+    from fib.schema import Definition, Solution, load_model
+    definition = load_model(REPO / "definitions" / "moe" / f"{DEF}.json", Definition)
+    return definition, load_model(REPO / "solutions" / DEF / name / "solution.json", Solution)
+
+
+def solution_call(module, T: int, config: dict | None = None):
+    """fib's SolutionCall of `module.run` at seq_len T on meta tensors, with `config` (None: the
+    solution's own choice)."""
+    from fib.harness.call import SolutionCall
+    definition, solution = _fib_objects(Path(module.__file__).parent.name)
+    axes = definition.resolve_axes({"seq_len": T})
+    return SolutionCall(module.run, solution, definition, axes, "meta", config=config)
 
 
 def _signature(fn: JITFunction, args, kwargs):
@@ -85,29 +108,22 @@ def _signature(fn: JITFunction, args, kwargs):
     return sig, consts, attrs
 
 
-def record_launches(module, T: int, overrides: dict | None = None, config: dict | None = None):
-    """The kernels one `module.run` call at seq_len T launches: [(fn, sig, consts, attrs, options)]."""
+def record_launches(module, T: int, config: dict | None = None, *, grids: bool = False):
+    """The kernels one `module.run` call at seq_len T launches (through fib's SolutionCall, with
+    `config`): [(fn, sig, consts, attrs, options)], each with its grid last when `grids`."""
     launches = []
 
     def fake_run(self, *args, grid, warmup, **kwargs):
         options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "num_ctas") if k in kwargs}
-        launches.append((self, *_signature(self, args, kwargs), options))
+        launches.append((self, *_signature(self, args, kwargs), options) + ((tuple(grid),) if grids else ()))
 
-    saved = {k: getattr(module, k) for k in (overrides or {})}
-    saved_config = module._config
+    call = solution_call(module, T, config)
     real_run = JITFunction.run
     try:
-        for k, v in (overrides or {}).items():
-            setattr(module, k, v)
-        if config is not None:
-            module._config = lambda _T: dict(config)
         JITFunction.run = fake_run
-        module.run(*meta_inputs(T))
+        call(meta_inputs(T))
     finally:
         JITFunction.run = real_run
-        module._config = saved_config
-        for k, v in saved.items():
-            setattr(module, k, v)
     return launches
 
 
@@ -141,9 +157,9 @@ def compile_launch(fn, sig, consts, attrs, options, arch: int = 90) -> dict:
     return row
 
 
-def compile_run(module, T: int, overrides=None, config=None) -> list[dict]:
+def compile_run(module, T: int, config=None) -> list[dict]:
     rows = []
-    for fn, sig, consts, attrs, options in record_launches(module, T, overrides, config):
+    for fn, sig, consts, attrs, options in record_launches(module, T, config):
         rows.append(dict(T=T, **compile_launch(fn, sig, consts, attrs, options)))
     return rows
 
@@ -153,23 +169,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--solution", default="triton_fused")
     parser.add_argument("--tokens", type=int, nargs="*", default=[1, 7, 14, 80, 901, 11948])
-    parser.add_argument("--sweep", action="store_true", help="also the configs moe_kernels.py --sweep tries")
+    parser.add_argument("--sweep", action="store_true", help="also every configuration the solution's "
+                        "fib_configs declares at each T")
     args = parser.parse_args()
     module = load_solution(args.solution)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     print(f"triton {triton.__version__}, target sm_90a; regs/stack(spill)/shared bytes per kernel")
     failed = 0
     for T in args.tokens:
-        configs = [None]
+        configs = {"(own choice)": None}
         if args.sweep:
-            from kernels import sweep_configs
-            configs += sweep_configs(T)
-        for cfg in configs:
-            label = "default" if cfg is None else " ".join(f"{k}={v}" for k, v in cfg.items())
+            configs.update(module.fib_configs({"seq_len": T}))
+        for label, cfg in configs.items():
             try:
-                overrides = (cfg or {}).get("globals")
-                cfg = None if cfg is None else {k: v for k, v in cfg.items() if k != "globals"}
-                for r in compile_run(module, T, overrides=overrides, config=cfg):
+                for r in compile_run(module, T, config=cfg):
                     print(f"T={T:<6} {r['kernel']:<32} w{r['warps']} s{r['stages']} "
                           f"reg={r.get('reg')} stack={r.get('stack')} smem={r['shared_bytes']} "
                           f"wgmma={r['wgmma']} mma={r['mma_sync']} cp.async={r['cp_async']}  [{label}]")

@@ -4,7 +4,12 @@ triton_fused) at the dataset's token counts, on one GPU. Inputs are those `fib r
 builds for each dataset workload (same seed, same routing; --seed-by-t: the generator seeded with
 T, as in the v1-v4 tables), the reference is the definition's own FP32 reference.
 
-    source .device/activate.sh && python3 families/moe/benchmarks/kernels.py [--tokens 1 80 ...] [--sweep]
+    source .device/activate.sh && python3 families/moe/benchmarks/kernels.py [--tokens 1 80 ...] [--sweep T ...]
+
+Every solution is called through fib's SolutionCall (as `fib run` calls it); --sweep T times
+every configuration triton_fused's fib_configs declares at seq_len T, passed as config= (the same
+set `fib run --sweep triton_fused -w seq_len=T` times through the harness; this script adds the
+graph timer, a repeat-identity check and per-kernel tables).
 
 Timing: `ev` = CUDA events around one call after an L2 flush (median of repeats, includes the
 Python launch cost); `graph` = the call captured in a CUDA graph together with an L2 flush,
@@ -14,7 +19,6 @@ $OUT/moe_kernels.json; a compact table is printed last.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -36,12 +40,11 @@ def exec_source(source):
     return ns
 
 
-def load(name):
-    folder = REPO / "solutions" / DEF / name
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", folder / "moe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def load(data, name):
+    """fib's Solution and its entry function (imported once: SolutionCall is made per T)."""
+    from fib import solutions as sol_mod
+    solution = data.solutions[DEF][name]
+    return solution, sol_mod.load_entry(solution)
 
 
 def workloads():
@@ -175,45 +178,18 @@ def kernel_times(fn, calls=20):
     return out
 
 
-def sweep_configs(T):
-    """triton_fused tile configurations tried by --sweep (v4: BN1=64 with QB-deep gemm2 steps)."""
-    def cfg(bm, bn1, bn2, warps, st1, st2):
-        return dict(BM=bm, BN1=bn1, BN2=bn2, warps=warps, stages1=st1, stages2=st2, quant=True)
-    if T > 1024:
-        return [cfg(128, 128, 128, 8, 4, 5), cfg(128, 128, 128, 8, 3, 4), cfg(64, 128, 128, 4, 4, 5)]
-    def rq(c):  # v6: bf16 C from gemm1, 1x128 re-quantization inside gemm2
-        return dict(c, quant=False, requant2=True)
-    if T <= 8:  # v5: gemm1 and gemm2 split along K when only a few experts are hit
-        def sk(split, split2, act="gemm1", bn2=64, st1=4, st2=4):
-            # v7: act = where SwiGLU runs ("gemm1": its last program per tile pair, bf16 C
-            # re-quantized in gemm2; None: its own kernel, fp8 C)
-            return dict(cfg(16, 64, bn2, 4, st1, st2), split=split, split2=split2, act=act)
-        # v7 sweep: also sk(2, 2) (BN2 64), stages1 5/6, stages2 5, act in gemm2 (see NOTES)
-        one, seven = sk(2, 2, None, st2=3), sk(2, 2, bn2=128)
-        off = {"globals": {"ROUTE_ONE_TILE_MAX": 0}}
-        return [one, seven, dict(one, **off), dict(seven, **off), sk(2, 2, None)]
-    if T > 128:
-        return [cfg(32, 64, 128, 4, 4, 4), rq(cfg(32, 64, 128, 4, 4, 4)), rq(cfg(32, 64, 64, 4, 4, 4))]
-    if T <= 16:  # v7b: 9..16 tokens: single-program routing (<= SINGLE_ROUTE_MAX) or three kernels
-        base = rq(cfg(16, 64, 128, 4, 4, 4))  # (v7b also: stages 3/5, BN1 32: no gain, see NOTES)
-        return [base, dict(base, globals={"SINGLE_ROUTE_MAX": 8}),
-                dict(base, globals={"SINGLE_ROUTE_MAX": 8, "ROUTE_TILE_SMALL": 2}),
-                dict(base, globals={"SINGLE_ROUTE_MAX": 8, "ROUTE_TILE_SMALL": 8})]
-    return [cfg(16, 64, 64, 4, 4, 4), rq(cfg(16, 64, 64, 4, 4, 4)), rq(cfg(16, 64, 128, 4, 4, 4)),
-            rq(cfg(16, 32, 64, 4, 4, 4))]
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, nargs="*")
     parser.add_argument("--sweep", type=int, nargs="*", default=[],
-                        help="also time triton_fused tile configs at these T")
+                        help="also time every configuration triton_fused declares (fib_configs) at these T")
     parser.add_argument("--profile", type=int, nargs="*", default=[], help="kernel table at these T")
     parser.add_argument("--seed-by-t", action="store_true",
                         help="seed the generator with T (v1-v4 tables) instead of fib run's workload seed")
     args = parser.parse_args()
     from fib import dataset as fib_dataset
     from fib.harness import inputs as fib_inputs_mod
+    from fib.harness.call import SolutionCall
     from fib.timing import measure as fib_timing
     data = fib_dataset.load_dataset([REPO])
     fib_def = data.definitions[DEF]
@@ -231,7 +207,16 @@ def main():
     reference = exec_source(definition["reference"])["run"]
     axes = {n: a["value"] for n, a in definition["axes"].items() if a["type"] == "const"}
     H, I, n_local = axes["hidden_size"], axes["intermediate_size"], axes["num_local_experts"]
-    mods = {n: load(n) for n in SOLUTIONS}
+    loaded = {n: load(data, n) for n in SOLUTIONS}
+    # each solution's own namespace (fib drops one solution's modules from sys.modules when it
+    # imports the next, so reach them through the entry functions)
+    fib_configs = loaded["triton_fused"][1].__globals__["fib_configs"]
+    eager_route = loaded["torch_eager"][1].__globals__["_route"]
+
+    def solution_call(name, T, config=None):
+        solution, function = loaded[name]
+        return SolutionCall(function, solution, fib_def, fib_def.resolve_axes({"seq_len": T}), "cuda",
+                            config=config)
     dev_name = torch.cuda.get_device_name()
     bw, tflops = ceilings()
     print(f"device {dev_name}  copy {bw:.2f} TB/s  fp8 mm {tflops:.0f} TFLOP/s  torch {torch.__version__}",
@@ -243,19 +228,20 @@ def main():
         axes["seq_len"] = T
         if args.seed_by_t:  # the v1-v4 tables: generator seeded with T (other routing than fib run)
             made = generate(dict(axes), {}, torch.Generator().manual_seed(T), "cuda")
-            inputs = [made[n] if n in made else {"local_expert_offset": offset,
-                                                 "routed_scaling_factor": 2.5}[n]
-                      for n in definition["inputs"]]
+            inputs = {n: made[n] if n in made else {"local_expert_offset": offset,
+                                                    "routed_scaling_factor": 2.5}[n]
+                      for n in definition["inputs"]}
         else:  # exactly the inputs `fib run --seed 0` builds for this workload (same routing)
-            inputs = list(fib_inputs(T).values())
-        ref = reference(*inputs)
+            inputs = fib_inputs(T)
+        ref = reference(*inputs.values())
         ref = ref[0] if isinstance(ref, (tuple, list)) else ref
         row = dict(T=T, offset=offset)
-        ids = mods["torch_eager"]._route(inputs[0], inputs[1], 2.5)[0]
+        ids = eager_route(inputs["routing_logits"], inputs["routing_bias"], 2.5)[0]
         row.update(floor_numbers(ids, offset, T, H, I, n_local, bw, tflops))
         for name in SOLUTIONS:
-            out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device="cuda")
-            fn = lambda m=mods[name], o=out: m.run(*inputs, o)
+            call = solution_call(name, T)
+            outputs = call.outputs()  # NaN-filled
+            out, fn = outputs[0], call.bound(inputs, outputs)
             try:
                 fn()
                 torch.cuda.synchronize()
@@ -267,17 +253,12 @@ def main():
             except Exception as exc:  # noqa: BLE001
                 row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:500]
                 print(T, name, row[f"{name}_error"], flush=True)
-        if T in args.sweep:
-            fused = mods["triton_fused"]
-            base = fused._config
-            for cfg in sweep_configs(T):
-                fused._config = lambda _T, c=cfg: {k: v for k, v in c.items() if k != "globals"}
-                saved = {k: getattr(fused, k) for k in cfg.get("globals", {})}
-                for k, v in cfg.get("globals", {}).items():  # module switches for this config
-                    setattr(fused, k, v)
-                out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device="cuda")
+        if T in args.sweep:  # every configuration triton_fused declares at T, passed as config=
+            for cname, cfg in fib_configs({"seq_len": T}).items():
+                call = solution_call("triton_fused", T, cfg)
+                outputs = call.outputs()
+                out, fn = outputs[0], call.bound(inputs, outputs)
                 try:
-                    fn = lambda o=out: fused.run(*inputs, o)
                     fn()
                     e = errors(out, ref, fib_def)
                     first = out.clone()
@@ -292,25 +273,22 @@ def main():
                         out.fill_(float("nan"))
                         fn()
                         identical &= bool(torch.equal(out, first))
-                    results["sweep"].append(dict(T=T, cfg=cfg, graph_ms=graph_ms, cupti_ms=st.median_ms,
+                    results["sweep"].append(dict(T=T, name=cname, cfg=cfg, graph_ms=graph_ms, cupti_ms=st.median_ms,
                                                  span_ms=getattr(st, "span_median_ms", None),
                                                  passed=e["passed"],
                                                  rel_l2=e.get("rel_l2"), repeat_identical=identical))
                     if T in args.profile:  # per-kernel device times of this configuration
                         results["sweep"][-1]["kernels_us"] = kernel_times(fn)
                 except Exception as exc:  # noqa: BLE001
-                    results["sweep"].append(dict(T=T, cfg=cfg, error=str(exc)[:300]))
+                    results["sweep"].append(dict(T=T, name=cname, cfg=cfg, error=str(exc)[:300]))
                 print("sweep", results["sweep"][-1], flush=True)
-                for k, v in saved.items():
-                    setattr(fused, k, v)
-            fused._config = base
         if T in args.profile:
             from torch.profiler import ProfilerActivity, profile
             for name in ("triton_staged", "triton_fused"):
-                out = torch.empty((T, H), dtype=torch.bfloat16, device="cuda")
+                fn = solution_call(name, T).bound(inputs)
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
                     for _ in range(3):
-                        mods[name].run(*inputs, out)
+                        fn()
                     torch.cuda.synchronize()
                 table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
                 (out_dir / f"profile_{name}_T{T}.txt").write_text(table)
@@ -333,9 +311,10 @@ def main():
               f"{g('triton_staged_ev_ms'):7.3f} {g('triton_staged_graph_ms'):7.3f} "
               f"{g('triton_fused_ev_ms'):7.3f} {g('triton_fused_graph_ms'):7.3f} "
               f"{100 * r['floor_ms'] / g('triton_fused_graph_ms'):5.0f}  {passed:>11} {rel}")
-    keys = ("BN1", "BN2", "stages1", "stages2", "quant", "requant2", "split", "split2", "act", "globals")
+    keys = ("BM", "BN1", "BN2", "stages1", "stages2", "c_dtype", "split", "split2", "act", "route", "route_tile",
+            "route_one_tile")
     for sw in results["sweep"]:  # one line per swept configuration (full record in the json)
-        short = " ".join(f"{k}={sw['cfg'][k]}" for k in keys if k in sw["cfg"])
+        short = sw["name"] + " " + " ".join(f"{k}={sw['cfg'][k]}" for k in keys if k in sw["cfg"])
         kern = sw.get("kernels_us")
         kern = " | " + " ".join(f"{v:.1f}" for v in kern.values()) + f" = {sum(kern.values()):.1f}us" if kern else ""
         print(f"sweep T={sw['T']:>3} graph {sw.get('graph_ms', float('nan')):.4f} cupti "

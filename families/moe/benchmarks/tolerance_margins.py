@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
 from fib import solutions as sol_mod  # noqa: E402
+from fib.harness.call import SolutionCall  # noqa: E402
 from fib.harness.check import compare  # noqa: E402
 from fib.harness.inputs import compute_reference, make_inputs, torch_dtype, workload_seed  # noqa: E402
 from fib.schema import Definition, Solution, Tolerance, Workload, load_jsonl, load_model  # noqa: E402
@@ -101,7 +102,7 @@ def measure(definition: Definition, workload: Workload, seed: int, solutions: di
     cases = {}
     for name, (solution, function) in solutions.items():
         start = time.perf_counter()
-        out = sol_mod.call_solution(function, solution, inputs, sol_mod.allocate_outputs(definition, axes, device))
+        out = SolutionCall(function, solution, definition, axes, device)(inputs)
         cases[f"solution:{name}"] = (out[0], time.perf_counter() - start)
     for name, out in wrong_outputs(definition, inputs, reference).items():
         cases[name] = (out.to(dtype), 0.0)

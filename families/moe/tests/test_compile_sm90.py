@@ -24,14 +24,14 @@ def fused():
     return compile_sm90.load_solution("triton_fused")
 
 
-@pytest.mark.parametrize("T,overrides", [
-    (1, {}), (7, {}), (3, {"ACT_IN_GEMM1_FROM": 0}),         # split-K (SwiGLU apart / in gemm1)
-    (14, {}), (14, {"REQUANT_IN_GEMM2": False}),             # small bucket
-    (901, {}), (11948, {}),                                  # mid bucket, prefill
-    (20, {"SINGLE_ROUTE_MAX": 32}),                          # single-program routing, two tiles
+@pytest.mark.parametrize("T,config", [
+    (1, None), (7, None), (3, {"act": "gemm1", "c_dtype": "bf16"}),   # split-K (SwiGLU apart / in gemm1)
+    (14, None), (14, {"c_dtype": "fp8", "BN2": 64}),                   # small bucket (fp8 C from gemm1)
+    (901, None), (11948, None),                                        # mid bucket, prefill
+    (20, {"route": "single", "route_tile": 16}),                       # single-program routing, two tiles
 ])
-def test_fused_kernels_compile_for_sm90(fused, T, overrides):
-    rows = compile_sm90.compile_run(fused, T, overrides=overrides)
+def test_fused_kernels_compile_for_sm90(fused, T, config):
+    rows = compile_sm90.compile_run(fused, T, config=config)
     names = {r["kernel"] for r in rows}
     assert any(n.startswith("_gemm2") for n in names), names
     for r in rows:

@@ -28,6 +28,10 @@ SIBLING_DEFINITION = ROOT / "definitions" / "moe" / f"{SIBLING.name}.json"
 # fib's check with the old per-element setting and a scale-free relative L2 bound per test
 # (families/moe/tests/test_tolerances.py checks the definition's own tolerance on the definition's inputs).
 PER_ELEMENT = dict(atol=1.0, rtol=0.3, required_matched_ratio=0.9)
+# triton_fused configurations (keys over T's default) that reach its other code paths at small T
+ACT_KERNEL = {"act": "kernel", "c_dtype": "fp8", "BN2": 64, "stages2": 3}   # split-K, SwiGLU kernel
+ACT_GEMM1 = {"act": "gemm1", "c_dtype": "bf16", "BN2": 128, "stages2": 4}   # split-K, SwiGLU in gemm1
+PREFILL = dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, c_dtype="fp8")
 
 
 def _torch():
@@ -97,23 +101,24 @@ def load_solution(name):
     return module
 
 
-def check(name, seed, T, offset, overrides=None, module=None):
-    """Run one solution on the sibling shapes; return error statistics against the reference.
-    `overrides` sets module globals first (e.g. DECODE_MAX=0 sends a small T down the prefill path)."""
-    torch = _torch()
+def check(name, seed, T, offset, config=None, module=None):
+    """Run one solution on the sibling shapes through fib's SolutionCall; return error statistics
+    against the reference. `config` is passed as run(..., config=) (keys over T's default: e.g.
+    the prefill tiles at a small T)."""
+    from fib.harness.call import SolutionCall
+    from fib.harness.check import check_outputs
+    from fib.schema import Definition, Solution, Tolerance, load_model
     inputs = make_inputs(T, seed=seed, offset=offset)
     ref = reference(*inputs)
-    out = torch.full((T, SMALL["H"]), float("nan"), dtype=torch.bfloat16)
     module = module or load_solution(name)
-    for key, value in (overrides or {}).items():
-        setattr(module, key, value)
-    module.run(*inputs, out)
-    # fib's own check (the shapes are the sibling definition's); the relative L2 bound is the tests'
-    from fib.harness.check import check_outputs
-    from fib.schema import Definition, Tolerance, load_model
     definition = load_model(SIBLING_DEFINITION, Definition)
+    solution = load_model(SIBLING / name / "solution.json", Solution)
+    axes = definition.resolve_axes({"seq_len": T})
+    call = SolutionCall(module.run, solution, definition, axes, "cpu", config=config)
+    out = call(dict(zip(definition.inputs, inputs)))[0]  # into NaN-filled outputs
+    # fib's own check (the shapes are the sibling definition's); the relative L2 bound is the tests'
     tol = Tolerance(**PER_ELEMENT, name="test_moe_solutions")
-    result = check_outputs(definition, definition.resolve_axes({"seq_len": T}), [out], [ref], tol)
+    result = check_outputs(definition, axes, [out], [ref], tol)
     c = result.correctness
     if c is None:  # wrong shape or dtype
         return {"status": result.status.value, "reason": result.reason, "rel_l2": float("nan"), "nan": True}
@@ -124,12 +129,12 @@ def check(name, seed, T, offset, overrides=None, module=None):
     }
 
 
-def check_in_subprocess(name, seed, T, offset, overrides=None, interpret=True):
+def check_in_subprocess(name, seed, T, offset, config=None, interpret=True):
     env = dict(os.environ)
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     proc = subprocess.run([sys.executable, __file__, name, str(seed), str(T), str(offset),
-                           json.dumps(overrides or {})],
+                           json.dumps(config)],
                           capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -142,7 +147,7 @@ def _assert_close(stats, rel_l2_max):
     assert stats["rel_l2"] <= rel_l2_max, stats
 
 
-def check_routing_and_align(name, seed, T, offset, BM):
+def check_routing_and_align(name, seed, T, offset, BM, config=None):
     """Routing ids/weights vs torch.topk routing, and the align invariants: every local entry
     exactly once, in its expert's BM-padded segment, in token order; padding = sentinel."""
     torch = _torch()
@@ -155,7 +160,7 @@ def check_routing_and_align(name, seed, T, offset, BM):
         sorted_ids, expert_ids, n_post = module.align(ids, offset, SMALL["E_LOCAL"], BM)
     else:
         ids, w, sorted_ids, expert_ids, n_post = module._route_and_align(
-            logits, bias, 2.5, offset, SMALL["E_LOCAL"], BM)
+            logits, bias, 2.5, offset, SMALL["E_LOCAL"], module._resolve(T, {**(config or {}), "BM": BM}))
     n_post = int(n_post)
     local = want_ids.flatten() - offset
     want_sorted, want_experts = [], []
@@ -173,17 +178,13 @@ def check_routing_and_align(name, seed, T, offset, BM):
 
 
 if __name__ == "__main__" and sys.argv[1] == "--unit":
-    name, seed, T, offset, BM, overrides = (sys.argv[2], *map(int, sys.argv[3:7]), json.loads(sys.argv[7]))
-    module = load_solution(name)
-    for key, value in overrides.items():
-        setattr(module, key, value)
-    print(json.dumps(check_routing_and_align(name, seed, T, offset, BM)))
+    name, seed, T, offset, BM, config = (sys.argv[2], *map(int, sys.argv[3:7]), json.loads(sys.argv[7]))
+    print(json.dumps(check_routing_and_align(name, seed, T, offset, BM, config)))
     sys.exit(0)
 
 if __name__ == "__main__" and sys.argv[1] == "--counters":
     module = load_solution("triton_fused")  # one module: the calls share its counters
-    module.ACT_IN_GEMM1_FROM = 0
-    calls = [check("triton_fused", seed, T, offset, module=module)
+    calls = [check("triton_fused", seed, T, offset, config=ACT_GEMM1, module=module)
              for seed, T, offset in [(11, 5, 8), (0, 1, 24), (12, 2, 0), (13, 7, 56)]]
     counters = list(module._COUNTERS.values())
     print(json.dumps({"calls": calls, "counters_made": len(counters),
@@ -192,8 +193,8 @@ if __name__ == "__main__" and sys.argv[1] == "--counters":
 
 if __name__ == "__main__":
     name, seed, T, offset = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else None
-    print(json.dumps(check(name, seed, T, offset, overrides)))
+    config = json.loads(sys.argv[5]) if len(sys.argv) > 5 else None
+    print(json.dumps(check(name, seed, T, offset, config)))
     sys.exit(0)
 
 
@@ -215,18 +216,18 @@ def test_triton_interpreted(solution, seed, T, offset):
     _assert_close(stats, 5e-2)
 
 
-@pytest.mark.parametrize("solution,overrides", [
-    ("triton_staged", {}),
-    ("triton_fused", {}),                                           # single-program routing+align
-    ("triton_fused", {"SINGLE_ROUTE_MAX": 0, "ROUTE_TILE_SMALL": 2}),  # routing+count, scan, scatter
-    ("triton_fused", {"SINGLE_ROUTE_MAX": 64, "ROUTE_TILE": 4}),  # one program, several tiles
+@pytest.mark.parametrize("solution,config", [
+    ("triton_staged", None),
+    ("triton_fused", None),                                          # single-program routing+align
+    ("triton_fused", {"route": "tiles", "route_tile": 2}),           # routing+count, scan, scatter
+    ("triton_fused", {"route": "single", "route_tile": 4}),          # one program, several tiles
 ])
 @pytest.mark.parametrize("seed,T,offset,BM", [(0, 7, 0, 16), (4, 37, 24, 16), (5, 24, 56, 32), (6, 1, 8, 16),
                                               (7, 2, 0, 16)])
-def test_routing_and_align(solution, overrides, seed, T, offset, BM):
+def test_routing_and_align(solution, config, seed, T, offset, BM):
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, __file__, "--unit", solution, str(seed), str(T), str(offset),
-                           str(BM), json.dumps(overrides)],
+                           str(BM), json.dumps(config)],
                           capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     stats = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -235,24 +236,24 @@ def test_routing_and_align(solution, overrides, seed, T, offset, BM):
 
 
 def test_fused_mid_bucket_interpreted():
-    """Between SMALL_MAX and DECODE_MAX: BM=32, 64-wide fp8 groups, gemm2 with 128-wide N tiles."""
-    stats = check_in_subprocess("triton_fused", 6, 21, 16, {"SMALL_MAX": 8})
+    """The mid bucket's tiles at T=21: BM=32, 64-wide fp8 groups, gemm2 with 128-wide N tiles."""
+    stats = check_in_subprocess("triton_fused", 6, 21, 16, {"BM": 32, "c_dtype": "fp8"})
     _assert_close(stats, 5e-2)
 
 
-@pytest.mark.parametrize("seed,T,offset,overrides", [
-    (8, 3, 0, {}), (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 3}),
-    (0, 1, 24, {}),  # T=1, none of its 8 experts local: no program is live, zero row
-    (8, 3, 0, {"ACT_IN_GEMM1_FROM": 99}),  # separate activation kernel
-    (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 3, "ACT_IN_GEMM1_FROM": 99}),
-    (8, 3, 0, {"ACT_IN_GEMM1_FROM": 0}), (0, 1, 24, {"ACT_IN_GEMM1_FROM": 0}),
-    (9, 9, 8, {"SPLITK_MAX": 16, "SPLIT_K": 3, "SPLIT_K2": 1})])
-def test_fused_splitk_path_interpreted(seed, T, offset, overrides):
+@pytest.mark.parametrize("seed,T,offset,config", [
+    (8, 3, 0, None), (9, 9, 8, {"split": 3, "split2": 3}),
+    (0, 1, 24, None),  # T=1, none of its 8 experts local: no program is live, zero row
+    (8, 3, 0, ACT_KERNEL),  # separate activation kernel (T=3's default)
+    (9, 9, 8, {"split": 3, "split2": 3, **ACT_KERNEL}),
+    (8, 3, 0, ACT_GEMM1), (0, 1, 24, ACT_GEMM1),
+    (9, 9, 8, {"split": 3, "split2": 1})])
+def test_fused_splitk_path_interpreted(seed, T, offset, config):
     """Tiny T: gemm1 split along K into fp32 partials; its last program per tile pair sums them
     and applies SwiGLU (T >= ACT_IN_GEMM1_FROM; bf16 C that gemm2 re-quantizes per 1x128 group),
     or a separate activation kernel does (below); gemm2 is split along K into fp32 partials that the
     finalize sums. SPLIT 3 over 4 and 2 K blocks: uneven ranges, and an empty one."""
-    stats = check_in_subprocess("triton_fused", seed, T, offset, overrides)
+    stats = check_in_subprocess("triton_fused", seed, T, offset, config)
     _assert_close(stats, 5e-2)
 
 
@@ -272,17 +273,17 @@ def test_fused_counters_reset_interpreted():
 
 
 def test_fused_fp8_epilogue_small_bucket_interpreted():
-    """Small-T variant without REQUANT_IN_GEMM2: fp8 C (64-wide groups) from gemm1's epilogue,
-    two dots per 128-deep gemm2 step. (The default, bf16 C re-quantized inside gemm2, is what
+    """Small-T configuration fp8c_bn64: fp8 C (64-wide groups) from gemm1's epilogue, two dots per
+    128-deep gemm2 step. (The default, bf16 C re-quantized inside gemm2, is what
     test_triton_interpreted runs at T=9 and 16.)"""
-    stats = check_in_subprocess("triton_fused", 10, 12, 16, {"REQUANT_IN_GEMM2": False})
+    stats = check_in_subprocess("triton_fused", 10, 12, 16, {"c_dtype": "fp8", "BN2": 64})
     _assert_close(stats, 5e-2)
 
 
 def test_fused_prefill_path_interpreted():
-    """T above the decode bucket: 128-wide tiles, multi-program routing, 1x128 fp8 groups."""
-    stats = check_in_subprocess("triton_fused", 2, 33, 0, {"DECODE_MAX": 0, "SINGLE_ROUTE_MAX": 0,
-                                                           "ROUTE_TILE_MULTI": 4})
+    """The prefill configuration at T=33: 128-wide tiles, multi-program routing (4-token tiles),
+    1x128 fp8 groups."""
+    stats = check_in_subprocess("triton_fused", 2, 33, 0, {**PREFILL, "route": "tiles", "route_tile": 4})
     _assert_close(stats, 5e-2)
 
 

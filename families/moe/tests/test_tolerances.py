@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # this checkout's fib, also when run as a script (the subprocess)
 
 from fib import solutions as sol_mod  # noqa: E402
+from fib.harness.call import SolutionCall  # noqa: E402
 from fib.harness.check import check_outputs, vacuous_outputs  # noqa: E402
 from fib.harness.inputs import compute_reference, make_inputs, workload_seed  # noqa: E402
 from fib.schema import Definition, Solution, Status, Workload, load_jsonl, load_model  # noqa: E402
@@ -52,7 +53,7 @@ def load_solution(name: str):
 
 
 def run_solution(defn, axes, solution, function, inputs) -> torch.Tensor:
-    return sol_mod.call_solution(function, solution, inputs, sol_mod.allocate_outputs(defn, axes, "cpu"))[0]
+    return SolutionCall(function, solution, defn, axes, "cpu")(inputs)[0]
 
 
 @pytest.fixture(scope="module")

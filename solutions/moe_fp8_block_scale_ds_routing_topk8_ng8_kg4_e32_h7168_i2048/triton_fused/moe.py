@@ -1,24 +1,29 @@
 """DeepSeek-V3 MoE layer (FP8 block scale), Triton with the stages fused where it pays.
 
-- routing + align: up to SINGLE_ROUTE_MAX tokens, routing, counting, the padded-offset scan and
-  the scatter run in ONE single-program kernel; above, routing+count per token tile, then a scan
-  and a scatter (3 launches).
+- routing + align: with `route="single"` (the default up to 8 tokens), routing, counting, the
+  padded-offset scan and the scatter run in ONE single-program kernel; with `route="tiles"`,
+  routing+count per token tile, then a scan and a scatter (3 launches).
 - gemm1 computes the up and the gate tile of the same columns in one program and applies SwiGLU
-  in its epilogue. Up to SMALL_MAX tokens it stores C in bf16 and gemm2 re-quantizes each 1x128
-  group to fp8 in registers (REQUANT_IN_GEMM2); above, gemm1's epilogue quantizes C to fp8 per
-  tile-wide group (64 up to DECODE_MAX tokens, so more programs stream the weights; 128 above)
-  and gemm2 steps K by the weight's 128-block with one dot per activation group.
-  (A bf16-intermediate variant, `quant=False`, widens W2 to bf16 in gemm2: measured 2x slower;
-  REQUANT_IN_GEMM2 keeps C bf16 and re-quantizes each 1x128 group in gemm2's registers.)
+  in its epilogue. With `c_dtype="bf16"` (default from 9 to 128 tokens) it stores C in bf16 and
+  gemm2 re-quantizes each 1x128 group to fp8 in registers; with `"fp8"` gemm1's epilogue
+  quantizes C to fp8 per tile-wide group (BN1 columns: 64 up to 1024 tokens, so more programs
+  stream the weights; 128 above) and gemm2 steps K by the weight's 128-block with one dot per
+  activation group.
 - gemm2 multiplies by the routing weight in its epilogue and writes one bf16 row per routed
   (token, slot); a light reduce sums a token's rows in slot order (deterministic, no atomics).
-- up to SPLITK_MAX tokens (a few experts hit: too few tiles to fill the GPU), gemm1 splits K into
-  SPLIT_K ranges that write fp32 partials. From ACT_IN_GEMM1_FROM tokens the last of the programs
-  covering a tile's up and gate columns (an arrival count per tile, acq_rel atomics; the counters
-  persist per device and reset themselves) sums them, applies SwiGLU and stores bf16 C; below, a
-  small kernel does that and re-quantizes per 1x128 group (the stage is then called
-  "activation", as in triton_staged). gemm2 splits K into SPLIT_K2 ranges with fp32 partials that
-  the finalize reduce sums.
+- with `split` > 1 (the default up to 8 tokens: a few experts hit, too few tiles to fill the GPU),
+  gemm1 splits K into `split` ranges that write fp32 partials. With `act="gemm1"` (default from 4
+  tokens) the last of the programs covering a tile's up and gate columns (an arrival count per
+  tile, acq_rel atomics; the counters persist per device and reset themselves) sums them, applies
+  SwiGLU and stores bf16 C; with `act="kernel"` a small kernel does that and re-quantizes per 1x128
+  group (the stage is then called "activation", as in triton_staged). gemm2 splits K into
+  `split2` ranges with fp32 partials that the finalize reduce sums.
+
+Configurations: `run(..., config=None)` picks the configuration of T's bucket (`_config`); a
+dict passed as `config` overrides any of its keys (CONFIG_DOC lists them). `fib_configs(axes)`
+names the configurations worth timing at a workload (`fib run --sweep triton_fused` times them all;
+`--config triton_fused=NAME` one): "default" (what config=None runs) and the variants measured in
+benchmarks/NOTES.md for that bucket. Nothing else (no module global) changes a launch.
 Sizes come from the tensor shapes; no host sync (CUDA-graph capturable).
 """
 import os
@@ -32,31 +37,31 @@ import fib
 N_GROUPS = 8        # expert groups (definition: ng8)
 TOPK_GROUPS = 4     # groups kept per token (kg4)
 TOPK = 8            # experts per token (topk8)
-ROUTE_TILE = 16     # tokens per routing tile of the single-program routing+align (at most)
 SINGLE_ROUTE_WARPS = 8  # warps of the single-program routing+align (fewer: cheaper reductions)
-ROUTE_TILE_MULTI = 16  # tokens per program of the multi-program routing (prefill)
-ROUTE_TILE_SMALL = 4   # ... for T <= DECODE_MAX (more programs, shorter serial top-k chains)
-SINGLE_ROUTE_MAX = 8  # up to this many tokens: routing+align in one single-program launch (v7b:
-                      # at 14-16 tokens the three-kernel path with 2-token tiles is 1.4-2.8% faster,
-                      # cupti and graph alike: the one program's serial top-k over 16 tokens was ~12 us)
-ROUTE_TILE_TINY = 2   # tokens per routing program above that, up to ROUTE_TINY_MAX tokens
-ROUTE_TINY_MAX = 16
-ROUTE_ONE_TILE_MAX = 8  # ... and up to this many (one routing tile) the ids stay in registers
-                        # (v7b, cupti: T=7 0.0877 vs 0.0891 ms; at 14-16 tokens it cost 2.4 us)
-DECODE_MAX = 1024   # up to this many tokens: decode tile configurations (v4; was 128)
-SMALL_MAX = 128     # ... of which up to this many: the smallest row blocks (BM=16)
-SPLITK_MAX = 8      # ... and up to this many: gemm1/gemm2 split along K (few experts hit: too few tiles)
-SPLIT_K = 2         # K ranges per gemm1 tile in that bucket
-SPLIT_K2 = 2        # ... and per gemm2 tile (fp32 partials, summed by finalize)
-REQUANT_IN_GEMM2 = True  # SPLITK_MAX < T <= SMALL_MAX: gemm1 stores bf16 C, gemm2 re-quantizes 1x128
-# T <= SPLITK_MAX: from this many tokens gemm1's last-arriving program per tile pair sums the
-# split-K partials and applies SwiGLU into bf16 C (gemm2 re-quantizes per 1x128 group, BN2=128);
-# below, a separate activation kernel writes fp8 C (v7 sweep: T=7 0.0857 vs 0.0888 ms, T=1 0.0423
-# vs 0.0400; the boundary lies between the two measured sizes)
-ACT_IN_GEMM1_FROM = 4
+# The default configuration's token-count buckets (see _config)
+SPLITK_MAX = 8      # up to this many tokens: gemm1/gemm2 split along K, single-program routing
+ACT_IN_GEMM1_FROM = 4  # ... of which from this many: SwiGLU in gemm1's last-arriving program
+TINY_MAX = 16       # up to this many: routing tiles of 2 tokens
+SMALL_MAX = 128     # up to this many: BM=16, bf16 C re-quantized in gemm2
+DECODE_MAX = 1024   # up to this many: decode tile configurations; above, prefill tiles
+CONFIG_DOC = {
+    "BM": "rows per expert block (power of 2)",
+    "BN1": "gemm1 columns per program (power of 2; at most the 128 scale block)",
+    "BN2": "gemm2 columns per program (power of 2)",
+    "warps": "num_warps of gemm1 and gemm2",
+    "stages1": "num_stages of gemm1", "stages2": "num_stages of gemm2",
+    "split": "gemm1 K ranges (1: unsplit, SwiGLU in its epilogue; >1: fp32 partials)",
+    "split2": "gemm2 K ranges (>1: fp32 partials summed by the finalize)",
+    "act": "where SwiGLU runs: 'gemm1' (its epilogue; split-K: its last-arriving program) or "
+           "'kernel' (a separate activation kernel; split-K only)",
+    "c_dtype": "the intermediate C: 'fp8' (quantized where SwiGLU runs) or 'bf16' (gemm2 "
+               "re-quantizes each 1x128 group in registers); split-K: gemm1 -> bf16, kernel -> fp8",
+    "route": "'single' (routing+align in one program) or 'tiles' (routing+count, scan, scatter)",
+    "route_tile": "tokens per routing tile (power of 2; single: at most, per step of its loop)",
+    "route_one_tile": "single: keep the ids in registers when T fits one tile",
+}
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
-# exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact. Its
-# tl.dot also misreads a bf16 operand converted from fp8 in-kernel; under it that dot runs in fp32.
+# exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -400,10 +405,9 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
                           SPLIT: tl.constexpr = 1):
     """y[entry(row), cols] = weight(entry) * C[row] @ dequant(W2[expert])[cols]^T (bf16).
     A_MODE 0: C is fp8 with one scale per 1xQG group (QG divides QB; fp8 dots);
-    1: C is bf16 (QG = QB) and W2 is widened to bf16;
     2: C is bf16 (QG = QB) and each 1xQB group is re-quantized to fp8 here, in registers (amax /
     448, as gemm1's epilogue would), so gemm1 can use narrow tiles and gemm2 still runs one fp8 dot
-    per QB-deep step.
+    per QB-deep step. (A_MODE 1, bf16 C with W2 widened to bf16, measured 2x slower: removed.)
     SPLIT > 1: the split-th K range only, into fp32 y[split, entry, cols] (finalize sums them)."""
     pid = tl.program_id(0)
     split = pid % SPLIT
@@ -433,13 +437,9 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
                 af = a.to(tl.float32)
                 a_s = tl.maximum(tl.max(tl.abs(af), 1), 1e-12) / 448.0
                 acc += tl.dot(_to_fp8(af / a_s[:, None], INTERPRET), w) * (a_s[:, None] * w_s)
-            elif A_MODE == 0:
+            else:  # A_MODE 0
                 a_s = tl.load(c_scale_ptr + (kb * SUB + g) * n_rows + rows)[:, None]
                 acc += tl.dot(a, w) * (a_s * w_s)
-            elif INTERPRET:
-                acc += tl.dot(a.to(tl.float32), w.to(tl.float32)) * w_s
-            else:
-                acc += tl.dot(a, w.to(tl.bfloat16)) * w_s
         a_ptrs += QB
         w_ptrs += QB
     weight = tl.load(weights_ptr + entry, mask=live, other=0.0)
@@ -466,9 +466,19 @@ def _finalize_reduce_kernel(y_ptr, ids_ptr, out_ptr, expert_offset, n_local, H, 
 
 
 def _config(T):
-    """Per token-count bucket: BM (rows per expert block), gemm1 BN, gemm2 BN, warps, stages."""
+    """The default configuration of T's bucket (every key of CONFIG_DOC)."""
+    # Routing (v7b, cupti): up to 8 tokens one single-program launch with the ids in registers
+    # (T=7 0.0877 vs 0.0891 ms reloaded); at 9-16 the three-kernel path with 2-token tiles is
+    # 1.4-2.8% faster (the one program's serial top-k over 16 tokens was ~12 us); 4-token tiles
+    # up to 1024 tokens (more programs, shorter serial top-k chains), 16 above.
+    if T <= SPLITK_MAX:
+        route = dict(route="single", route_tile=16, route_one_tile=True)
+    else:
+        route = dict(route="tiles", route_tile=2 if T <= TINY_MAX else 4 if T <= DECODE_MAX else 16,
+                     route_one_tile=True)
+    one = dict(split=1, split2=1, act="gemm1")
     if T > DECODE_MAX:
-        return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, quant=True)
+        return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, c_dtype="fp8", **one, **route)
     # v4 sweep (H200, graph ms, benchmarks/NOTES.md): with gemm2 streaming QB-deep weight tiles
     # over 64-wide activation groups, BN1=64 (32 gemm1 programs per expert) and BM=16 won at
     # every decode size tried (T=7..80: 0.157/0.145/0.301/0.310 ms vs 0.167/0.166/0.340/0.346
@@ -480,19 +490,85 @@ def _config(T):
     # activation kernel and 3 gemm2 stages (0.0407 with 4; 20.9 us floor: 52%); T=7 0.0857 with
     # SwiGLU in gemm1's last-arriving program and BN2=128 (0.0888 apart).
     if T <= SPLITK_MAX:
+        split = dict(split=2, split2=2)
         if T >= ACT_IN_GEMM1_FROM:
-            return dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=True,
-                        split=SPLIT_K, split2=SPLIT_K2, act="gemm1")
-        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=3, quant=True, split=SPLIT_K,
-                    split2=SPLIT_K2, act=None)
+            return dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="bf16", act="gemm1",
+                        **split, **route)
+        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=3, c_dtype="fp8", act="kernel",
+                    **split, **route)
     # v6 sweep (H200, graph ms): up to 128 tokens, bf16 C re-quantized inside gemm2 with BN2=128
     # beat fp8 C from gemm1's epilogue (64-wide groups, BN2=64) by 2-4% (T=32: 0.271 vs 0.282,
     # 52: 0.277 vs 0.286, 59: 0.280 vs 0.288, 80: 0.253 vs 0.260); at 901 it lost (0.509 vs 0.491).
     if T <= SMALL_MAX:
-        if REQUANT_IN_GEMM2:
-            return dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=False, requant2=True)
-        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=4, quant=True)
-    return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, quant=True)
+        return dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="bf16", **one, **route)
+    return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="fp8", **one, **route)
+
+
+def _variants(T):
+    """The named alternatives to T's default that the sweeps in benchmarks/NOTES.md timed (and a
+    few they left open), as overrides of the bucket's configuration."""
+    if T <= SPLITK_MAX:  # v5/v7: where SwiGLU runs, gemm2 stages, ids in registers or reloaded
+        kernel = dict(act="kernel", c_dtype="fp8", BN2=64, stages2=3)
+        gemm1 = dict(act="gemm1", c_dtype="bf16", BN2=128, stages2=4)
+        return {"act_kernel": kernel, "act_gemm1": gemm1,
+                "act_kernel_reload": dict(kernel, route_one_tile=False),
+                "act_gemm1_reload": dict(gemm1, route_one_tile=False),
+                "act_kernel_s4": dict(kernel, stages2=4)}
+    if T <= TINY_MAX:  # v7b: routing at 9-16 tokens; NOTES open item 4: split-K when few experts hit
+        return {"route_single": dict(route="single", route_tile=16),
+                "route_single_reload": dict(route="single", route_tile=16, route_one_tile=False),
+                "route_tiles4": dict(route_tile=4), "route_tiles8": dict(route_tile=8),
+                "splitk": dict(split=2, split2=2)}
+    if T <= SMALL_MAX:  # v6: fp8 C from gemm1 (v5) against bf16 C re-quantized in gemm2
+        return {"fp8c_bn64": dict(c_dtype="fp8", BN2=64), "rq_bn64": dict(BN2=64),
+                "bn1_32": dict(BN1=32, BN2=64)}
+    if T <= DECODE_MAX:  # v6 at 901; NOTES open item 3: BM=64
+        return {"rq": dict(c_dtype="bf16"), "rq_bn64": dict(c_dtype="bf16", BN2=64), "bm64": dict(BM=64)}
+    return {"s34": dict(stages1=3, stages2=4), "bm64_w4": dict(BM=64, warps=4)}  # prefill (v3)
+
+
+def fib_configs(axes):
+    """fib's configuration hook: {name: configuration} valid at these axes, "default" first (what
+    run(config=None) uses there). A name may appear at several buckets with a different dict."""
+    T = int(axes["seq_len"])
+    base = _config(T)
+    return {"default": base, **{name: {**base, **over} for name, over in _variants(T).items()}}
+
+
+def _invalid(cfg):
+    """Why this configuration cannot run, or None."""
+    for key in ("BM", "BN1", "BN2", "warps", "route_tile"):
+        v = cfg[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v & (v - 1):
+            return f"{key}={v!r} is not a power of 2"
+    for key in ("stages1", "stages2", "split", "split2"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            return f"{key}={cfg[key]!r} is not a positive integer"
+    for key, allowed in (("act", ("gemm1", "kernel")), ("c_dtype", ("fp8", "bf16")),
+                         ("route", ("single", "tiles")), ("route_one_tile", (True, False))):
+        if cfg[key] not in allowed:
+            return f"{key}={cfg[key]!r} is not one of {allowed}"
+    if cfg["split"] == 1 and cfg["act"] != "gemm1":
+        return "act='kernel' needs split > 1 (unsplit, SwiGLU runs in gemm1's epilogue)"
+    if cfg["split"] > 1 and (cfg["act"], cfg["c_dtype"]) not in (("gemm1", "bf16"), ("kernel", "fp8")):
+        return "with split > 1, act='gemm1' writes bf16 C and act='kernel' fp8 C"
+    return None
+
+
+def _resolve(T, config):
+    """T's default configuration with `config`'s keys over it; ValueError naming a bad key."""
+    cfg = _config(T)
+    if config is None:
+        return cfg
+    unknown = sorted(set(config) - set(cfg))
+    if unknown:
+        raise ValueError(f"triton_fused: unknown configuration key(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(CONFIG_DOC)}")
+    cfg = {**cfg, **config}
+    problem = _invalid(cfg)
+    if problem:
+        raise ValueError(f"triton_fused: configuration {config}: {problem}")
+    return cfg
 
 
 _COUNTERS = {}  # (device type, index) -> int32 arrival counters, zero between calls
@@ -513,8 +589,9 @@ def _arrival_counters(dev, n):
     return buf
 
 
-def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_local, BM):
+def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_local, cfg):
     T, E = routing_logits.shape
+    BM = cfg["BM"]
     dev = routing_logits.device
     n_entries = T * TOPK
     EP = triton.next_power_of_2(n_local)
@@ -527,18 +604,17 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
     expert_ids = torch.empty(blocks_max, dtype=torch.int32, device=dev)
     n_post = torch.empty(1, dtype=torch.int32, device=dev)
     logits = routing_logits.contiguous()
-    consts = dict(E=E, NG=N_GROUPS, KG=TOPK_GROUPS, TOPK=TOPK, TB=ROUTE_TILE)
-    if T <= SINGLE_ROUTE_MAX:
-        consts["TB"] = min(ROUTE_TILE, triton.next_power_of_2(T))  # no masked rows at T=1, 2, 4, 8
+    consts = dict(E=E, NG=N_GROUPS, KG=TOPK_GROUPS, TOPK=TOPK)
+    if cfg["route"] == "single":
+        consts["TB"] = min(cfg["route_tile"], triton.next_power_of_2(T))  # no masked rows at T=1, 2, 4, 8
         warps = SINGLE_ROUTE_WARPS if consts["TB"] > 2 else consts["TB"]  # one token: one warp
         _routing_align_kernel[(1,)](logits, routing_bias, ids, weights, sorted_ids, expert_ids,
                                     n_post, T, float(scaling), expert_offset, n_local,
-                                    BM=BM, EP=EP, ONE_TILE=T <= min(ROUTE_ONE_TILE_MAX, consts["TB"]),
+                                    BM=BM, EP=EP, ONE_TILE=cfg["route_one_tile"] and T <= consts["TB"],
                                     BB=min(128, triton.next_power_of_2(blocks_max)), **consts,
                                     num_warps=warps)
         return ids, weights, sorted_ids, expert_ids, n_post
-    tile = (ROUTE_TILE_TINY if T <= ROUTE_TINY_MAX else ROUTE_TILE_SMALL if T <= DECODE_MAX
-            else ROUTE_TILE_MULTI)
+    tile = cfg["route_tile"]
     consts["TB"] = tile
     n_tiles = triton.cdiv(T, tile)
     counts = torch.empty(n_tiles, EP, dtype=torch.int32, device=dev)
@@ -568,26 +644,24 @@ def _gemm1_fused(cfg, hidden_states, hidden_states_scale, gemm1_weights, gemm1_w
 
 def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
         gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, local_expert_offset,
-        routed_scaling_factor, output):
+        routed_scaling_factor, output, config=None):
     T, H = hidden_states.shape
     n_local = gemm1_weights.shape[0]
     I = gemm2_weights.shape[2]
     QB = H // hidden_states_scale.shape[0]
-    cfg = _config(T)
+    cfg = _resolve(T, config)
     BM = cfg["BM"]
-    quant = cfg["quant"]
     BN1, BN2 = min(cfg["BN1"], I, QB), min(cfg["BN2"], H)
     dev = hidden_states.device
     n_entries = T * TOPK
     with fib.stage("routing"):
         ids, weights, sorted_ids, expert_ids, n_post = _route_and_align(
-            routing_logits, routing_bias, routed_scaling_factor, local_expert_offset, n_local, BM)
+            routing_logits, routing_bias, routed_scaling_factor, local_expert_offset, n_local, cfg)
     rows_max = sorted_ids.numel()
     n_m = rows_max // BM
-    split = cfg.get("split", 0)
-    if split:  # tiny T: partial G1 per K range, then SwiGLU + 1 x QB re-quantization
-        act = cfg.get("act")
-        counts1 = _arrival_counters(dev, n_m * (I // BN1)) if act == "gemm1" else None
+    split = cfg["split"]
+    if split > 1:  # tiny T: partial G1 per K range, then SwiGLU + 1 x QB re-quantization
+        counts1 = _arrival_counters(dev, n_m * (I // BN1)) if cfg["act"] == "gemm1" else None
         fuse = {}
         if counts1 is not None:  # gemm1's last program per tile pair: SwiGLU, bf16 C
             c = torch.empty(rows_max, I, dtype=torch.bfloat16, device=dev)
@@ -611,18 +685,19 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
             a_mode = 0
         BN1 = QB  # the activation groups gemm2 reads
     else:
+        quant = cfg["c_dtype"] == "fp8"
         c, c_scale = _gemm1_fused(cfg, hidden_states, hidden_states_scale, gemm1_weights,
                                   gemm1_weights_scale, sorted_ids, expert_ids, n_post, T, n_entries,
                                   I, H, n_m, rows_max, BM, BN1, quant, QB, dev)
-        a_mode = 0 if quant else (2 if cfg.get("requant2") else 1)
-    split2 = cfg.get("split2", 1)
+        a_mode = 0 if quant else 2
+    split2 = cfg["split2"]
     with fib.stage("gemm2"):  # split2 > 1: fp32 partials per K range, summed by finalize
         y = torch.empty(split2, n_entries, H, dtype=torch.float32 if split2 > 1 else torch.bfloat16,
                         device=dev)
         _gemm2_combine_kernel[(n_m * (H // BN2) * split2,)](
             c, c_scale, gemm2_weights, gemm2_weights_scale, y, weights, sorted_ids, expert_ids,
             n_post, rows_max, n_entries, H, I, n_m,
-            QB=QB, QG=BN1 if quant else QB, BM=BM, BN=BN2, GROUP_M=8,
+            QB=QB, QG=BN1 if a_mode == 0 else QB, BM=BM, BN=BN2, GROUP_M=8,
             A_MODE=a_mode, INTERPRET=INTERPRET, SPLIT=split2,
             num_warps=cfg["warps"], num_stages=cfg["stages2"])
     with fib.stage("finalize"):

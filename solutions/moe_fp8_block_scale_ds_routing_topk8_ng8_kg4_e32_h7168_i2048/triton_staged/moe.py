@@ -5,6 +5,10 @@ Every intermediate goes through device memory; `triton_fused` removes those roun
 Sizes come from the tensor shapes (the scaled-down sibling shares this file). No host sync: the
 grids are sized by upper bounds and programs past the real work exit at once, so the whole layer
 can be captured in a CUDA graph.
+
+Configurations: `run(..., config=None)` takes T's bucket tiles (`_config`); a `config` dict
+overrides any of BM, BN, warps, stages. `fib_configs(axes)` names "default" and the three
+buckets' tile sets, valid at every T (`fib run --sweep triton_staged` times them).
 """
 import os
 
@@ -254,12 +258,38 @@ def _combine_kernel(y_ptr, ids_ptr, weights_ptr, out_ptr, rows_ptr, expert_offse
 
 
 def _config(T):
-    """(BM, BN, num_warps, num_stages) per token-count bucket; BK is the 128 scale block."""
+    """BM, BN (gemm1 and gemm2), warps and stages per token-count bucket; BK is the 128 scale block."""
     if T <= 16:
-        return 16, 64, 4, 4
+        return TILES["bm16_bn64"]
     if T <= 128:
-        return 32, 64, 4, 4
-    return 64, 128, 4, 3
+        return TILES["bm32_bn64"]
+    return TILES["bm64_bn128_s3"]
+
+
+TILES = {"bm16_bn64": dict(BM=16, BN=64, warps=4, stages=4), "bm32_bn64": dict(BM=32, BN=64, warps=4, stages=4),
+         "bm64_bn128_s3": dict(BM=64, BN=128, warps=4, stages=3)}
+
+
+def fib_configs(axes):
+    """fib's configuration hook: "default" (T's bucket, what config=None runs) and every bucket's
+    tiles by name (the kernels take any of them at any T)."""
+    return {"default": _config(int(axes["seq_len"])), **TILES}
+
+
+def _resolve(T, config):
+    cfg = dict(_config(T))
+    if config is None:
+        return cfg
+    unknown = sorted(set(config) - set(cfg))
+    if unknown:
+        raise ValueError(f"triton_staged: unknown configuration key(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(cfg)}")
+    cfg.update(config)
+    for key, v in cfg.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1 or (key != "stages" and v & (v - 1)):
+            raise ValueError(f"triton_staged: configuration {config}: {key}={v!r} is not a "
+                             + ("positive integer" if key == "stages" else "power of 2"))
+    return cfg
 
 
 def route(routing_logits, routing_bias, routed_scaling_factor):
@@ -322,12 +352,13 @@ def combine(y, ids, weights, output, expert_offset, n_local, rows=None):
 
 def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
         gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, local_expert_offset,
-        routed_scaling_factor, output):
+        routed_scaling_factor, output, config=None):
     T, H = hidden_states.shape
     n_local, N1, _ = gemm1_weights.shape
     I = gemm2_weights.shape[2]
     QB = H // hidden_states_scale.shape[0]
-    BM, BN, warps, stages = _config(T)
+    cfg = _resolve(T, config)
+    BM, BN, warps, stages = cfg["BM"], cfg["BN"], cfg["warps"], cfg["stages"]
     BN1, BN2 = min(BN, N1), min(BN, H)
     dev = hidden_states.device
     n_entries = T * TOPK
