@@ -20,7 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 
 # Options that take a list: `--solutions a b`, `--solutions a,b` and `--solutions a --solutions b`, and
 # so do their short forms (`-d a b`, `-s a,b`, `-w seq_len=7 seq_len=14`).
-LIST_OPTIONS = {"--definitions", "-d", "--solutions", "-s", "--workloads", "-w", "--local", "--devices", "--device"}
+LIST_OPTIONS = {"--definitions", "-d", "--solutions", "-s", "--workloads", "-w", "--local", "--devices", "--device",
+                "--gpus"}
 # List options that mean something when given bare: `fib list --workloads` lists every workload. A bare
 # one is passed on as `--workloads=` (given, empty); for `run` and `profile` that selects all workloads,
 # as leaving it out does. Other bare list options are dropped (the same as leaving them out).
@@ -109,10 +110,16 @@ def run(
                                                   "or 'atol,rtol,ratio' (repeatable); the status keeps the main "
                                                   "tolerance."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    cluster: str = typer.Option("local", "--cluster", help="Where pairs run: local (this host's --devices), ray "
+                                "(RAY_ADDRESS, else a new local Ray instance), ray://auto or ray://HOST:PORT: one "
+                                "Ray actor per GPU (pip install 'fib[ray]'; docs/cluster.md)."),
+    gpus: Optional[List[str]] = typer.Option(None, "--gpus", help="With --cluster: GPU kinds (Ray accelerator "
+                                             "types, e.g. H100,H200); every pair runs once on each kind."),
 ):
     """Check every solution on every workload against the FP32 reference, time those that pass,
     and write a run directory (run.json, traces.jsonl, logs/) that reports and comparisons read."""
-    from .harness.runner import Runner, RunPlan
+    from .harness.executor import executor_for
+    from .harness.runner import RunPlan
     from .progress import RunProgress, print_summary, summary_rows
 
     config = _run_config(atol=atol, rtol=rtol, required_matched_ratio=required_matched_ratio,
@@ -120,13 +127,21 @@ def run(
                          seed=seed, input_copies=input_copies, fresh_check=not no_fresh_check,
                          also_check=split_list(also_check), timeout_s=timeout, build_timeout_s=build_timeout,
                          jit_timeout_s=jit_timeout, max_failures=max_failures)
-    devs = _check_devices(_normalise_devices(split_list(devices)) or _default_devices())
+    try:
+        executor = executor_for(cluster, split_list(gpus))
+    except FibError as err:
+        _fail(err.render())
+    on_cluster = executor.name != "local"
+    if on_cluster and devices:
+        _fail("--devices names this host's devices; with --cluster the cluster's GPUs are used (select kinds "
+              "with --gpus)")
+    devs = [] if on_cluster else _check_devices(_normalise_devices(split_list(devices)) or _default_devices())
     data = _load(local)
     if data.problems:
         _print_problems(data, limit=20)
         console.print("[yellow]the files above are skipped; the rest of the dataset runs[/yellow]")
     def_names, sols, works = _select(data, definitions, solutions, workloads)
-    if not split_list(definitions) and all(d == "cpu" for d in devs):
+    if not split_list(definitions) and devs and all(d == "cpu" for d in devs):
         def_names = _leave_out_full_size(data, def_names, works)
     if not def_names:
         _fail("nothing to run: no (solution, workload) pair matches the selection")
@@ -147,13 +162,14 @@ def run(
     except FibError as err:
         _fail(err.render())
     try:
-        plan.build_failures = _prebuild(data, plan, build_timeout, run_dir)
-        progress = RunProgress(console, total=len(plan.pairs()))
-        runner = Runner(data, plan, run_dir, on_trace=progress.trace, on_phase=progress.phase,
-                        on_warning=lambda text: console.print(f"[bold red]warning:[/bold red] {text}",
-                                                              highlight=False))
+        if not on_cluster:  # on a cluster each node runs the build hooks itself, once per node
+            plan.build_failures = _prebuild(data, plan, build_timeout, run_dir)
+        progress = RunProgress(console, total=len(plan.pairs()) * max(1, len(split_list(gpus))))
         with progress:
-            result = runner.run(resume=resume, command=["fib", *sys.argv[1:]])
+            result = executor.run(data, plan, run_dir, resume=resume, command=["fib", *sys.argv[1:]],
+                                  on_trace=progress.trace, on_phase=progress.phase,
+                                  on_warning=lambda text: console.print(f"[bold red]warning:[/bold red] {text}",
+                                                                        highlight=False))
     finally:
         lock.release()
     rows = summary_rows(_whole_run(result))
@@ -196,8 +212,9 @@ def _whole_run(result) -> list:
     """The run's traces, earlier ones of a resumed run included (the latest per pair)."""
     latest = {}
     for trace in list(result.previous) + list(result.traces):
-        if trace.solution and trace.evaluation:
-            latest[(trace.definition, trace.solution, trace.workload.uuid)] = trace
+        if trace.solution and trace.evaluation:  # one per GPU kind on a cluster
+            kind = (trace.evaluation.model_extra or {}).get("gpu_kind")
+            latest[(trace.definition, trace.solution, trace.workload.uuid, kind)] = trace
     return list(latest.values())
 
 
