@@ -340,8 +340,9 @@ class RayExecutor:
     def _hand_out(self, actor: Actor) -> None:
         """Take a chunk for `actor` from the front of the queue and start it."""
         kind = actor.info.get("device_kind")
+        size = self._chunk_size(actor)
         window = [self.queue.popleft() for _ in range(min(SCAN_WINDOW, len(self.queue)))]
-        chunk, keep, size = [], [], self._chunk_size(actor)
+        chunk, keep = [], []
         for pair in window:
             d, s, w, label = pair
             if label != actor.label or (chunk and (d, s) != chunk[0][:2]) or len(chunk) >= size:
