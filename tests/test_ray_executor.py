@@ -91,6 +91,8 @@ def test_two_kinds_every_pair_once_and_split_by_compare(cluster, tmp_path):
     run_info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_info["state"] == "finished" and run_info["executor"]["engine"] == "ray"
     assert {a["label"] for a in run_info["executor"]["actors"]} == {"H100", "H200"}
+    # the children get the driver's thread settings, not the OMP_NUM_THREADS=1 of Ray's workers
+    assert {a["omp_num_threads"] for a in run_info["executor"]["actors"]} == {os.environ.get("OMP_NUM_THREADS")}
     # the dataset once per node, each solution once per node; both fake kinds are the CPU, so each
     # (workload, seed) reference is computed once in all and installed on the other node
     fetched = Counter((f["what"], f["name"], f["node"]) for f in executor.fetched)

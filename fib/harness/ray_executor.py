@@ -133,7 +133,8 @@ class RayExecutor:
         global _REMOTE_NODE
         if _REMOTE_NODE is None:
             _REMOTE_NODE = ray.remote(FibNode)
-        handle = _REMOTE_NODE.options(**options).remote(label, self.evaluator)
+        handle = _REMOTE_NODE.options(**options).remote(label, self.evaluator,
+                                                         omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
         actor = Actor(handle, label, number)
         actor.pending = handle.hello.remote()
         return actor

@@ -86,7 +86,15 @@ class NodeRunner(Runner):
 class FibNode:
     """One GPU of the cluster (Ray gives the actor its GPU through CUDA_VISIBLE_DEVICES)."""
 
-    def __init__(self, label: str | None = None, evaluator: str | None = None, device: str | None = None):
+    def __init__(self, label: str | None = None, evaluator: str | None = None, device: str | None = None,
+                 omp_num_threads: str | None = None):
+        # Ray sets OMP_NUM_THREADS=1 in its workers (for an actor without CPUs); the worker and judge
+        # children would inherit it and run their CPU work single-threaded, unlike a local run (a CPU
+        # definition's latency changed 10x). Keep what the driver had instead.
+        if omp_num_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp_num_threads
         self.node_id = ray.get_runtime_context().get_node_id()
         self.host = socket.gethostname()
         self.label = label
@@ -117,7 +125,8 @@ class FibNode:
                 "pid": os.getpid(), "device": self.device, "device_kind": self.device_kind,
                 "gpu": info.get("name"), "driver": _driver_version() if self.device.startswith("cuda") else None,
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "label": self.label,
-                "fib": __version__, "fib_code": code_digest(), "ray": ray.__version__}
+                "fib": __version__, "fib_code": code_digest(), "ray": ray.__version__,
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
     def start(self, chunk: dict) -> None:
         assert self.thread is None or not self.thread.is_alive(), "one chunk at a time"
