@@ -16,13 +16,13 @@ if [ "$P" = A ]; then
   python3 benchmarks/harness_overhead.py --output $R/harness --definition $DS \
     --solutions torch_eager triton_staged triton_fused flashinfer_cutlass flashinfer_trtllm \
     --also-check 0.1,0.2,0.85 --iterations 20 --num-trials 3 2>&1 | tail -40
-  python3 benchmarks/moe_roofline.py $R/harness/run_warm --output $R/roofline 2>&1 | tail -70
+  python3 families/moe/benchmarks/roofline.py $R/harness/run_warm --output $R/roofline 2>&1 | tail -70
   rm -rf $R/harness/cache
 fi
 if [ "$P" = C ]; then
   python3 -m fib run --definitions $DS --also-check 0.1,0.2,0.85 --iterations 20 --num-trials 3 \
     --output $R/run_ds 2>&1 | tail -45
-  python3 benchmarks/moe_roofline.py $R/run_ds --output $R/roofline 2>&1 | tail -60
+  python3 families/moe/benchmarks/roofline.py $R/run_ds --output $R/roofline 2>&1 | tail -60
 fi
 if [ "$P" = D ]; then  # several GPUs: the same run on one and on two devices (warm reference cache)
   nvidia-smi -L > $R/gpus.txt

@@ -28,7 +28,7 @@ t() {  # t NAME CMD...: run, log, and record the wall time
 export FIB_CACHE_DIR=/tmp/fib-cache-new
 T="--definitions $DS --solutions triton_staged triton_fused --iterations 20 --num-trials 3"
 t new_full python3 -m fib run --definitions $DS --also-check contest --iterations 20 --num-trials 3 --output $R/run_ds
-python3 benchmarks/moe_roofline.py $R/run_ds --output $R/roofline > $R/roofline.log 2>&1; pack
+python3 families/moe/benchmarks/roofline.py $R/run_ds --output $R/roofline > $R/roofline.log 2>&1; pack
 t new_warm python3 -m fib run $T --output $R/run_new_warm
 (
   cd .old

@@ -1,4 +1,4 @@
-"""How faithful is each fib timer? Compare every timer of fib.timing with nsys's kernel times.
+"""How faithful is each fib timer? Compare every timer of fib.timing.measure with nsys's kernel times.
 
 Usage (on a GPU machine):
 
@@ -87,7 +87,7 @@ CASES = {
 # ----------------------------------------------------------------------------- timers
 
 def time_with_fib(cases, args) -> list[dict]:
-    from fib.timing import measure
+    from fib.timing.measure import measure
     rows = []
     for name in cases:
         call = CASES[name][1](args.n_copies)
@@ -119,7 +119,7 @@ def time_with_fib(cases, args) -> list[dict]:
 def nsys_child(cases, args) -> None:
     """Runs under nsys: warm up, then profile `iterations` NVTX-marked calls per case."""
     import torch
-    from fib.timing import _flusher, make_flush_buffer
+    from fib.timing.flush import flusher as _flusher, make_flush_buffer
     flush = _flusher(make_flush_buffer(args.device))
     calls = {name: CASES[name][1](args.n_copies) for name in cases}
     for call in calls.values():
@@ -268,7 +268,7 @@ def main(argv=None) -> None:
     meta = {"device": torch.cuda.get_device_name(args.device), "torch": torch.__version__,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(args) | {"output": str(args.output)}}
     if not args.no_ceilings:
-        from fib.timing import measure_ceilings
+        from fib.timing.ceilings import measure_ceilings
         meta["ceilings"] = measure_ceilings(args.device)
         print("ceilings:", meta["ceilings"], flush=True)
     (args.output / "ceilings.json").write_text(json.dumps(meta, indent=2, default=str))

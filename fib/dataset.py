@@ -16,9 +16,12 @@ prints them and goes on with the rest. Whatever is named in a problem is left ou
   because traces, `--resume`, `fib compare` and the history all key results by uuid, and results
   filed under a uuid that means two workloads would be wrong for one of them. Each extra copy is a
   problem naming both places;
-- two solutions (or two definitions) of the same name in one root, e.g. from two authors, are a
-  problem naming both files and neither is loaded: within a root there is no precedence to pick one
-  by, and results are filed by name.
+- two definitions of the same name in one root, or two solutions of one definition with the same
+  name and author, are a problem naming both files and neither is loaded: within a root there is
+  no precedence to pick one by, and results are filed by name;
+- two solutions of one definition with the same name by different authors (flashinfer-trace's
+  solutions/<author>/... layout) both load, each known as `author/name` (`Solution.label`): in
+  traces, `-s` selections, reports and resume. A name that one author uses keeps its plain name.
 
 Roots, in order of precedence (a later root overrides an earlier one's definitions and solutions of
 the same name, and `Dataset.warnings` says so, naming both files; workloads of all roots are pooled):
@@ -393,24 +396,34 @@ def _load_solutions(data: Dataset, root: Path) -> None:
         if solution is not None:
             found.setdefault((solution.definition, solution.name), []).append(solution)
     for (def_name, name), entries in found.items():
-        by_name = data.solutions.get(def_name, {})
-        if len(entries) > 1:
-            first = entries[0]
-            earlier = by_name.pop(name, None)
-            for other in entries[1:]:
-                authors = (f" (authors '{first.author}' and '{other.author}')" if first.author != other.author
-                           else "")
-                also = f"; the one from an earlier root ({earlier.file}) is not used either" if earlier else ""
+        by_author: dict[str, list[Solution]] = {}
+        for sol in entries:
+            by_author.setdefault(sol.author, []).append(sol)
+        kept = []
+        for author, same in by_author.items():
+            if len(same) == 1:
+                kept.append(same[0])
+                continue
+            for other in same[1:]:
                 data.problems.append(DatasetError(
-                    f"solution '{name}' of definition '{def_name}' is also in {first.file}{authors}; results are "
-                    f"filed by solution name, so neither is loaded{also}", where=other.file, field="name",
-                    fix="rename one of the two solutions (e.g. add its author to the name)"))
-            continue
-        solution = entries[0]
-        if name in by_name:
-            data.warnings.append(f"solution '{name}' of definition '{def_name}': {solution.file} overrides "
-                                 f"{by_name[name].file} (a later dataset root wins)")
-        data.solutions.setdefault(def_name, {})[name] = solution
+                    f"solution '{name}' of definition '{def_name}' is also in {same[0].file} (both by author "
+                    f"'{author}'); results are filed by author and name, so neither is loaded", where=other.file, field="name",
+                    fix="rename one of the two solutions or delete the copy"))
+        by_label = data.solutions.setdefault(def_name, {})
+        earlier = [label for label, sol in by_label.items() if sol.name == name]
+        if earlier and kept:
+            files = ", ".join(str(by_label[label].file) for label in earlier)
+            newer = ", ".join(str(s.file) for s in kept)
+            data.warnings.append(f"solution '{name}' of definition '{def_name}': {newer} overrides {files} "
+                                 "(a later dataset root wins)")
+        if earlier:
+            for label in earlier:
+                del by_label[label]
+        # Two authors' solutions of one name both load, known as 'author/name'; a name only one
+        # author uses keeps its plain name (in traces, -s, reports and resume).
+        for sol in kept:
+            sol.namespaced = len(kept) > 1
+            by_label[sol.label] = sol
 
 
 def _cross_check(data: Dataset) -> None:

@@ -73,3 +73,7 @@ def pydantic_problems(exc, where: str | Path) -> list[FibError]:
                 message = message.removeprefix("Value error, ")
             problems.append(DatasetError(message, where=where, field=field, fix=PYDANTIC_FIXES.get(err.get("type"))))
     return problems
+
+
+class TimingError(FibError):
+    """A timer that cannot run here, or a call that the chosen timer cannot measure."""

@@ -48,8 +48,8 @@ FAKES: dict[str, tuple[str, str, str]] = {
     "nan": ("inputs, outs = split(args)\nwrite(outs, reference(*inputs))\nfor o in outs:\n"
             "    if o.is_floating_point():\n        o.view(-1)[0] = float('nan')",
             "INCORRECT_NUMERICAL", "one NaN fails"),
-    "patches_check": ("import fib.check, fib.schema\n"
-                      "fib.check.check_outputs = lambda *a, **k: fib.check.CheckResult(fib.schema.Status.PASSED, None)\n"
+    "patches_check": ("import fib.harness.check, fib.schema\n"
+                      "fib.harness.check.check_outputs = lambda *a, **k: fib.harness.check.CheckResult(fib.schema.Status.PASSED, None)\n"
                       "inputs, outs = split(args)\nfor o in outs:\n    o.zero_()",
                       "INCORRECT_NUMERICAL", "patching fib's check inside the solution changes nothing"),
     "caches": ("inputs, outs = split(args)\nif 'v' not in _REF:\n    _REF['v'] = reference(*inputs)\n"

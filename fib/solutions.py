@@ -10,11 +10,13 @@ from typing import Any, Callable
 
 import torch
 
+from . import native
 from .device import device_info  # noqa: F401  (re-exported: solutions.device_info)
 from .env import dist_version
 from .errors import FibError
-from .inputs import cache_dir, torch_dtype
+from .harness.inputs import cache_dir, torch_dtype
 from .schema import Definition, Solution
+from .schema.solution import LANGUAGE_PACKAGES
 
 
 class SolutionLoadError(FibError):
@@ -47,7 +49,7 @@ def _hardware_matches(target: str, info: dict[str, Any]) -> bool:
 
 def _missing_dependencies(solution: Solution) -> list[str]:
     missing = []
-    for requirement in solution.spec.dependencies:
+    for requirement in native.python_dependencies(solution):
         name = re.split(r"[<>=!~; \[]", requirement.strip(), maxsplit=1)[0]
         installed = dist_version(name)
         if installed is None:
@@ -63,17 +65,52 @@ def _missing_dependencies(solution: Solution) -> list[str]:
     return missing
 
 
-def unsupported_reason(solution: Solution, definition: Definition, axes: dict[str, int],
-                       info: dict[str, Any]) -> str | None:
-    """Why this solution cannot run on this device and shape, or None. Checks what the JSON says;
-    the module's own `fib_supported` hook is asked after import (see `hook_reason`)."""
+def language_reason(solution: Solution, info: dict[str, Any]) -> str | None:
+    """Why the solution's language cannot run here: its DSL package is missing, or (compiled
+    languages) the compiler, nvcc, a CUDA GPU or the binding's package is."""
+    language = solution.spec.language
+    if language.native:
+        return native.unsupported_reason(solution, info)
+    package = LANGUAGE_PACKAGES.get(language)
+    if package is None:
+        return None
+    dist, module = package
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing, or another package of that name
+        found = False
+    if not found:
+        return f"language '{language.value}' needs package {dist} (import {module}), which is not installed"
+    return None
+
+
+def target_reason(solution: Solution, info: dict[str, Any], *, any_hardware: bool = False) -> str | None:
+    """Why `target_hardware` rules this device out, or None. With `any_hardware` a GPU solution runs
+    on any CUDA GPU whatever GPU or SM it names (flashinfer-bench itself does not check the field);
+    a CPU-only or GPU-only solution still runs only there."""
     targets = solution.spec.target_hardware
-    if targets and not any(_hardware_matches(t, info) for t in targets):
-        here = info["name"] if info["type"] == "cpu" else f"{info['name']} (sm{info['sm']})"
-        return f"targets {', '.join(targets)}; this device is {here}"
+    if not targets or any(_hardware_matches(t, info) for t in targets):
+        return None
+    if any_hardware and info["type"] == "cuda" and any(t.strip().lower() != "cpu" for t in targets):
+        return None
+    here = info["name"] if info["type"] == "cpu" else f"{info['name']} (sm{info['sm']})"
+    return f"targets {', '.join(targets)}; this device is {here}"
+
+
+def unsupported_reason(solution: Solution, definition: Definition, axes: dict[str, int],
+                       info: dict[str, Any], *, any_hardware: bool = False) -> str | None:
+    """Why this solution cannot run on this device and shape, or None. Checks what the JSON says
+    (targets, dependencies, the language's package or toolchain); the module's own `fib_supported`
+    hook is asked after import (see `hook_reason`)."""
+    reason = target_reason(solution, info, any_hardware=any_hardware)
+    if reason:
+        return reason
     missing = _missing_dependencies(solution)
     if missing:
         return f"missing dependencies: {', '.join(missing)}"
+    reason = language_reason(solution, info)
+    if reason:
+        return reason
     for text in solution.spec.shape_constraints:
         try:
             ok = eval(text, {"__builtins__": {}}, dict(axes))  # noqa: S307 - solution authors' expressions
@@ -111,7 +148,7 @@ def source_dir(solution: Solution) -> Path:
         return solution.root
     digest = hashlib.sha256("".join(f"{s.path}\0{s.content}" for s in solution.sources).encode()).hexdigest()[:16]
     base = cache_dir() / "solutions"
-    target = base / f"{solution.name}-{digest}"
+    target = base / f"{solution.safe_label}-{digest}"
     _inside(base, target.name, solution, "name")
     _inside(target, solution.spec.entry_file, solution, entry_field)
     for src in solution.sources:
@@ -141,7 +178,7 @@ def import_entry_module(solution: Solution):
                                 field="spec.entry_point")
     before = set(sys.modules)
     sys.path.insert(0, str(folder))
-    module_name = f"fib_solution_{re.sub(r'[^0-9a-zA-Z_]', '_', solution.name)}"
+    module_name = f"fib_solution_{re.sub(r'[^0-9a-zA-Z_]', '_', solution.safe_label)}"
     try:
         spec = importlib.util.spec_from_file_location(module_name, entry)
         module = importlib.util.module_from_spec(spec)
@@ -159,7 +196,11 @@ def import_entry_module(solution: Solution):
     return module
 
 
-def load_entry(solution: Solution, definition: Definition | None = None) -> Callable:
+def load_entry(solution: Solution, definition: Definition | None = None, *, device: str | None = None) -> Callable:
+    """The solution's entry function: imported (Python-like languages) or compiled and loaded
+    (C++/CUDA, see `fib.native`; `device` decides the GPU architecture it is built for)."""
+    if solution.spec.language.native:
+        return native.load_entry(solution, device_info(device or _default_device(solution))).function
     module = import_entry_module(solution)
     function = getattr(module, solution.spec.entry_function, None)
     if not callable(function):
@@ -167,6 +208,10 @@ def load_entry(solution: Solution, definition: Definition | None = None) -> Call
                                 where=solution.file, field="spec.entry_point",
                                 fix="define it or correct entry_point")
     return function
+
+
+def _default_device(solution: Solution) -> str:
+    return solution_device(solution, ["cuda:0"] if torch.cuda.is_available() else ["cpu"])
 
 
 def hook_reason(module, info: dict[str, Any], axes: dict[str, int]) -> str | None:

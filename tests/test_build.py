@@ -1,4 +1,4 @@
-"""fib.build: solutions' fib_build() hooks run in a child process, under a budget, with a record
+"""fib.harness.build: solutions' fib_build() hooks run in a child process, under a budget, with a record
 of successful builds in $FIB_CACHE_DIR/builds."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fib import build  # noqa: E402
+from fib.harness import build  # noqa: E402
 from fib.schema import Solution  # noqa: E402
 
 SUCCESS = '''

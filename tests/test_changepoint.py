@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fib.changepoint import detect_changepoints, history_changepoints
-from fib.history import HistoryDB, load_run_dir
+from fib.results.changepoint import detect_changepoints, history_changepoints
+from fib.results.history import HistoryDB, load_run_dir
 from test_history import commit_sha, make_run_dir, make_trace, samples
 
 

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from fib.check import check_outputs, compare, modified_inputs
+from fib.harness.check import check_outputs, compare, modified_inputs
 from fib.schema import Definition, Status, Tolerance
 from tinydata import DEFINITION
 
@@ -71,7 +71,7 @@ def test_relative_l2_and_cosine_values():
 
 
 def test_relative_l2_accumulates_in_float64_over_chunks(monkeypatch):
-    import fib.check as check
+    import fib.harness.check as check
     monkeypatch.setattr(check, "_NORM_CHUNK", 3)  # several chunks, one partial
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(10, generator=g)
@@ -152,7 +152,7 @@ def _moe_like_reference(rows=64, cols=32, seed=0) -> torch.Tensor:
 
 
 def test_vacuous_outputs_flags_zeros_under_the_contest_tolerance():
-    from fib.check import vacuous_outputs
+    from fib.harness.check import vacuous_outputs
     d = _definition(outputs={"y": {"shape": ["n", "c"], "dtype": "bfloat16"}},
                     axes={**DEFINITION["axes"], "c": {"type": "const", "value": 32}})
     axes = {"n": 64, "m": 4, "c": 32}
@@ -169,7 +169,7 @@ def test_vacuous_outputs_flags_zeros_under_the_contest_tolerance():
 
 
 def test_vacuous_outputs_ignores_a_candidate_equal_to_the_reference():
-    from fib.check import vacuous_outputs
+    from fib.harness.check import vacuous_outputs
     d = _definition()
     axes = {"n": 2, "m": 4}
     contest = Tolerance(atol=1, rtol=0.3, required_matched_ratio=0.9)

@@ -13,8 +13,8 @@ import numpy as np
 import typer
 from typer.testing import CliRunner
 
-from fib.cli_history import compare_command, dashboard_command, history_app
-from fib.history import HistoryDB
+from fib.cli.history import compare_command, dashboard_command, history_app
+from fib.results.history import HistoryDB
 from test_history import commit_sha, make_run_dir, make_trace, samples
 
 BASE_MS = {("triton", "w1"): 1.0, ("triton", "w2"): 2.0, ("cuda", "w1"): 0.8, ("cuda", "w2"): 1.5,

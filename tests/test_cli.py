@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fib.cli import app, expand_list_args
+from fib.cli.app import app, expand_list_args
 from tinydata import GOOD, make_dataset, write_solution
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fib.cli import app
-from fib.cli_cache import human_size
+from fib.cli.app import app
+from fib.cli.cache import human_size
 from fib.dataset import load_dataset
-from fib.inputs import ReferenceCache, make_inputs
+from fib.harness.inputs import ReferenceCache, make_inputs
 from tinydata import make_dataset
 
 

@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fib.cli_history import compare_command, history_app
-from fib.compare import CompareSettings, compare_runs, to_json, to_markdown
-from fib.history import load_run_dir
+from fib.cli.history import compare_command, history_app
+from fib.results.compare import CompareSettings, compare_runs, to_json, to_markdown
+from fib.results.history import load_run_dir
 from test_history import ENV, commit_sha, make_run_dir, make_trace, samples
 
 app = typer.Typer()
@@ -160,8 +160,8 @@ def test_cli_exit_codes_and_selectors(tmp_path):
 
 
 def test_rows_timed_by_different_timers_are_not_compared():
-    from fib.compare import CompareSettings, compare_results
-    from fib.history import Result
+    from fib.results.compare import CompareSettings, compare_results
+    from fib.results.history import Result
     base = Result(definition="d", solution="s", workload_uuid="w", workload_axes={"n": 1}, status="PASSED",
                   samples_ms=[1.0, 1.01, 0.99, 1.0] * 5, timer="cuda_event")
     cand = Result(definition="d", solution="s", workload_uuid="w", workload_axes={"n": 1}, status="PASSED",

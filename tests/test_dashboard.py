@@ -13,9 +13,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fib.cli_history import dashboard_command
-from fib.dashboard import SiteOptions, build_dashboard
-from fib.history import HistoryDB, load_run_dir
+from fib.cli.history import dashboard_command
+from fib.results.dashboard import SiteOptions, build_dashboard
+from fib.results.history import HistoryDB, load_run_dir
 from test_history import commit_sha, make_run_dir, make_trace, samples
 
 STAGES = ("solution,workload,stage,kernel,instances,total_ms\n"

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from fib.dataset import load_dataset
 from fib.errors import DatasetError
-from fib.inputs import make_inputs
+from fib.harness.inputs import make_inputs
 from fib.schema import Workload
 from tinydata import DEFINITION, GOOD, WORKLOADS, make_dataset, write_solution
 
@@ -213,15 +213,40 @@ def test_same_root_given_twice_is_not_its_own_duplicate(tmp_path):
     assert not data.problems and not data.warnings and len(data.workloads["scale_add"]) == 2
 
 
-def test_same_solution_name_from_two_authors_in_one_root_loads_neither(tmp_path):
+def test_same_solution_name_from_two_authors_in_one_root_loads_both_as_author_slash_name(tmp_path):
+    """flashinfer-trace's solutions/<author>/... layout: two authors may pick one name. Both load,
+    namespaced; a name only one author uses ('good') keeps its plain name."""
+    from fib.harness.runner import Runner, RunPlan
+    from fib.schema import Status
+    from fib.schema.config import RunConfig
+    os.environ["FIB_CACHE_DIR"] = str(tmp_path / "cache")
     root = make_dataset(tmp_path, solutions=["good"])
-    alice = write_embedded_solution(root, "alice", "fast", KERNEL)
-    bob = write_embedded_solution(root, "bob", "fast", KERNEL)
+    write_embedded_solution(root, "alice", "fast", KERNEL)
+    write_embedded_solution(root, "bob", "fast", {"kernel.py": "def run(x, alpha, y):\n    y.copy_(x * 2.0)\n"})
+    data = load_dataset([root])
+    assert not data.problems, problems_text(data)
+    assert set(data.solutions["scale_add"]) == {"good", "alice/fast", "bob/fast"}
+    alice, bob = data.solutions["scale_add"]["alice/fast"], data.solutions["scale_add"]["bob/fast"]
+    assert (alice.name, alice.author, alice.label, bob.safe_label) == ("fast", "alice", "alice/fast", "bob--fast")
+    assert data.solutions["scale_add"]["good"].label == "good"
+    plan = RunPlan(config=RunConfig(warmup_runs=1, iterations=2, num_trials=1, timer="wall", timeout_s=20),
+                   definitions=["scale_add"], solutions={"scale_add": ["alice/fast", "bob/fast"]},
+                   workloads={"scale_add": ["w-n3"]}, devices=["cpu"])
+    result = Runner(data, plan, tmp_path / "run").run()
+    by_solution = {t.solution: t.evaluation.status for t in result.traces}
+    # bob's kernel computes something else: each verdict belongs to its own author's code
+    assert by_solution == {"alice/fast": Status.PASSED, "bob/fast": Status.INCORRECT_NUMERICAL}, by_solution
+    assert (tmp_path / "run" / "logs" / "alice--fast.log").is_file()
+
+
+def test_same_solution_name_and_author_twice_in_one_root_loads_neither(tmp_path):
+    root = make_dataset(tmp_path, solutions=["good"])
+    first = write_embedded_solution(root, "alice", "fast", KERNEL)
+    second = write_embedded_solution(root, "alice", "fast", KERNEL, file_name="fast_copy")
     data = load_dataset([root])
     text = problems_text(data)
-    assert (f"{bob}: field 'name': solution 'fast' of definition 'scale_add' is also in {alice} "
-            "(authors 'alice' and 'bob'); results are filed by solution name, so neither is loaded") in text
-    assert "fix: rename one of the two solutions" in text
+    assert (f"{second}: field 'name': solution 'fast' of definition 'scale_add' is also in {first} (both by "
+            "author 'alice'); results are filed by author and name, so neither is loaded") in text
     assert set(data.solutions["scale_add"]) == {"good"}
 
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fib.check import check_outputs  # noqa: E402
+from fib.harness.check import check_outputs  # noqa: E402
 from fib.schema import Definition, Solution, Status, Tolerance, load_model  # noqa: E402
 
 SOLUTIONS = ROOT / "solutions" / "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
@@ -373,7 +373,7 @@ def _solution(folder: Path) -> Solution:
 
 
 def test_solution_json_and_target_hardware(monkeypatch):
-    from fib.build import has_build_hook
+    from fib.harness.build import has_build_hook
     from fib.solutions import unsupported_reason
     cut, trt = _solution(CUTLASS_DIR), _solution(TRTLLM_DIR)
     assert cut.spec.target_hardware == ["sm90"] and trt.spec.target_hardware == ["sm100", "sm103"]

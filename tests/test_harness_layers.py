@@ -7,7 +7,7 @@ import sys
 import typing
 
 from fib.schema.config import TIMER_CHOICES, RunConfig
-from fib.timing import TIMERS
+from fib.timing.measure import TIMERS
 
 
 def test_timer_choices_are_the_timer_registry():
@@ -16,8 +16,8 @@ def test_timer_choices_are_the_timer_registry():
 
 
 def test_worker_imports_no_pandas_and_no_reporting():
-    code = ("import sys, fib.harness.worker as w, fib.harness.judge, fib.harness.call, fib.timing, fib.check;"
+    code = ("import sys, fib.harness.worker as w, fib.harness.judge, fib.harness.call, fib.timing.measure, fib.harness.check;"
             "print(sorted(m for m in sys.modules if m == 'pandas' or m.startswith(('fib.report', 'fib.results', "
-            "'fib.dashboard', 'matplotlib'))))")
+            "'fib.results.dashboard', 'matplotlib'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

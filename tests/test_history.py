@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fib.cli_history import history_app
-from fib.history import (MIGRATIONS, SCHEMA_VERSION, HistoryDB, HistoryError, load_run_dir,
+from fib.cli.history import history_app
+from fib.results.history import (MIGRATIONS, SCHEMA_VERSION, HistoryDB, HistoryError, load_run_dir,
                          load_series, load_side, median_ci, migrate)
 from fib.schema import (Correctness, Environment, Evaluation, Performance, Status, TimingStats,
                         Trace, Workload, write_jsonl_line)

@@ -1,7 +1,7 @@
 """A bare `fib run` on a CPU leaves out the full-size definitions, and says why."""
 from __future__ import annotations
 
-from fib.cli import _leave_out_full_size
+from fib.cli.app import _leave_out_full_size
 from fib.dataset import load_dataset
 from fib.harness.plan import input_bytes
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fib.profile.attribution import StageRules, open_ranges_at_launches, parse_call_range
-from fib.profile.nsys_sqlite import load_sqlite
-from fib.profile.tables import infer_calls, kernel_table, leftout_table, stage_table
+from fib.analysis.attribution import StageRules, open_ranges_at_launches, parse_call_range
+from fib.analysis.nsys_sqlite import load_sqlite
+from fib.analysis.tables import infer_calls, kernel_table, leftout_table, stage_table
 from fib.profile.verify import compare, inclusive_totals, read_nvtx_kern_sum
 
 FIX = Path(__file__).parent / "fixtures" / "profile"

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from fib.errors import FibError
-from fib.profile import driver, nsys
+from fib.profile import nsys
+from fib.profile import driver
 
 
 def test_profile_command_line():

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from fib.profile.attribution import StageRules
+from fib.analysis.attribution import StageRules
 from fib.profile.demo import DEMO_STAGES
-from fib.profile.torch_trace import attribute_events, load_torch_trace
+from fib.analysis.torch_trace import attribute_events, load_torch_trace
 
 FIX = Path(__file__).parent / "fixtures" / "profile"
 
@@ -57,7 +57,7 @@ def test_hand_made_events():
 def test_cpu_run_jobs_records_call_ranges(tmp_path):
     torch = pytest.importorskip("torch")
     from fib.profile.target import Job, run_jobs
-    from fib.profile.torch_trace import load_events
+    from fib.analysis.torch_trace import load_events
     from fib.stages import stage
 
     def fn():

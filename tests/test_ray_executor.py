@@ -73,7 +73,7 @@ def keys(records, kind=True) -> Counter:
 
 def test_two_kinds_every_pair_once_and_split_by_compare(cluster, tmp_path):
     from fib.harness.ray_executor import RayExecutor
-    from fib.history import HistoryDB, load_run_dir, load_run_dirs, load_side
+    from fib.results.history import HistoryDB, load_run_dir, load_run_dirs, load_side
     c, nodes, _ = cluster
     root = make_dataset(tmp_path / "ds", solutions=["good", "raises"])
     data, plan = plan_for(root, ["good", "raises"])
@@ -164,7 +164,7 @@ def test_resume_after_driver_interrupted(cluster, tmp_path):
     assert len(lines(tmp_path / "run")) == 2
     # the resume goes through the command line: `fib run --cluster ray --resume` on the same run
     from typer.testing import CliRunner
-    from fib.cli import app
+    from fib.cli.app import app
     res = CliRunner().invoke(app, ["run", "--local", str(root), "--output", str(tmp_path / "run"), "--resume",
                                    "--cluster", "ray", "--solutions", "good", "--solutions", "good_return",
                                    "--warmup-runs", "1", "--iterations", "3", "--num-trials", "2", "--timer", "wall",
@@ -240,7 +240,7 @@ def test_killed_node_costs_only_its_pair(cluster, tmp_path):
 def test_local_run_never_imports_ray(tmp_path):
     """`fib run` without --cluster: the CLI, the executor seam and a whole local run, and no Ray."""
     root = make_dataset(tmp_path / "ds", solutions=["good"])
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom fib.cli import app\n"
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom fib.cli.app import app\n"
             f"r = CliRunner().invoke(app, ['run', '--local', {str(root)!r}, '--output', {str(tmp_path / 'run')!r},"
             " '--iterations', '2', '--num-trials', '1', '--warmup-runs', '0', '--timer', 'wall'])\n"
             "assert r.exit_code == 0, r.output\n"

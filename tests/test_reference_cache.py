@@ -9,7 +9,7 @@ import torch
 
 from fib.dataset import load_dataset
 from fib.errors import FibError
-from fib.inputs import ReferenceCache, device_kind_of, make_inputs, reference_key
+from fib.harness.inputs import ReferenceCache, device_kind_of, make_inputs, reference_key
 from tinydata import make_dataset
 
 

@@ -7,11 +7,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fib.profile.attribution import StageRules
+from fib.analysis.attribution import StageRules
 from fib.profile.demo import DEMO_STAGES
-from fib.profile.torch_trace import load_torch_trace
-from fib.profile.tables import write_tables
-from fib.report.cli import report_app
+from fib.analysis.torch_trace import load_torch_trace
+from fib.analysis.tables import write_tables
+from fib.cli.report import report_app
 from fib.report.stages import report_stages
 
 FIX = Path(__file__).parent / "fixtures" / "profile"

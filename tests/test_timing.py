@@ -1,4 +1,4 @@
-"""fib.timing: statistics, warm-up, rotation and timer choice on CPU; the CUDA timers on a GPU."""
+"""fib.timing.measure: statistics, warm-up, rotation and timer choice on CPU; the CUDA timers on a GPU."""
 from __future__ import annotations
 
 import time
@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from fib.timing import (CALL_RANGE, TimingError, _warm_up, attribute_device_time, l2_flush_bytes,
-                        measure, summarize)
+from fib.errors import TimingError
+from fib.timing.cupti import CALL_RANGE, attribute_device_time
+from fib.timing.flush import l2_flush_bytes
+from fib.timing.measure import _warm_up, measure
+from fib.timing.stats import summarize
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -253,7 +256,7 @@ def test_attribution_through_the_driver_launch_correlation():
 def test_attribution_splits_the_timeline_at_flushes_when_launches_are_unseen():
     """No host record for the solution's launches: the flush kernels (seen through their aten op)
     mark where each call's device work begins and ends."""
-    from fib.timing import FLUSH_RANGE
+    from fib.timing.flush import FLUSH_RANGE
     records = [
         _host(FLUSH_RANGE, 0, 10, corr=1), _host("aten::sum", 1, 5, corr=2), _host("aten::zero_", 6, 9, corr=3),
         _host(CALL_RANGE, 10, 50, corr=4),
@@ -278,3 +281,27 @@ def test_input_copies_scale_with_device_memory():
     assert input_copies_for(ds, 16 * 2**30) == 1     # small GPU: the 2 GiB floor, one set
     assert input_copies_for(10 * 2**20, None) == 4   # CPU, small inputs
     assert input_copies_for(200 * 2**20, None) == 1  # CPU, 256 MiB budget
+
+
+def test_attribution_counts_kernels_whose_launch_the_profiler_never_saw():
+    """DeepGEMM's masked GEMMs on an H200 (2026-12-02): Kineto recorded the kernels but not their
+    launches, so correlation found only the routing kernels (1.5 us of a ~80 us call). Such kernels
+    must not vanish from the sum: the timeline is split at the flushes, or the timer refuses."""
+    from fib.timing.flush import FLUSH_RANGE
+    records = [
+        _host(FLUSH_RANGE, 0, 10, corr=1), _host("aten::sum", 1, 5, corr=2),
+        _host(CALL_RANGE, 10, 50, corr=4), _host("aten::index", 12, 14, corr=5),
+        _host(FLUSH_RANGE, 60, 70, corr=6), _host("aten::sum", 61, 65, corr=7),
+        _host(CALL_RANGE, 70, 90, corr=8), _host("aten::index", 72, 74, corr=9),
+        _dev("reduce", 100, 200, linked=2),
+        _dev("routing", 210, 212, linked=5),
+        dict(_dev("sm90_fp8_gemm_masked", 215, 300, linked=0), correlation_id=1001),   # launch unseen
+        _dev("reduce", 400, 500, linked=7),
+        _dev("routing", 510, 512, linked=9),
+        dict(_dev("sm90_fp8_gemm_masked", 515, 600, linked=0), correlation_id=1002),
+    ]
+    kernel_ms, _ = attribute_device_time(records, 2)
+    assert kernel_ms == [87 / 1e6, 87 / 1e6]  # not 2 ns each: the GEMMs are counted
+    no_flushes = [r for r in records if r["name"] not in (FLUSH_RANGE, "aten::sum", "reduce")]
+    with pytest.raises(TimingError, match="could not be attributed"):
+        attribute_device_time(no_flushes, 2)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fib.cli import app
+from fib.cli.app import app
 from fib.dataset import load_dataset
 from fib.harness.runner import Runner, RunPlan
 from fib.schema import Status
@@ -39,9 +39,9 @@ def _cache(tmp_path, monkeypatch):
 
 def test_patched_checker_and_poisoned_state_change_no_other_verdict(tmp_path):
     root = make_dataset(tmp_path / "ds", solutions=["good"])
-    # Zeros plus a patched fib.check: judged in another process, so still wrong.
-    write_solution(root, "scale_add", "a_patcher", "import fib.check, fib.schema\n"
-                   "fib.check.check_outputs = lambda *a, **k: fib.check.CheckResult(fib.schema.Status.PASSED, None)\n"
+    # Zeros plus a patched fib.harness.check: judged in another process, so still wrong.
+    write_solution(root, "scale_add", "a_patcher", "import fib.harness.check, fib.schema\n"
+                   "fib.harness.check.check_outputs = lambda *a, **k: fib.harness.check.CheckResult(fib.schema.Status.PASSED, None)\n"
                    "import fib.harness.worker as w\n"
                    "def run(x, alpha, y):\n    y.zero_()\n")
     # Changes global torch state and monkeypatches torch for whoever comes next in its process.

@@ -27,7 +27,7 @@ def make_trace(definition: Definition, workload: Workload, solution: Solution, s
     evaluation = Evaluation(status=status, environment=environment, timestamp=now_iso(), log=log,
                             correctness=correctness, performance=performance, reason=reason,
                             device=device, seed=seed, **extra)
-    return Trace(definition=definition.name, workload=workload, solution=solution.name, evaluation=evaluation)
+    return Trace(definition=definition.name, workload=workload, solution=solution.label, evaluation=evaluation)
 
 
 def classify_exception(exc: BaseException) -> tuple[Status, str, bool]:

@@ -43,7 +43,7 @@ def validate_reference(definition, axes: dict, outputs) -> str | None:
 class Judge:
     def __init__(self, channel: Channel, args: dict):
         import torch
-        from ..inputs import ReferenceCache
+        from .inputs import ReferenceCache
         self.channel = channel
         self.device = args["device"]
         if self.device.startswith("cuda"):
@@ -57,7 +57,7 @@ class Judge:
         import torch
         from safetensors.torch import load_file
         from ..errors import FibError
-        from ..inputs import compute_reference, inputs_digest, make_inputs, reference_file, store_reference
+        from .inputs import compute_reference, inputs_digest, make_inputs, reference_file, store_reference
         from ..schema import Definition, Tolerance, Workload
         definition = Definition.model_validate(msg["definition"])
         workload = Workload.model_validate(msg["workload"])
@@ -87,7 +87,7 @@ class Judge:
         self._remember(key, refs)
         vacuous = []
         if msg.get("tolerance") is not None:
-            from .. import check
+            from . import check
             tol = Tolerance.model_validate(msg["tolerance"])
             if hasattr(check, "vacuous_outputs"):
                 vacuous = check.vacuous_outputs(definition, axes, refs, tol)
@@ -113,7 +113,7 @@ class Judge:
 
     def judge(self, msg: dict) -> dict:
         from safetensors.torch import load_file
-        from ..check import check_outputs
+        from .check import check_outputs
         from ..schema import Definition, Tolerance, Workload
         key = msg["ref_key"]
         base = {"id": msg["id"], "which": msg["which"]}

@@ -103,7 +103,7 @@ class FibNode:
         os.environ["FIB_CACHE_DIR"] = str(self.base / "cache")  # references and build records of this node
         import torch
         self.device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
-        from ..inputs import device_kind_of
+        from .inputs import device_kind_of
         self.device_kind = device_kind_of(self.device)
         self.evaluator = evaluator
         self.events: queue.Queue = queue.Queue()
@@ -248,7 +248,7 @@ class FibNode:
     def _install_references(self, data, d: str, references: list[dict]) -> None:
         """Put the references other nodes of this device kind computed into this node's cache,
         under the key this node computes for them (its own paths), so its judge finds them."""
-        from ..inputs import ReferenceCache, reference_key
+        from .inputs import ReferenceCache, reference_key
         cache = ReferenceCache()
         definition, root = data.definitions[d], data.root_for(d)
         by_uuid = {w.uuid: w for w in data.workloads[d]}
@@ -290,7 +290,7 @@ class FibNode:
 
     # ---- build hooks, once per node ---------------------------------------------------------
     def _build(self, solution, config) -> dict:
-        from ..build import build_solution, find_build, has_build_hook
+        from .build import build_solution, find_build, has_build_hook
         if not has_build_hook(solution):
             return {}
         with node_lock(self.base / "locks" / f"build-{solution.name}"):

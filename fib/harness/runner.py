@@ -25,7 +25,7 @@ from typing import Callable
 
 from ..dataset import Dataset
 from ..env import collect_environment, git_info
-from ..inputs import workload_seed
+from .inputs import workload_seed
 from ..rundir import append_trace
 from ..schema import Correctness, Performance, Status, TimingStats, Trace
 from ..schema.config import RunConfig
@@ -127,12 +127,15 @@ class Runner:
         self.judge_queue: deque = deque()             # requests not yet sent
         self.judge_outstanding = 0
         self.verdict_waiters: dict[int, Slot] = {}
+        self._device_infos: dict[str, dict] = {}
+        self._static_reasons: dict[tuple, str | None] = {}
         self._ids = 0
 
     # ---- small helpers ----------------------------------------------------------------------
     def _log(self, name: str) -> CappedLog:
         if name not in self.logs:
-            self.logs[name] = CappedLog(self.run_dir / "logs" / f"{name}.log", self.config.log_cap_bytes)
+            file_name = name.replace("/", "--")  # 'author/name' of a namespaced solution
+            self.logs[name] = CappedLog(self.run_dir / "logs" / f"{file_name}.log", self.config.log_cap_bytes)
         return self.logs[name]
 
     def _objects(self, pair: Pair):
@@ -372,6 +375,10 @@ class Runner:
             known = self.refs.get(pair.ref_key())
             if known and not known.get("ok"):
                 continue  # the reference failed: the definition's problem, reported once
+            reason = self._unsupported_here(d, s, workload, slot.device)
+            if reason:  # what the JSON says rules it out: no worker (imports, CUDA context) is started for it
+                self._emit_pair(pair, Status.UNSUPPORTED, reason, device=slot.device)
+                continue
             self._request_reference(d, w, pair.seed)
             if self.config.fresh_check:
                 self._request_reference(d, w, pair.fresh_seed, main=False)  # no vacuity check: one per workload
@@ -393,20 +400,35 @@ class Runner:
             self._set_phase(slot, "queued")
             return
 
+    def _unsupported_here(self, d: str, s: str, workload, device: str) -> str | None:
+        """The solution's declared needs (target hardware, packages, shape constraints) against this
+        device, decided in the parent; the worker asks the module's own hook after import."""
+        from .. import solutions as sol_mod
+        if device not in self._device_infos:
+            self._device_infos[device] = sol_mod.device_info(device)
+        key = (d, s, tuple(sorted(workload.axes.items())), device)
+        if key not in self._static_reasons:
+            definition = self.data.definitions[d]
+            self._static_reasons[key] = sol_mod.unsupported_reason(
+                self.data.solutions[d][s], definition, definition.resolve_axes(workload.axes),
+                self._device_infos[device], any_hardware=self.config.any_hardware)
+        return self._static_reasons[key]
+
     def _look_ahead(self, queue: deque, depth: int = 2) -> None:
         """Ask for the references of the next workloads now, so the judge works while workers do."""
         asked = 0
         for d, s, w in list(queue)[:8]:
             if asked >= depth:
                 return
-            if self._skip_reason(d, s) is None:
+            if self._skip_reason(d, s) is None and not self._unsupported_here(d, s, self._workload(d, w),
+                                                                              self.plan.devices[0]):
                 asked += self._request_reference(d, w, workload_seed(self.config.seed, self._workload(d, w)))
 
     def _prestart(self, slot: Slot, queue: deque, out_dir: Path) -> None:
         """Start the worker of the next solution in the queue now: its Python and torch imports then
         overlap this solution's work (it touches no device until its first job)."""
-        upcoming = next(((d, s) for d, s, _ in queue if (d, s) != slot.key and self._skip_reason(d, s) is None),
-                        None)
+        upcoming = next(((d, s) for d, s, w in queue if (d, s) != slot.key and self._skip_reason(d, s) is None
+                         and not self._unsupported_here(d, s, self._workload(d, w), slot.device)), None)
         if upcoming is None or upcoming == slot.spare_key:
             return
         if slot.spare is not None:
@@ -421,8 +443,10 @@ class Runner:
         args = {"device": device, "config": self.config.model_dump(mode="json"),
                 "solution": dumped, "out_dir": str(out_dir),
                 "solution_root": str(solution.root) if solution.root else None,
-                "solution_file": str(solution.file) if solution.file else None, "cache_dir": self.plan.cache_dir}
-        return Child.start("worker", args, self._log(s), self.config.prepare_timeout_s)
+                "solution_file": str(solution.file) if solution.file else None,
+                "solution_namespaced": solution.namespaced, "cache_dir": self.plan.cache_dir}
+        return Child.start("worker", args, self._log(s), self.config.prepare_timeout_s,
+                           env=solution.spec.worker_environment(dict(os.environ)))
 
     def _budget(self, slot: Slot, phase: str) -> float:
         pair = slot.pair

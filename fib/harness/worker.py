@@ -29,7 +29,7 @@ class Stop(Exception):
 class SolutionWorker:
     def __init__(self, channel: Channel, args: dict):
         import torch  # noqa: F401  (imported while the worker may still be a spare)
-        from .. import timing  # noqa: F401  (scipy's import takes seconds: keep it out of the first timeout)
+        from ..timing import measure as _timing  # noqa: F401  (scipy's import takes seconds: keep it out of the first timeout)
         from ..schema import Solution
         from ..schema.config import RunConfig
         from .torch_state import TorchState
@@ -41,6 +41,7 @@ class SolutionWorker:
         if args.get("solution_root"):
             solution.attach_root(Path(args["solution_root"]))
         solution.file = Path(args["solution_file"]) if args.get("solution_file") else None
+        solution.namespaced = bool(args.get("solution_namespaced"))
         self.solution = solution
         self.state = TorchState.capture()
         self.module = None
@@ -68,8 +69,9 @@ class SolutionWorker:
         if self.function is None and self.build_error is None:
             self.phase("build")
             try:
-                self.function = sol_mod.load_entry(self.solution)
-                self.module = sys.modules[self.function.__module__]
+                self.function = sol_mod.load_entry(self.solution, device=self.device)
+                # a compiled solution has no Python module, hence no fib_build/fib_supported hooks
+                self.module = None if self.solution.spec.language.native else sys.modules[self.function.__module__]
                 hook = getattr(self.module, "fib_build", None)
                 if hook is not None:
                     hook()
@@ -105,8 +107,8 @@ class SolutionWorker:
     def checked_call(self, call, inputs: dict, snapshot: dict, which: str) -> dict | None:
         """Call once, make sure the inputs still equal `snapshot` (their copy from before), hand the
         outputs over; the verdict's `go` comes back. Returns a failure dict, or None on go."""
-        from ..check import modified_inputs
-        from ..inputs import inputs_digest
+        from .check import modified_inputs
+        from .inputs import inputs_digest
         from .evaluate import sync
         outputs = call(inputs)
         sync(self.device)
@@ -124,8 +126,8 @@ class SolutionWorker:
     def run_job(self, job: dict) -> dict:
         import torch
         from .. import solutions as sol_mod
-        from ..check import modified_inputs
-        from ..inputs import clone_inputs, make_inputs
+        from .check import modified_inputs
+        from .inputs import clone_inputs, make_inputs
         from ..schema import Definition, Workload
         from .call import SolutionCall
         from .evaluate import PhaseClock, sync
@@ -138,7 +140,8 @@ class SolutionWorker:
         axes = definition.resolve_axes(workload.axes)
         self.state.restore(job["seed"])
         info = sol_mod.device_info(self.device)
-        reason = sol_mod.unsupported_reason(self.solution, definition, axes, info)
+        reason = sol_mod.unsupported_reason(self.solution, definition, axes, info,
+                                            any_hardware=self.config.any_hardware)
         if reason:
             return {"status": "UNSUPPORTED", "reason": reason}
         clock = PhaseClock(self.device)
@@ -187,9 +190,9 @@ class SolutionWorker:
         return {"status": "MEASURED", "timing": timing.model_dump(mode="json"), "phases_s": clock.seconds}
 
     def time(self, call, inputs: dict):
-        from ..inputs import clone_inputs, input_bytes
+        from .inputs import clone_inputs, input_bytes
         from ..stages import call_range_name, stage
-        from ..timing import measure
+        from ..timing.measure import measure
         from .evaluate import device_memory_bytes, input_copies_for
         s = self.config
         copies = s.input_copies or input_copies_for(input_bytes(inputs), device_memory_bytes(self.device))
@@ -197,14 +200,15 @@ class SolutionWorker:
         bound = [call.bound(x) for x in sets]
         # Each timed call is an NVTX range of its own, so a whole-run capture (`nsys profile fib run`)
         # can tell solutions and workloads apart.
-        range_name = call_range_name(self.solution.name, self.workload_uuid)
+        range_name = call_range_name(self.solution.label, self.workload_uuid)
 
         def timed(i: int) -> None:
             with stage(range_name):
                 bound[i % len(bound)]()
 
         stats = measure(timed, n_copies=len(bound), device=self.device, timer=s.timer, warmup_runs=s.warmup_runs,
-                        iterations=s.iterations, num_trials=s.num_trials, flush_l2=s.flush_l2)
+                        iterations=s.iterations, num_trials=s.num_trials, flush_l2=s.flush_l2,
+                        cpu_budget_s=s.cpu_timing_budget_s)
         return stats, sets
 
     def serve(self) -> None:
@@ -216,7 +220,7 @@ class SolutionWorker:
                 return
             assert message["kind"] == "job", message
             self.workload_uuid = message["workload"]["uuid"]
-            print(f"== {self.solution.name} on {self.workload_uuid} ({self.device})", flush=True)
+            print(f"== {self.solution.label} on {self.workload_uuid} ({self.device})", flush=True)
             fatal = False
             try:
                 result = self.run_job(message)

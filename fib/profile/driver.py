@@ -1,9 +1,10 @@
 """`fib profile`: run the timed calls in a child process under a profiler and attribute kernels.
 
 The parent writes a spec, starts `python -m fib.profile.target <spec>` (under `nsys profile ...
---capture-range=cudaProfilerApi` for nsys, directly for torch.profiler), then reads the capture
-back (nsys: `nsys export --type sqlite`; torch: the chrome trace) and writes the run directory's
-`profile/` tables (see tables.py) and `profile/meta.json`.
+--capture-range=cudaProfilerApi` for nsys, under `ncu --clock-control none --profile-from-start off
+...` for ncu (see ncu.py), directly for torch.profiler), then reads the capture back (nsys: `nsys
+export --type sqlite`; ncu: its raw-page CSV; torch: the chrome trace) and writes the run
+directory's `profile/` tables (see tables.py; ncu also ncu_table.py's ncu.md) and `profile/meta.json`.
 """
 from __future__ import annotations
 
@@ -18,16 +19,22 @@ import sys
 from pathlib import Path
 
 from ..errors import FibError
+from . import ncu as ncu_mod
 from . import nsys as nsys_mod
-from .attribution import StageRules
-from .nsys_sqlite import load_sqlite
-from .tables import write_tables
-from .torch_trace import load_torch_trace
+from ..analysis.attribution import StageRules
+from ..analysis.nsys_sqlite import load_sqlite
+from ..analysis.tables import write_tables
+from ..analysis.torch_trace import load_torch_trace
+
+
+BACKENDS = ("auto", "nsys", "torch", "ncu")
+DEFAULT_ITERATIONS = {"nsys": 20, "torch": 20, "ncu": 1}  # ncu replays every kernel: one call is enough
 
 
 def resolve_backend(backend: str) -> str:
-    if backend not in ("auto", "nsys", "torch"):
-        raise FibError(f"unknown backend {backend!r}", field="--backend", fix="use auto, nsys or torch")
+    """auto: nsys when found, else torch.profiler (ncu is never chosen for you: it replays kernels)."""
+    if backend not in BACKENDS:
+        raise FibError(f"unknown backend {backend!r}", field="--backend", fix="use auto, nsys, torch or ncu")
     if backend == "auto":
         return "nsys" if nsys_mod.find_nsys() else "torch"
     return backend
@@ -75,11 +82,38 @@ def _read_result(path: Path, cmd: list[str], proc: subprocess.CompletedProcess) 
     raise nsys_mod.failure("profiling", cmd, proc.returncode, proc.stderr, proc.stdout)
 
 
-def profile(*, definitions, solutions, workloads=None, backend="auto", iterations=20, warmup=3,
+def _calls_from_result(result: dict):
+    import pandas as pd
+    return pd.DataFrame([(p["solution"], p["workload"], p["calls"]) for p in result["pairs"]],
+                        columns=["solution", "workload", "calls"])
+
+
+def _ncu_table_from_stdout(log_path: Path, stdout: str, meta: dict) -> None:
+    """ncu writes its tables to --log-file; should a version print them to stdout instead, the
+    table is taken from there (the reader skips the program's own lines before the header)."""
+    header = '"Kernel Name"'
+    if header in log_path.read_text(errors="replace") or header not in (stdout or ""):
+        return
+    log_path.rename(log_path.with_name("ncu_log.txt"))
+    log_path.write_text(stdout)
+    meta.setdefault("ncu_metric_notes", []).append("ncu printed its table to stdout, not to --log-file: read from there")
+
+
+def profile(*, definitions, solutions, workloads=None, backend="auto", iterations: int | None = None, warmup=3,
             output: Path | None = None, roots=None, seed=0, device="cuda:0", demo=False,
-            timeout: float | None = 3600) -> Path:
-    """Profile and attribute; returns the run directory."""
+            timeout: float | None = 3600, floor: Path | None = None, ncu_kernels: str | None = None,
+            ncu_launch_count: int | None = None) -> Path:
+    """Profile and attribute; returns the run directory. `iterations` None: the backend's default
+    (DEFAULT_ITERATIONS). ncu only: `floor` (roofline.csv) joins the floor into ncu.md,
+    `ncu_kernels` (a regex) and `ncu_launch_count` limit which kernels are profiled."""
     backend = resolve_backend(backend)
+    iterations = DEFAULT_ITERATIONS[backend] if iterations is None else int(iterations)
+    floor_table = None
+    if floor is not None:
+        if backend != "ncu":
+            raise FibError("--floor is joined to the ncu table only", field="--floor", fix="add --backend ncu")
+        from ..analysis.ncu_table import load_floor
+        floor_table = load_floor(floor)  # read first: a bad floor file fails before minutes of profiling
     run_dir = Path(output) if output else default_run_dir()
     profile_dir = run_dir / "profile"
     profile_dir.mkdir(parents=True, exist_ok=True)
@@ -98,13 +132,47 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
         nsys_version = nsys_mod.version(nsys)
         out = profile_dir / "capture"
         cmd = nsys_mod.profile_command(nsys, out, target)
+    elif backend == "ncu":
+        ncu = ncu_mod.require_ncu()
+        available, why = ncu_mod.query_metrics(ncu)
+        metrics, metric_notes = ncu_mod.select_metrics(available)
+        if why:
+            metric_notes.insert(0, why)
+        ncu_csv_path = profile_dir / "ncu_raw.csv"
+        ncu_csv_path.unlink(missing_ok=True)
+        cmd = ncu_mod.profile_command(ncu, metrics, ncu_csv_path, target, kernel_regex=ncu_kernels,
+                                      launch_count=ncu_launch_count)
+        meta.update(ncu=ncu, ncu_version=ncu_mod.version(ncu), clock_control=ncu_mod.CLOCK_CONTROL,
+                    ncu_metrics=metrics, ncu_metric_notes=metric_notes, ncu_csv=str(ncu_csv_path),
+                    ncu_kernels=ncu_kernels, ncu_launch_count=ncu_launch_count)
     else:
         cmd = target
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env())
     (profile_dir / "child.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if backend == "ncu" and (proc.returncode != 0 or not ncu_csv_path.exists()):
+        log_text = ncu_csv_path.read_text(errors="replace") if ncu_csv_path.exists() else ""
+        result_path = Path(spec["result"])
+        if result_path.exists() and "error" in json.loads(result_path.read_text()):
+            _read_result(result_path, cmd, proc)  # the child's own failure names what failed
+        raise ncu_mod.failure("ncu profiling", cmd, proc.returncode, proc.stderr, proc.stdout, log_text)
+    if backend == "ncu":
+        _ncu_table_from_stdout(ncu_csv_path, proc.stdout, meta)
     result = _read_result(Path(spec["result"]), cmd, proc)
     rules = StageRules.from_stages([s for stages in result.get("stages", {}).values() for s in stages])
-    if backend == "nsys":
+    if backend == "ncu":
+        from ..analysis.ncu_csv import facts_notes, load_ncu_csv
+        from ..analysis.ncu_table import write_report
+        instances, facts = load_ncu_csv(ncu_csv_path, rules)
+        calls = _calls_from_result(result)
+        order = [s["name"] for stages in result.get("stages", {}).values() for s in stages]
+        sm_count = (result.get("device") or {}).get("sm_count")
+        axes = {p["workload"]: p["axes"] for p in result["pairs"]}
+        notes = list(meta["ncu_metric_notes"]) + facts_notes(facts)
+        ncu_paths = write_report(profile_dir, instances, calls, axes, floor=floor_table, stage_order=order,
+                                 sm_count=sm_count, notes=notes)
+        meta.update(ncu_facts=facts, floor=str(floor) if floor else None,
+                    ncu_report={k: str(v) for k, v in ncu_paths.items()})
+    elif backend == "nsys":
         report = nsys_mod.find_report(out)
         sqlite = nsys_mod.export_sqlite(nsys, report)
         instances, calls = load_sqlite(sqlite, rules)

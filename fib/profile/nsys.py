@@ -54,12 +54,15 @@ def require_nsys() -> str:
     return nsys
 
 
-def failure(what: str, cmd: list[str], returncode: int, stderr: str, stdout: str = "") -> NsysError:
+def failure(what: str, cmd: list[str], returncode: int, stderr: str, stdout: str = "", *,
+            hints: dict[str, str] | None = None, error: type[FibError] = NsysError) -> FibError:
+    """The error of a failed profiler step; `hints` maps text seen in its output to a likely cause."""
     tail = "\n".join((stderr or stdout or "").strip().splitlines()[-15:])
-    hints = sorted({hint for key, hint in _HINTS.items() if key in (stderr or "") + (stdout or "")})
+    found = sorted({hint for key, hint in (_HINTS if hints is None else hints).items()
+                    if key in (stderr or "") + (stdout or "")})
     text = f"{what} failed (exit code {returncode})\n  command: {' '.join(cmd)}\n  stderr tail:\n    " + \
         tail.replace("\n", "\n    ")
-    return NsysError(text, fix="; ".join(hints) or None)
+    return error(text, fix="; ".join(found) or None)
 
 
 def run_checked(what: str, cmd: list[str], *, timeout: float | None = None, env=None) -> subprocess.CompletedProcess:

@@ -2,13 +2,13 @@
 
 Runs only the timed calls of each (solution, workload) pair, eagerly: no reference, no checks.
 Warm-up calls run before the capture; then `cudaProfilerStart()` (nsys is started with
-`--capture-range=cudaProfilerApi`) or a torch.profiler session, `iterations` calls per pair each
+`--capture-range=cudaProfilerApi`, ncu with `--profile-from-start off`) or a torch.profiler session, `iterations` calls per pair each
 inside the range `fib.call/<solution>/<workload uuid>` (NVTX domain "fib", and a
 `record_function` under torch.profiler), then the capture stops. Solutions mark their stages
 with `fib.stage`. The child writes `spec["result"]`: the pairs it ran (with their axes and call
 counts), the pairs it skipped and why, and the definitions' stages.
 
-Spec keys: backend ("nsys" | "torch"), roots, definitions, solutions, workloads (uuids or null),
+Spec keys: backend ("nsys" | "ncu" | "torch"), roots, definitions, solutions, workloads (uuids or null),
 iterations, warmup, seed, device, trace (torch: chrome trace path), result; or demo: true to run
 fib.profile.demo's synthetic pipelines instead of a dataset.
 """
@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from ..stages import stage
-from .attribution import call_range_name
+from ..analysis.attribution import call_range_name
 from .job import Job
 
 
@@ -76,7 +76,7 @@ def run_jobs(jobs: list[Job], *, iterations: int, warmup: int, backend: str, dev
 def dataset_jobs(spec: dict) -> tuple[list[Job], list[dict], dict[str, list]]:
     """Jobs for the spec's definitions × solutions × workloads, through fib's core APIs."""
     from .. import dataset as fib_dataset
-    from .. import inputs as fib_inputs
+    from ..harness import inputs as fib_inputs
     from .. import solutions as fib_solutions
 
     ds = fib_dataset.load_dataset([Path(r) for r in spec["roots"]])

@@ -22,8 +22,8 @@ import pandas as pd
 
 from ..errors import FibError
 from . import nsys as nsys_mod
-from .attribution import DOMAIN, RANGE_SEPARATOR
-from .nsys_sqlite import load_sqlite
+from ..analysis.attribution import DOMAIN, RANGE_SEPARATOR
+from ..analysis.nsys_sqlite import load_sqlite
 
 
 def inclusive_totals(instances: pd.DataFrame) -> pd.DataFrame:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..profile.attribution import OTHER
+from ..analysis.attribution import OTHER
 
 
 def stage_order(kernels: pd.DataFrame, preferred: list[str] | None = None) -> list[str]:

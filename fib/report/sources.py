@@ -17,10 +17,10 @@ import pandas as pd
 
 from ..errors import FibError
 from ..profile import nsys as nsys_mod
-from ..profile.attribution import StageRules
-from ..profile.nsys_sqlite import load_sqlite
-from ..profile.tables import infer_calls, kernel_table, leftout_table
-from ..profile.torch_trace import load_torch_trace
+from ..analysis.attribution import StageRules
+from ..analysis.nsys_sqlite import load_sqlite
+from ..analysis.tables import infer_calls, kernel_table, leftout_table
+from ..analysis.torch_trace import load_torch_trace
 
 
 @dataclass

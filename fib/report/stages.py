@@ -203,7 +203,7 @@ def _token_axis(kernels: pd.DataFrame) -> str | None:
             names = list(json.loads(axes))
         except (TypeError, ValueError):
             continue
-        from ..profile.tables import token_axis
+        from ..analysis.tables import token_axis
         name = token_axis({"_": {n: 0 for n in names}})
         if name:
             return name

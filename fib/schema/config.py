@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .definition import Definition, Tolerance
 
 CONFIG_FORMAT = 2
-TIMER_CHOICES = ("auto", "cupti", "cuda_graph", "cuda_event", "wall")  # fib.timing.TIMERS (checked by a test)
+TIMER_CHOICES = ("auto", "cupti", "cuda_graph", "cuda_event", "wall")  # fib.timing.measure.TIMERS (checked by a test)
 DEFAULT_TOLERANCE = Tolerance()
 
 
@@ -62,6 +62,8 @@ class RunConfig(BaseModel):
     required_matched_ratio: Optional[float] = Field(default=None, gt=0, le=1)
     also_check: list[AlsoCheck] = Field(default_factory=list)
     fresh_check: bool = True
+    # run solutions whose target_hardware names another GPU or SM on this GPU anyway (--any-hardware)
+    any_hardware: bool = False
     # timing
     warmup_runs: int = Field(default=10, ge=0)
     iterations: int = Field(default=50, ge=1)
@@ -69,6 +71,10 @@ class RunConfig(BaseModel):
     timer: Literal["auto", "cupti", "cuda_graph", "cuda_event", "wall"] = "auto"
     seed: int = 0
     input_copies: int = Field(default=0, ge=0)          # 0: chosen from the input size
+    # On a CPU device the timed calls of one workload stop after this many seconds (at least one
+    # sample per trial): a slow CPU reference implementation cannot take minutes. The trace records
+    # how many samples were taken and why (timing.timer_note). None: no budget. GPUs are never cut.
+    cpu_timing_budget_s: Optional[float] = Field(default=3.0, gt=0)
     flush_l2: bool = True
     # budgets (seconds)
     timeout_s: float = Field(default=300.0, gt=0)      # a workload's calls: first call, check, timing, fresh check

@@ -89,7 +89,7 @@ class TensorSpec(_Model):
 
 
 class Tolerance(_Model):
-    """fib's one tolerance type (definitions, the harness, fib.check, the CLI's overrides).
+    """fib's one tolerance type (definitions, the harness, fib.harness.check, the CLI's overrides).
 
     An element fails when abs error > `atol` AND relative error > `rtol`; an output fails when
     less than `required_matched_ratio` of its elements pass. `max_relative_l2` (if set) bounds

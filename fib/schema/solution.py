@@ -1,8 +1,9 @@
 """Solution: one implementation of a definition, FlashInfer-Trace compatible.
 
 FlashInfer-Trace fields: `name`, `definition`, `author`, `spec` {`language`, `target_hardware`,
-`entry_point` "file.py::function", `dependencies`, `destination_passing_style`}, `sources`
-[{`path`, `content`}], `description`.
+`entry_point` "file.py::function" (Python-like languages) or "file.cu::function" / "file.cpp::function"
+(compiled ones, see `fib.native`), `dependencies`, `destination_passing_style`, `binding`
+("torch" | "tvm-ffi"), `compile_options`}, `sources` [{`path`, `content`}], `description`.
 
 In fib's own layout (`solutions/<definition>/<solution>/solution.json`) the sources live on disk
 beside solution.json; `sources` may then list paths only, or be left out (every file in the folder
@@ -11,6 +12,10 @@ is a source). fib additions to `spec`, all optional:
 - `shape_constraints`: Python expressions over the axes that must hold (else UNSUPPORTED).
 - `build_timeout_s`: the budget for import and the `fib_build` hook (default 300 s), kept apart from the run
   timeout; the very first call (JIT) has `--jit-timeout`.
+- `worker_env`: environment variables set when this solution's worker process (and its `fib build`
+  process) starts, for what must be in place before the first import (e.g. `LD_PRELOAD`). Values may
+  name the parent's variables as `${NAME}`; an entry whose variables are all unset or empty is left
+  out (see `BuildSpec.worker_environment`).
 
 `target_hardware` entries understood by fib: "cpu"; "cuda" or "gpu" (any CUDA GPU); "smNN" (that
 compute capability, e.g. sm90), "smNN+" (that or newer); any other word is matched against the GPU
@@ -23,6 +28,7 @@ Names and paths are checked so that none leaves fib's folders (see `fib.schema.n
 from __future__ import annotations
 
 import ast
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -42,10 +48,71 @@ class SourcePathError(ValueError):
 
 
 class Language(str, Enum):
+    """Every language flashinfer-bench's schema lists (its current `language` values, and the names
+    of its multi-language variant), in two families: Python-like ones are imported as a module,
+    C++-like ones are compiled into an extension (see `fib.native`)."""
+    # Python family
     python = "python"
+    pytorch = "pytorch"
     triton = "triton"
+    tilelang = "tilelang"
+    cutedsl = "cutedsl"
+    cute_dsl = "cute_dsl"
+    cutile = "cutile"
+    cudnn_frontend = "cudnn_frontend"
+    # C++ family
     cuda = "cuda"
     cpp = "cpp"
+    cuda_cpp = "cuda_cpp"
+    cutlass = "cutlass"
+    cudnn = "cudnn"
+    cublas = "cublas"
+
+    @property
+    def native(self) -> bool:
+        """Compiled C++/CUDA (True) or imported Python (False)."""
+        return self in NATIVE_LANGUAGES
+
+    @property
+    def with_cuda(self) -> bool:
+        """Compiled with nvcc (CUDA sources, CUDA libraries)."""
+        return self.native and self is not Language.cpp
+
+
+NATIVE_LANGUAGES = frozenset({Language.cuda, Language.cpp, Language.cuda_cpp, Language.cutlass, Language.cudnn,
+                              Language.cublas})
+# The package (distribution name, import name) each Python-like DSL needs; absent -> UNSUPPORTED.
+LANGUAGE_PACKAGES: dict[Language, tuple[str, str]] = {
+    Language.triton: ("triton", "triton"),
+    Language.tilelang: ("tilelang", "tilelang"),
+    Language.cutedsl: ("nvidia-cutlass-dsl", "cutlass.cute"),
+    Language.cute_dsl: ("nvidia-cutlass-dsl", "cutlass.cute"),
+    Language.cutile: ("cuda-tile", "cuda.tile"),
+    Language.cudnn_frontend: ("nvidia-cudnn-frontend", "cudnn"),
+}
+PYTHON_SUFFIXES = (".py",)
+NATIVE_SUFFIXES = (".cu", ".cpp", ".cc", ".cxx", ".c")
+HEADER_SUFFIXES = (".h", ".hpp", ".cuh", ".hh", ".inl")
+
+
+class Binding(str, Enum):
+    """How a compiled solution's entry function is exposed to Python (flashinfer-bench's
+    `spec.binding`): a PyTorch extension module whose source binds it with PYBIND11_MODULE or
+    TORCH_LIBRARY, or a tvm-ffi module whose source exports it with TVM_FFI_DLL_EXPORT_TYPED_FUNC."""
+    torch = "torch"
+    tvm_ffi = "tvm-ffi"
+
+
+class CompileOptions(BaseModel):
+    """Extra compiler and linker flags for C++/CUDA solutions (flashinfer-bench's field names)."""
+    model_config = ConfigDict(extra="forbid")
+    cflags: list[str] = Field(default_factory=list)
+    cuda_cflags: list[str] = Field(default_factory=list)
+    ld_flags: list[str] = Field(default_factory=list)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class SourceFile(BaseModel):
@@ -67,18 +134,60 @@ class BuildSpec(BaseModel):
     dependencies: list[str] = Field(default_factory=list)
     destination_passing_style: bool = True
     build_commands: list[str] = Field(default_factory=list)
+    binding: Optional[Binding] = None  # C++/CUDA only; None: read from the entry source (see fib.native)
+    compile_options: Optional[CompileOptions] = None
     # fib additions
     shape_constraints: list[str] = Field(default_factory=list)
     build_timeout_s: float = Field(default=300, gt=0)
+    worker_env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("worker_env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k in value if not _ENV_NAME.fullmatch(k) or k.startswith("FIB_"))
+        if bad:
+            raise ValueError(f"worker_env names {bad} are not environment variable names a solution may set "
+                             "(letters, digits, '_', not starting with a digit; FIB_* belong to fib)")
+        return value
+
+    def worker_environment(self, environ: dict[str, str]) -> dict[str, str]:
+        """`worker_env` with `${NAME}` replaced from `environ`; an entry whose referenced variables are
+        all unset or empty is dropped (so an unset `${DEEPGEMM_LD_PRELOAD}` sets no LD_PRELOAD)."""
+        resolved = {}
+        for key, template in self.worker_env.items():
+            names = _ENV_REF.findall(template)
+            if names and not any(environ.get(n) for n in names):
+                continue
+            resolved[key] = _ENV_REF.sub(lambda m: environ.get(m.group(1), ""), template)
+        return resolved
 
     @field_validator("entry_point")
     @classmethod
     def _entry_point_form(cls, value: str) -> str:
         file, sep, func = value.partition("::")
-        if not sep or not file.endswith(".py") or not func.isidentifier():
-            raise ValueError(f"entry_point {value!r} must look like 'file.py::function'")
+        if not sep or not file or "::" in func or not func.isidentifier():
+            raise ValueError(f"entry_point {value!r} must look like 'file.py::function' (Python-like languages) "
+                             "or 'file.cu::function' / 'file.cpp::function' (C++/CUDA)")
         check_relative_path(file, "entry_point file")
         return value
+
+    @model_validator(mode="after")
+    def _entry_file_fits_language(self):
+        file = self.entry_file
+        if self.language.native:
+            if not file.endswith(NATIVE_SUFFIXES):
+                raise ValueError(f"entry_point {self.entry_point!r}: language '{self.language.value}' is compiled, "
+                                 f"so its entry file must be a C++/CUDA source ({', '.join(NATIVE_SUFFIXES)}), "
+                                 f"e.g. 'kernel.cu::{self.entry_function}'")
+        else:
+            if not file.endswith(PYTHON_SUFFIXES):
+                raise ValueError(f"entry_point {self.entry_point!r}: language '{self.language.value}' is imported "
+                                 f"as Python, so its entry file must be a .py file (C++/CUDA sources need "
+                                 "language 'cuda' or 'cpp')")
+            if self.binding is not None or self.compile_options is not None:
+                raise ValueError(f"binding/compile_options are for C++/CUDA solutions, not language "
+                                 f"'{self.language.value}'")
+        return self
 
     @property
     def entry_file(self) -> str:
@@ -102,6 +211,20 @@ class Solution(BaseModel):
     _root: Optional[Path] = PrivateAttr(default=None)
     # The JSON file it was loaded from, for error messages.
     file: Optional[Path] = Field(default=None, exclude=True)
+    # Set by the dataset when another author's solution has the same name for the same definition:
+    # both are then known as 'author/name' (see `label`).
+    namespaced: bool = Field(default=False, exclude=True)
+
+    @property
+    def label(self) -> str:
+        """The name fib files results under and selects by: `name`, or `author/name` when two
+        authors' solutions of one definition share the name."""
+        return f"{self.author}/{self.name}" if self.namespaced else self.name
+
+    @property
+    def safe_label(self) -> str:
+        """`label` as one file-name component ('author/name' -> 'author--name')."""
+        return self.label.replace("/", "--")
 
     @field_validator("name")
     @classmethod

@@ -185,9 +185,11 @@ def _gemm1_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, out_ptr, sorted_ids_pt
 
 
 @triton.jit
-def _swiglu_quant_kernel(g1_ptr, c_ptr, c_scale_ptr, n_post_ptr, n_rows, I, QB: tl.constexpr,
-                         INTERPRET: tl.constexpr):
-    """c = silu(gate) * up over one 1 x QB group of one row, re-quantized to fp8 with amax / 448."""
+def _swiglu_quant_kernel(g1_ptr, c_ptr, c_scale_ptr, n_post_ptr, n_rows, I, seg_rows,
+                         QB: tl.constexpr, INTERPRET: tl.constexpr):
+    """c = silu(gate) * up over one 1 x QB group of one row, re-quantized to fp8 with amax / 448.
+    The scales are block-major per segment of `seg_rows` rows: [n_rows / seg_rows, I / QB, seg_rows]
+    (seg_rows = n_rows: the plain block-major [I / QB, n_rows])."""
     row = tl.program_id(0)
     grp = tl.program_id(1)
     if row >= tl.load(n_post_ptr):
@@ -199,7 +201,8 @@ def _swiglu_quant_kernel(g1_ptr, c_ptr, c_scale_ptr, n_post_ptr, n_rows, I, QB: 
     c = gate * tl.sigmoid(gate) * up
     scale = tl.maximum(tl.max(tl.abs(c), 0), 1e-12) / 448.0
     tl.store(c_ptr + row.to(tl.int64) * I + cols, _to_fp8(c / scale, INTERPRET))
-    tl.store(c_scale_ptr + grp * n_rows + row, scale)
+    seg = row // seg_rows
+    tl.store(c_scale_ptr + (seg * (I // QB) + grp).to(tl.int64) * seg_rows + row - seg * seg_rows, scale)
 
 
 @triton.jit
@@ -232,9 +235,10 @@ def _gemm2_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, out_ptr, sorted_ids_pt
 
 
 @triton.jit
-def _combine_kernel(y_ptr, ids_ptr, weights_ptr, out_ptr, expert_offset, n_local, H,
-                    TOPK: tl.constexpr, BH: tl.constexpr):
-    """out[t] = sum over the token's local experts of weight * y[t, k], in slot order (bf16)."""
+def _combine_kernel(y_ptr, ids_ptr, weights_ptr, out_ptr, rows_ptr, expert_offset, n_local, H,
+                    TOPK: tl.constexpr, BH: tl.constexpr, ROW_MAP: tl.constexpr):
+    """out[t] = sum over the token's local experts of weight * y[row(t, k)], in slot order (bf16);
+    row(t, k) = t * TOPK + k, or rows[t * TOPK + k] with ROW_MAP (y in expert-sorted order)."""
     t = tl.program_id(0)
     cols = tl.program_id(1) * BH + tl.arange(0, BH)
     acc = tl.zeros([BH], dtype=tl.float32)
@@ -242,7 +246,10 @@ def _combine_kernel(y_ptr, ids_ptr, weights_ptr, out_ptr, expert_offset, n_local
         local = tl.load(ids_ptr + t * TOPK + k) - expert_offset
         if (local >= 0) & (local < n_local):
             w = tl.load(weights_ptr + t * TOPK + k)
-            acc += w * tl.load(y_ptr + (t * TOPK + k).to(tl.int64) * H + cols, mask=cols < H).to(tl.float32)
+            row = t * TOPK + k
+            if ROW_MAP:
+                row = tl.load(rows_ptr + row)
+            acc += w * tl.load(y_ptr + row.to(tl.int64) * H + cols, mask=cols < H).to(tl.float32)
     tl.store(out_ptr + t.to(tl.int64) * H + cols, acc.to(tl.bfloat16), mask=cols < H)
 
 
@@ -288,6 +295,31 @@ def align(ids, expert_offset, n_local, BM):
     return sorted_ids, expert_ids, n_post
 
 
+def swiglu_quant(g1, n_post, I, QB, seg_rows=None):
+    """C = silu(gate) * up of the bf16 rows g1 [n_rows, 2 * I] ([up | gate]), re-quantized to fp8
+    per 1 x QB group; rows from n_post[0] on are skipped. Returns (c [n_rows, I] fp8, scales fp32):
+    scales block-major per segment of seg_rows rows ([n_rows / seg_rows, I / QB, seg_rows] flat;
+    default one segment: [I / QB, n_rows])."""
+    n_rows = g1.shape[0]
+    seg_rows = seg_rows or n_rows
+    assert n_rows % seg_rows == 0, (n_rows, seg_rows)
+    c = torch.empty(n_rows, I, dtype=torch.float8_e4m3fn, device=g1.device)
+    c_scale = torch.empty(I // QB * n_rows, dtype=torch.float32, device=g1.device)
+    _swiglu_quant_kernel[(n_rows, I // QB)](g1, c, c_scale, n_post, n_rows, I, seg_rows, QB=QB,
+                                            INTERPRET=INTERPRET)
+    return c, c_scale
+
+
+def combine(y, ids, weights, output, expert_offset, n_local, rows=None):
+    """output[t] = sum of weight * y[row] over the token's local (t, k) entries, in slot order; row is
+    t * TOPK + k, or rows[t * TOPK + k] when y holds the rows in another (expert-sorted) order."""
+    T, H = output.shape
+    BH = min(1024, triton.next_power_of_2(H))
+    _combine_kernel[(T, triton.cdiv(H, BH))](y, ids, weights, output, ids if rows is None else rows,
+                                             expert_offset, n_local, H, TOPK=TOPK, BH=BH,
+                                             ROW_MAP=rows is not None)
+
+
 def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
         gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, local_expert_offset,
         routed_scaling_factor, output):
@@ -312,10 +344,7 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
             sorted_ids, expert_ids, n_post, T, n_entries, N1, H, n_m,
             TOPK=TOPK, QB=QB, BM=BM, BN=BN1, BK=QB, GROUP_M=8, num_warps=warps, num_stages=stages)
     with fib.stage("activation"):
-        c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn, device=dev)
-        c_scale = torch.empty(I // QB, rows_max, dtype=torch.float32, device=dev)
-        _swiglu_quant_kernel[(rows_max, I // QB)](g1, c, c_scale, n_post, rows_max, I, QB=QB,
-                                                      INTERPRET=INTERPRET)
+        c, c_scale = swiglu_quant(g1, n_post, I, QB)
     with fib.stage("gemm2"):
         y = torch.empty(n_entries, H, dtype=torch.bfloat16, device=dev)
         _gemm2_kernel[(n_m * (H // BN2),)](
@@ -323,6 +352,4 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
             rows_max, n_entries, H, I, n_m,
             QB=QB, BM=BM, BN=BN2, BK=QB, GROUP_M=8, num_warps=warps, num_stages=stages)
     with fib.stage("finalize"):
-        BH = min(1024, triton.next_power_of_2(H))
-        _combine_kernel[(T, triton.cdiv(H, BH))](y, ids, weights, output, local_expert_offset,
-                                                 n_local, H, TOPK=TOPK, BH=BH)
+        combine(y, ids, weights, output, local_expert_offset, n_local)

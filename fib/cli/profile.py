@@ -1,0 +1,47 @@
+"""`fib profile`: the typer command the CLI registers (`app.command("profile")(profile_command)`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import FibError
+
+
+def profile_command(
+    definitions: Annotated[list[str], typer.Option("--definitions", "-d", help="definition names")] = [],  # noqa: B006
+    solutions: Annotated[list[str], typer.Option("--solutions", "-s", help="solution names")] = [],  # noqa: B006
+    workloads: Annotated[Optional[list[str]], typer.Option("--workloads", "-w", help="workload uuids (or 8-char prefixes)")] = None,
+    backend: Annotated[str, typer.Option(help="auto (nsys if found, else torch), nsys, torch or ncu (Nsight Compute: "
+                                               "per-kernel DRAM/SM throughput, occupancy, registers, tensor pipe)")] = "auto",
+    iterations: Annotated[Optional[int], typer.Option(min=1, help="captured calls per (solution, workload); "
+                                                      "default 20, ncu 1")] = None,
+    warmup: Annotated[int, typer.Option(min=0, help="calls before the capture starts")] = 3,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="run directory (default runs/profile-<time>)")] = None,
+    local: Annotated[Optional[list[Path]], typer.Option("--local", help="dataset root(s)")] = None,
+    seed: Annotated[int, typer.Option(help="input seed")] = 0,
+    device: Annotated[str, typer.Option(help="device the inputs live on")] = "cuda:0",
+    demo: Annotated[bool, typer.Option("--demo", help="profile fib's synthetic demo pipelines instead of a dataset")] = False,
+    floor: Annotated[Optional[Path], typer.Option(help="ncu: roofline.csv (benchmarks/moe_roofline.py) to set kernel time against the floor")] = None,
+    ncu_kernels: Annotated[Optional[str], typer.Option(help="ncu: profile only kernels whose name matches this regex")] = None,
+    ncu_launch_count: Annotated[Optional[int], typer.Option(min=1, help="ncu: profile at most this many kernels")] = None,
+) -> None:
+    """Run only the timed calls under a profiler and attribute every kernel to its pipeline stage."""
+    from ..profile.driver import profile
+    if not demo and (not definitions or not solutions):
+        raise typer.BadParameter("give --definitions and --solutions (or --demo)")
+    try:
+        run_dir = profile(definitions=definitions, solutions=solutions, workloads=workloads, backend=backend,
+                          iterations=iterations, warmup=warmup, output=output, roots=local or [Path(".")],
+                          seed=seed, device=device, demo=demo, floor=floor, ncu_kernels=ncu_kernels,
+                          ncu_launch_count=ncu_launch_count)
+    except FibError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    ncu_md = run_dir / "profile" / "ncu.md"
+    if ncu_md.exists():
+        typer.echo(ncu_md.read_text())
+        typer.echo(f"ncu table written to {ncu_md} (ncu_kernels.csv, ncu_workloads.csv, ncu_raw.csv)")
+    typer.echo(f"profile written to {run_dir / 'profile'} (kernels.csv, stages.csv, leftout.csv, meta.json)")
+    typer.echo(f"report: fib report stages {run_dir}")

@@ -1,0 +1,1 @@
+"""Results: run directories read back, the history store, compare, change points, the dashboard."""
