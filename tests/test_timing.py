@@ -305,3 +305,17 @@ def test_attribution_counts_kernels_whose_launch_the_profiler_never_saw():
     no_flushes = [r for r in records if r["name"] not in (FLUSH_RANGE, "aten::sum", "reduce")]
     with pytest.raises(TimingError, match="could not be attributed"):
         attribute_device_time(no_flushes, 2)
+
+
+def test_cpu_time_budget_cuts_iterations_and_says_so():
+    import time as _time
+
+    def slow(_i):
+        _time.sleep(0.01)
+    stats = measure(slow, n_copies=1, device="cpu", warmup_runs=1, iterations=50, num_trials=3,
+                    min_warmup_ms=0, cpu_budget_s=0.3)
+    assert len(stats.samples_ms) < 150 and len(stats.samples_ms) % 3 == 0 and len(stats.samples_ms) >= 3
+    assert "CPU time budget" in stats.timer_note
+    full = measure(lambda _i: None, n_copies=1, device="cpu", warmup_runs=1, iterations=5, num_trials=2,
+                   cpu_budget_s=10)
+    assert len(full.samples_ms) == 10 and "budget" not in full.timer_note

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+
+_IMPORTED = time.time()  # the CLI's modules are loaded: the timeline's "cli_imported"
 from pathlib import Path
 from typing import List, Optional
 
@@ -135,6 +138,10 @@ def run(
                          any_hardware=any_hardware,
                          also_check=split_list(also_check), timeout_s=timeout, build_timeout_s=build_timeout,
                          jit_timeout_s=jit_timeout, max_failures=max_failures)
+    marks = {"cli_imported": _IMPORTED}
+    started = _process_start_time()
+    if started is not None:
+        marks["process_start"] = started
     try:
         executor = executor_for(cluster, split_list(gpus))
     except FibError as err:
@@ -144,7 +151,9 @@ def run(
         _fail("--devices names this host's devices; with --cluster the cluster's GPUs are used (select kinds "
               "with --gpus)")
     devs = [] if on_cluster else _check_devices(_normalise_devices(split_list(devices)) or _default_devices())
+    marks["devices_found"] = time.time()
     data = _load(local)
+    marks["dataset_loaded"] = time.time()
     if data.problems:
         _print_problems(data, limit=20)
         console.print("[yellow]the files above are skipped; the rest of the dataset runs[/yellow]")
@@ -158,7 +167,7 @@ def run(
             config.also_tolerances(data.definitions[d])
         except ValueError as exc:
             _fail(f"--also-check: {exc}")
-    plan = RunPlan(config=config, definitions=def_names, solutions=sols, workloads=works, devices=devs)
+    plan = RunPlan(config=config, definitions=def_names, solutions=sols, workloads=works, devices=devs, marks=marks)
     from ..env import collect_environment
     from ..rundir import RunDirLock, check_resume
     run_dir = _run_dir(output, resume)
@@ -170,8 +179,10 @@ def run(
     except FibError as err:
         _fail(err.render())
     try:
+        marks["run_dir_locked"] = time.time()
         if not on_cluster:  # on a cluster each node runs the build hooks itself, once per node
             plan.build_failures = _prebuild(data, plan, build_timeout, run_dir)
+        marks["prebuilt"] = time.time()
         progress = RunProgress(console, total=len(plan.pairs()) * max(1, len(split_list(gpus))))
         with progress:
             result = executor.run(data, plan, run_dir, resume=resume, command=["fib", *sys.argv[1:]],
@@ -224,6 +235,17 @@ def _whole_run(result) -> list:
             kind = (trace.evaluation.model_extra or {}).get("gpu_kind")
             latest[(trace.definition, trace.solution, trace.workload.uuid, kind)] = trace
     return list(latest.values())
+
+
+def _process_start_time() -> float | None:
+    """When this process started (time.time() scale), from /proc on Linux; None elsewhere."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _run_config(**values):

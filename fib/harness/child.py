@@ -170,6 +170,9 @@ def main(argv: list[str]) -> None:
     entry(channel, args)
     sys.stdout.flush()
     sys.stderr.flush()
+    # Done and asked to stop: skip the interpreter's teardown (torch, CUDA and Triton take a second or
+    # two to unload), which only delays the parent waiting for this process to exit.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class RunPlan:
     devices: list[str]
     cache_dir: str | None = None
     build_failures: dict[str, tuple[str, str]] = field(default_factory=dict)  # solution -> (status, reason)
+    marks: dict[str, float] = field(default_factory=dict)  # the CLI's own moments (time.time()): timeline.jsonl
 
     def pairs(self) -> list[tuple[str, str, str]]:
         """(definition, solution, workload), solution-major: a solution's worker serves its workloads in a row."""
@@ -128,10 +129,25 @@ class Runner:
         self.judge_outstanding = 0
         self.verdict_waiters: dict[int, Slot] = {}
         self._device_infos: dict[str, dict] = {}
+        self.timeline: list[dict] = []   # where the run's wall time went (timeline.jsonl; see _mark)
+        self._t0 = time.monotonic()
+        self._wall0 = time.time()
         self._static_reasons: dict[tuple, str | None] = {}
         self._ids = 0
 
     # ---- small helpers ----------------------------------------------------------------------
+    def _mark(self, event: str, **fields) -> None:
+        """One entry of the run's timeline: seconds since the runner began, the event, its subject."""
+        self.timeline.append({"t": round(time.monotonic() - self._t0, 4), "event": event,
+                              **{k: v for k, v in fields.items() if v is not None}})
+
+    def _write_timeline(self) -> None:
+        import json
+        head = {"t": 0.0, "event": "runner_start", "wall": self._wall0,
+                **{k: round(v - self._wall0, 4) for k, v in self.plan.marks.items()}}
+        lines = [json.dumps(head)] + [json.dumps(e) for e in self.timeline]
+        (self.run_dir / "timeline.jsonl").write_text("\n".join(lines) + "\n")
+
     def _log(self, name: str) -> CappedLog:
         if name not in self.logs:
             file_name = name.replace("/", "--")  # 'author/name' of a namespaced solution
@@ -143,6 +159,8 @@ class Runner:
                 self.data.solutions[pair.definition][pair.solution])
 
     def _emit(self, trace: Trace) -> None:
+        self._mark("trace", solution=trace.solution, workload=trace.workload.uuid,
+                   status=trace.evaluation.status.value)
         append_trace(self.run_dir, trace)
         self.result.traces.append(trace)
         self.on_trace(trace)
@@ -208,6 +226,8 @@ class Runner:
                 log.flush()
             shutil.rmtree(out_dir, ignore_errors=True)
             restore()
+            self._mark("run_end", state=state)
+            self._write_timeline()
             info.update(finished=now_iso(), state=state,
                         problems=self.result.problems, vacuous_tolerance=self.result.vacuous)
             write_run_json(self.run_dir, info)
@@ -229,6 +249,7 @@ class Runner:
 
     def _start_judge(self) -> None:
         args = {"device": self._judge_device(), "cache_dir": self.plan.cache_dir}
+        self._mark("judge_start")
         self.judge = Child.start("judge", args, self._log("judge"), self.config.prepare_timeout_s)
         self.judge_outstanding = 0
 
@@ -245,6 +266,7 @@ class Runner:
             self._start_judge()
         while self.judge_queue and self.judge.ready and not self._judge_quiet_needed(slots):
             kind, fields = self.judge_queue.popleft()
+            self._mark(f"judge_ask_{kind}", key=fields.get("key") or fields.get("id"))
             self.judge.channel.send(kind, **fields)
             self.judge_outstanding += 1
             self.judge.deadline = time.monotonic() + self.config.prepare_timeout_s
@@ -266,9 +288,12 @@ class Runner:
     def _on_judge(self, message: dict, slots: list[Slot]) -> None:
         kind = message["kind"]
         if kind == "ready":
+            self._mark("judge_ready")
             self.judge.ready = True
             self.judge.deadline = float("inf")
             return
+        self._mark(f"judge_{kind}", key=message.get("key") or message.get("id"), computed=message.get("computed"),
+                   seconds=message.get("seconds"))
         self.judge_outstanding -= 1
         self.judge.deadline = float("inf") if self.judge_outstanding <= 0 else \
             time.monotonic() + self.config.prepare_timeout_s
@@ -394,6 +419,7 @@ class Runner:
             slot.pair = pair
             pair.log_mark = slot.worker.log.mark()
             definition = self.data.definitions[d]
+            self._mark("job", device=slot.device, solution=s, workload=w)
             slot.worker.channel.send("job", definition=definition.model_dump(mode="json"),
                                      workload=workload.model_dump(mode="json"), root=str(self.data.root_for(d)),
                                      seed=pair.seed, fresh_seed=pair.fresh_seed)
@@ -445,6 +471,7 @@ class Runner:
                 "solution_root": str(solution.root) if solution.root else None,
                 "solution_file": str(solution.file) if solution.file else None,
                 "solution_namespaced": solution.namespaced, "cache_dir": self.plan.cache_dir}
+        self._mark("worker_start", device=device, solution=s)
         return Child.start("worker", args, self._log(s), self.config.prepare_timeout_s,
                            env=solution.spec.worker_environment(dict(os.environ)))
 
@@ -482,6 +509,7 @@ class Runner:
             return  # the judge is still busy on this device: time only once it is quiet
         go, which = pair.wants_go, pair.waiting
         pair.wants_go, pair.waiting = None, None
+        self._mark("go" if go else "stop_pair", device=slot.device, workload=pair.workload, which=which)
         try:
             slot.worker.channel.send("verdict", go=go)
         except OSError:
@@ -499,6 +527,9 @@ class Runner:
             self._worker_died(slot, worker.exit_description())
             return
         kind = message["kind"]
+        self._mark(f"worker_{kind}", device=slot.device, solution=slot.key[1] if slot.key else None,
+                   workload=slot.pair.workload if slot.pair else None, phase=message.get("phase"),
+                   which=message.get("which"))
         if kind == "ready":
             worker.ready = True
         elif kind == "phase":

@@ -37,13 +37,18 @@ class TorchState:
     def restore(self, seed: int = 0) -> None:
         torch.set_default_dtype(self.default_dtype)
         torch.set_grad_enabled(self.grad_enabled)
-        torch.use_deterministic_algorithms(self.deterministic, warn_only=self.deterministic_warn_only)
+        # Only what changed is set: the first use_deterministic_algorithms call costs about a second,
+        # and set_default_device installs a function mode that slows every later tensor factory call.
+        if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
+                != (self.deterministic, self.deterministic_warn_only):
+            torch.use_deterministic_algorithms(self.deterministic, warn_only=self.deterministic_warn_only)
         torch.set_float32_matmul_precision(self.matmul_precision)
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
         torch.backends.cudnn.deterministic = self.cudnn_deterministic
         torch.backends.cuda.matmul.allow_tf32 = self.tf32_matmul
         torch.backends.cudnn.allow_tf32 = self.tf32_cudnn
         torch.set_flush_denormal(False)
-        if self.default_device is not None and hasattr(torch, "set_default_device"):
+        get_device = getattr(torch, "get_default_device", None)
+        if self.default_device is not None and get_device is not None and str(get_device()) != self.default_device:
             torch.set_default_device(self.default_device)
         torch.manual_seed(seed)

@@ -87,11 +87,23 @@ def measure(call: Callable[[int], None], *, n_copies: int, device, timer: str = 
     note = "auto: wall (device is not CUDA)" if timer == "auto" else "wall (asked for)"
     rot = Rotation(call, n_copies)
     sync = (lambda: None)
+    if cpu_budget_s is not None:  # the warm-up gets a third of the budget at most
+        max_warmup_ms = min(max_warmup_ms, cpu_budget_s * 1e3 / 3)
     done, stable = _warm_up(lambda: _wall_once(rot, sync, None), warmup_runs, min_warmup_ms,
                             max_warmup_runs, max_warmup_ms, stable_window, stable_rtol)
-    if cpu_budget_s is not None:
+    if cpu_budget_s is None:
+        samples = [_wall_once(rot, sync, None) for _ in range(iterations * num_trials)]
+    else:
         iterations, note = _budgeted(rot, sync, iterations, num_trials, cpu_budget_s, note)
-    samples = [_wall_once(rot, sync, None) for _ in range(iterations * num_trials)]
+        samples, deadline = [], time.perf_counter() + cpu_budget_s
+        while len(samples) < iterations * num_trials:
+            samples.append(_wall_once(rot, sync, None))
+            if time.perf_counter() > deadline and len(samples) >= num_trials:
+                kept = len(samples) // num_trials
+                if kept < iterations:  # slower than the probe said: stop at the budget
+                    note = f"{note}; stopped at the CPU time budget after {kept * num_trials} samples"
+                    iterations, samples = kept, samples[:kept * num_trials]
+                break
     return summarize(samples, timer="wall", warmup_runs=done, l2_flush=False, input_copies=n_copies,
                      seed=seed, timer_note=note, warmup_stable=stable, iterations=iterations,
                      num_trials=num_trials, trial_medians_ms=_trial_medians(samples, iterations))
