@@ -35,6 +35,10 @@ class DatasetError(FibError):
     """A definition, workload or solution file that cannot be used."""
 
 
+class ClusterError(FibError):
+    """A --cluster / --gpus value that cannot be used, or a cluster that cannot run the plan."""
+
+
 class InvalidValue(ValueError):
     """Raised by a schema validator: a value that cannot be used, with what to do about it.
     `pydantic_problems` turns it into a DatasetError that keeps the fix."""

@@ -53,7 +53,8 @@ def summary_rows(traces: list[Trace]) -> list[dict]:
                      "max_rel_error": c.max_relative_error if c else None,
                      "matched_ratio": c.matched_ratio if c else None,
                      "relative_l2": getattr(c, "relative_l2_error", None) if c else None,
-                     "vacuous_tolerance": (ev.model_extra or {}).get("vacuous_tolerance"), "device": ev.device})
+                     "vacuous_tolerance": (ev.model_extra or {}).get("vacuous_tolerance"), "device": ev.device,
+                     "gpu_kind": (ev.model_extra or {}).get("gpu_kind"), "host": (ev.model_extra or {}).get("host")})
     return rows
 
 
@@ -64,8 +65,9 @@ def _fmt(value, spec: str) -> str:
 def print_summary(console: Console, rows: list[dict]) -> None:
     """One table per definition, then the reasons for everything that did not pass (each once)."""
     by_def: dict[str, list[dict]] = {}
-    for row in rows:
-        by_def.setdefault(row["definition"], []).append(row)
+    for row in rows:  # a cluster run's GPU kinds get a table each
+        title = row["definition"] + (f" on {row['gpu_kind']}" if row.get("gpu_kind") else "")
+        by_def.setdefault(title, []).append(row)
     for definition, items in by_def.items():
         table = Table(title=definition, title_justify="left")
         for col, justify in (("solution", "left"), ("workload", "left"), ("status", "left"),

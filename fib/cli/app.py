@@ -23,7 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 
 # Options that take a list: `--solutions a b`, `--solutions a,b` and `--solutions a --solutions b`, and
 # so do their short forms (`-d a b`, `-s a,b`, `-w seq_len=7 seq_len=14`).
-LIST_OPTIONS = {"--definitions", "-d", "--solutions", "-s", "--workloads", "-w", "--local", "--devices", "--device"}
+LIST_OPTIONS = {"--definitions", "-d", "--solutions", "-s", "--workloads", "-w", "--local", "--devices", "--device",
+                "--gpus"}
 # List options that mean something when given bare: `fib list --workloads` lists every workload. A bare
 # one is passed on as `--workloads=` (given, empty); for `run` and `profile` that selects all workloads,
 # as leaving it out does. Other bare list options are dropped (the same as leaving them out).
@@ -124,11 +125,17 @@ def run(
                                               "solution declares at each workload, each as SOLUTION@NAME, and "
                                               "rank them per workload (sweep.md, sweep.csv) (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    cluster: str = typer.Option("local", "--cluster", help="Where pairs run: local (this host's --devices), ray "
+                                "(RAY_ADDRESS, else a new local Ray instance), ray://auto or ray://HOST:PORT: one "
+                                "Ray actor per GPU (pip install 'fib[ray]'; docs/cluster.md)."),
+    gpus: Optional[List[str]] = typer.Option(None, "--gpus", help="With --cluster: GPU kinds (Ray accelerator "
+                                             "types, e.g. H100,H200); every pair runs once on each kind."),
 ):
     """Check every solution on every workload against the FP32 reference, time those that pass,
     and write a run directory (run.json, traces.jsonl, logs/) that reports and comparisons read.
     With --config or --sweep and no --solutions, only the solutions they name run."""
-    from ..harness.runner import Runner, RunPlan
+    from ..harness.executor import executor_for
+    from ..harness.runner import RunPlan
     from ..progress import RunProgress, print_summary, summary_rows
 
     config = _run_config(atol=atol, rtol=rtol, required_matched_ratio=required_matched_ratio,
@@ -142,7 +149,15 @@ def run(
     started = _process_start_time()
     if started is not None:
         marks["process_start"] = started
-    devs = _check_devices(_normalise_devices(split_list(devices)) or _default_devices())
+    try:
+        executor = executor_for(cluster, split_list(gpus))
+    except FibError as err:
+        _fail(err.render())
+    on_cluster = executor.name != "local"
+    if on_cluster and devices:
+        _fail("--devices names this host's devices; with --cluster the cluster's GPUs are used (select kinds "
+              "with --gpus)")
+    devs = [] if on_cluster else _check_devices(_normalise_devices(split_list(devices)) or _default_devices())
     marks["devices_found"] = time.time()
     data = _load(local)
     marks["dataset_loaded"] = time.time()
@@ -164,7 +179,7 @@ def run(
             excluded, same = _apply_variants(data, def_names, sols, works, chosen_configs, swept, config)
         except FibError as err:
             _fail(err.render())
-    if not split_list(definitions) and all(d == "cpu" for d in devs):
+    if not split_list(definitions) and devs and all(d == "cpu" for d in devs):
         def_names = _leave_out_full_size(data, def_names, works)
     if not def_names:
         _fail("nothing to run: no (solution, workload) pair matches the selection")
@@ -188,14 +203,15 @@ def run(
         _fail(err.render())
     try:
         marks["run_dir_locked"] = time.time()
-        plan.build_failures = _prebuild(data, plan, build_timeout, run_dir)
+        if not on_cluster:  # on a cluster each node runs the build hooks itself, once per node
+            plan.build_failures = _prebuild(data, plan, build_timeout, run_dir)
         marks["prebuilt"] = time.time()
-        progress = RunProgress(console, total=len(plan.pairs()))
-        runner = Runner(data, plan, run_dir, on_trace=progress.trace, on_phase=progress.phase,
-                        on_warning=lambda text: console.print(f"[bold red]warning:[/bold red] {text}",
-                                                              highlight=False))
+        progress = RunProgress(console, total=len(plan.pairs()) * max(1, len(split_list(gpus))))
         with progress:
-            result = runner.run(resume=resume, command=["fib", *sys.argv[1:]])
+            result = executor.run(data, plan, run_dir, resume=resume, command=["fib", *sys.argv[1:]],
+                                  on_trace=progress.trace, on_phase=progress.phase,
+                                  on_warning=lambda text: console.print(f"[bold red]warning:[/bold red] {text}",
+                                                                        highlight=False))
     finally:
         lock.release()
     rows = summary_rows(_whole_run(result))
@@ -309,8 +325,9 @@ def _whole_run(result) -> list:
     """The run's traces, earlier ones of a resumed run included (the latest per pair)."""
     latest = {}
     for trace in list(result.previous) + list(result.traces):
-        if trace.solution and trace.evaluation:
-            latest[(trace.definition, trace.solution, trace.workload.uuid)] = trace
+        if trace.solution and trace.evaluation:  # one per GPU kind on a cluster
+            kind = (trace.evaluation.model_extra or {}).get("gpu_kind")
+            latest[(trace.definition, trace.solution, trace.workload.uuid, kind)] = trace
     return list(latest.values())
 
 

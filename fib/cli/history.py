@@ -39,7 +39,7 @@ def history_add(
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Ingest run directories into the history database (adding a run twice changes nothing)."""
-    from ..results.history import HistoryDB, load_run_dir
+    from ..results.history import HistoryDB, load_run_dirs
 
     console, errors = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     failed = False
@@ -49,26 +49,28 @@ def history_add(
         raise _usage_error(exc)
     with store:
         for run_dir in run_dirs:  # one bad directory does not stop the others
-            try:
-                run, problems = load_run_dir(run_dir)
-                added = store.add_run(run)
+            try:  # a cluster run with several GPU kinds is stored as one run per kind
+                loaded = [(run, problems, store.add_run(run)) for run, problems in load_run_dirs(run_dir)]
             except FibError as exc:
                 errors.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False)
                 failed = True
                 continue
-            for problem in problems:
-                console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
-            what = "added" if added else "already present"
-            console.print(escape(f"{run_dir}: {what} as run:{run.run_id} ({len(run.results)} results, "
-                                 f"commit {(run.commit or '?')[:10]}, {run.hardware or '?'})"), highlight=False)
+            for run, problems, added in loaded:
+                for problem in problems:
+                    console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
+                what = "added" if added else "already present"
+                console.print(escape(f"{run_dir}: {what} as run:{run.run_id} ({len(run.results)} results, "
+                                     f"commit {(run.commit or '?')[:10]}, {run.hardware or '?'})"), highlight=False)
         console.print(escape(f"history: {store.path}"), highlight=False)
     if failed:
         raise typer.Exit(2)
 
 
 def compare_command(
-    baseline: str = typer.Argument(..., help="run directory, or commit:<sha>, branch:<name>, run:<id>, latest"),
-    candidate: str = typer.Argument(..., help="run directory, or commit:<sha>, branch:<name>, run:<id>, latest"),
+    baseline: str = typer.Argument(..., help="run directory (RUN_DIR@KIND: one GPU kind of a cluster run), or "
+                                   "commit:<sha>, branch:<name>, run:<id>, latest"),
+    candidate: str = typer.Argument(..., help="run directory (RUN_DIR@KIND: one GPU kind of a cluster run), or "
+                                    "commit:<sha>, branch:<name>, run:<id>, latest"),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
     threshold: float = typer.Option(0.05, "--threshold", help="relative slowdown that counts (0.05 = 5%)"),
     alpha: float = typer.Option(0.01, "--alpha", help="significance level of the Mann-Whitney U test"),

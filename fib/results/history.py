@@ -52,6 +52,8 @@ class Result:
     device: Optional[str] = None
     timestamp: Optional[str] = None
     timer: Optional[str] = None  # which fib timer produced the samples (cupti, cuda_event, ...)
+    gpu_kind: Optional[str] = None  # a cluster run's GPU kind (evaluation.gpu_kind); None on one host
+    trace_environment: Optional[dict] = None  # the node's environment, for a cluster run's kinds
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -114,6 +116,11 @@ def _result_from_trace(trace: Trace) -> Result:
                     workload_uuid=trace.workload.uuid, workload_axes=dict(trace.workload.axes),
                     status=ev.status.value, reason=ev.reason, device=ev.device,
                     timestamp=ev.timestamp)
+    extra = ev.model_extra or {}
+    if extra.get("gpu_kind"):
+        result.gpu_kind = str(extra["gpu_kind"])
+        result.trace_environment = {**ev.environment.model_dump(mode="json"), "host": extra.get("host"),
+                                    "gpu": {"name": extra.get("gpu"), "driver": extra.get("driver")}}
     if ev.correctness is not None:
         result.max_absolute_error = ev.correctness.max_absolute_error
         result.max_relative_error = ev.correctness.max_relative_error
@@ -152,7 +159,7 @@ def read_traces(path: Path) -> tuple[list[Result], list[str]]:
             if trace.is_workload_trace() or trace.evaluation is None or trace.solution is None:
                 continue
             result = _result_from_trace(trace)
-            results[result.key] = result
+            results[result.key + (result.gpu_kind,)] = result
     return list(results.values()), problems
 
 
@@ -186,10 +193,13 @@ def _run_id(meta: dict, traces_bytes: bytes) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_run_dir(path: str | Path) -> tuple[Run, list[str]]:
+def load_run_dir(path: str | Path, gpu_kind: Optional[str] = None) -> tuple[Run, list[str]]:
     """Read a run directory (run.json + traces.jsonl [+ profile/stages.csv]).
 
-    Returns the run and the problems found in traces.jsonl (malformed lines are skipped).
+    Returns the run and the problems found in traces.jsonl (malformed lines are skipped). A cluster
+    run can hold several GPU kinds (`fib run --cluster ray --gpus H100,H200`): `gpu_kind` selects
+    one (its run id gets `@KIND`, its environment is that kind's nodes'); without it such a run
+    is an error, since one key would stand for two measurements.
     """
     path = Path(path)
     run_json, traces_path = path / "run.json", path / "traces.jsonl"
@@ -204,6 +214,15 @@ def load_run_dir(path: str | Path) -> tuple[Run, list[str]]:
         except json.JSONDecodeError as exc:
             raise HistoryError(f"malformed JSON: {exc.msg} at line {exc.lineno}", where=run_json) from None
     results, problems = read_traces(traces_path)
+    kinds = sorted({r.gpu_kind for r in results if r.gpu_kind})
+    if gpu_kind is not None:
+        results = [r for r in results if r.gpu_kind == gpu_kind]
+        if not results:
+            raise HistoryError(f"no results of GPU kind {gpu_kind!r} (its kinds: {', '.join(kinds) or 'none'})",
+                               where=path, fix=f"use {path}@KIND with one of the kinds listed")
+    elif len(kinds) > 1:
+        raise HistoryError(f"the run holds {len(kinds)} GPU kinds ({', '.join(kinds)})", where=path,
+                           fix=f"name one as {path}@{kinds[0]} (fib history add stores one run per kind)")
     if meta.get("state") == "running":
         problems.append(f"{run_json}: the run is still in progress (state 'running'); adding it now "
                         "stores what is there, and the finished run will be a separate entry")
@@ -211,7 +230,12 @@ def load_run_dir(path: str | Path) -> tuple[Run, list[str]]:
     env = dict(meta.get("environment") or {})
     if not env.get("hardware") and results:
         env["hardware"] = _first_trace_hardware(traces_path)
-    run = Run(run_id=_run_id(meta, traces_path.read_bytes()), path=str(path.resolve()),
+    run_id = _run_id(meta, traces_path.read_bytes())
+    node_env = next((r.trace_environment for r in results if r.trace_environment), None)
+    if node_env is not None:  # a cluster run: the nodes' GPU, driver and libraries, not the driver host's
+        env = {**env, **node_env, "hardware": results[0].gpu_kind, "driver_host": env.get("host")}
+        run_id = f"{run_id}@{results[0].gpu_kind}" if (gpu_kind or kinds) else run_id
+    run = Run(run_id=run_id, path=str(path.resolve()),
               commit=git.get("commit"), branch=git.get("branch"), dirty=bool(git.get("dirty")),
               started=meta.get("started") or meta.get("start_time") or _earliest(results),
               finished=meta.get("finished") or meta.get("end_time"),
@@ -219,6 +243,15 @@ def load_run_dir(path: str | Path) -> tuple[Run, list[str]]:
               results={r.key: r for r in results},
               stages=read_stages(path / "profile" / "stages.csv"))
     return run, problems
+
+
+def load_run_dirs(path: str | Path) -> list[tuple[Run, list[str]]]:
+    """A run directory as one Run per GPU kind it holds (one Run when it holds one kind or none)."""
+    results, _ = read_traces(Path(path) / "traces.jsonl") if (Path(path) / "traces.jsonl").is_file() else ([], [])
+    kinds = sorted({r.gpu_kind for r in results if r.gpu_kind})
+    if len(kinds) <= 1:
+        return [load_run_dir(path)]
+    return [load_run_dir(path, kind) for kind in kinds]
 
 
 def _earliest(results: list[Result]) -> Optional[str]:
@@ -439,6 +472,9 @@ def load_side(spec: str, db_path: str | Path | None) -> Run:
     path = Path(spec)
     if path.is_dir():
         return load_run_dir(path)[0]
+    head, at, kind = spec.rpartition("@")
+    if at and head and Path(head).is_dir():  # RUN_DIR@KIND: one GPU kind of a cluster run
+        return load_run_dir(Path(head), kind)[0]
     if ":" not in spec and spec != "latest":
         raise HistoryError("no such run directory", where=spec,
                            fix="pass a run directory or a selector (commit:<sha>, branch:<name>, run:<id>, latest)")
