@@ -58,10 +58,9 @@ def _select(data, definitions, solutions, workloads):
 
 
 def _default_devices() -> list[str]:
-    import torch
-    if torch.cuda.is_available():
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return ["cpu"]
+    from ..device import cuda_device_count
+    count = cuda_device_count()
+    return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
 
 
 def _normalise_devices(devices: list[str]) -> list[str]:
@@ -75,8 +74,8 @@ def _normalise_devices(devices: list[str]) -> list[str]:
 def _check_devices(devices: list[str]) -> list[str]:
     """Every device named exists here (exit 2 otherwise)."""
     import re
-    import torch
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    from ..device import cuda_device_count
+    count = cuda_device_count()
     for d in devices:
         if d == "cpu":
             continue

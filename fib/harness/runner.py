@@ -122,8 +122,8 @@ class Runner:
         self.failures: Counter = Counter()
         self.first_call_done: set[tuple[str, str]] = set()
         self.result = RunResult(run_dir)
-        self.environment = collect_environment()
-        self._env_model = {"hardware": self.environment["hardware"], "libs": self.environment["libs"]}
+        self.environment: dict = {}   # collected once the first children are starting (see _run)
+        self._env_model: dict = {}
         self.logs: dict[str, CappedLog] = {}
         self.refs: dict[str, dict | None] = {}        # key -> the judge's answer (None: asked, not answered)
         self.judge: Child | None = None
@@ -199,6 +199,15 @@ class Runner:
             for note in found.notes:
                 self.on_warning(note)
         self.result.skipped_done = len(done)
+        queue = deque(p for p in self.plan.pairs() if p not in done)
+        slots = [Slot(d) for d in self.plan.devices]
+        out_dir = Path(tempfile.mkdtemp(prefix="fib-outputs-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK)
+                                        else None))
+        if queue:  # the children's imports (seconds) overlap the parent's own environment probe (torch)
+            self._start_judge()
+            self._prestart_first(slots[0], queue, out_dir)
+        self.environment = collect_environment()
+        self._env_model = {"hardware": self.environment["hardware"], "libs": self.environment["libs"]}
         info = {"command": command, "config": self.config.model_dump(mode="json"),
                 "selection": {"devices": self.plan.devices, "definitions": self.plan.definitions,
                               "solutions": self.plan.solutions, "workloads": self.plan.workloads},
@@ -207,11 +216,7 @@ class Runner:
                 "started": now_iso(),
                 "finished": None, "state": "running"}
         write_run_json(self.run_dir, info)
-        queue = deque(p for p in self.plan.pairs() if p not in done)
-        slots = [Slot(d) for d in self.plan.devices]
         state = "finished"
-        out_dir = Path(tempfile.mkdtemp(prefix="fib-outputs-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK)
-                                        else None))
         restore = self._catch_sigterm()
         try:
             if queue:
@@ -338,7 +343,8 @@ class Runner:
 
     # ---- the main loop ----------------------------------------------------------------------
     def _loop(self, queue: deque, slots: list[Slot], out_dir: Path) -> None:
-        self._start_judge()
+        if self.judge is None:
+            self._start_judge()
         while queue or any(s.pair for s in slots):
             for slot in slots:
                 if slot.pair is None and queue:
@@ -454,6 +460,14 @@ class Runner:
             if self._skip_reason(d, s) is None and not self._unsupported_here(d, s, self._workload(d, w),
                                                                               self.plan.devices[0]):
                 asked += self._request_reference(d, w, workload_seed(self.config.seed, self._workload(d, w)))
+
+    def _prestart_first(self, slot: Slot, queue: deque, out_dir: Path) -> None:
+        """Start the first solution's worker before anything else (it becomes the slot's worker at the
+        first dispatch), so its imports do not wait for the parent's own start-up."""
+        first = next(((d, s) for d, s, w in queue if self._skip_reason(d, s) is None
+                      and not self._unsupported_here(d, s, self._workload(d, w), slot.device)), None)
+        if first is not None:
+            slot.spare, slot.spare_key = self._start_worker(slot.device, *first, out_dir), first
 
     def _prestart(self, slot: Slot, queue: deque, out_dir: Path) -> None:
         """Start the worker of the next solution in the queue now: its Python and torch imports then
