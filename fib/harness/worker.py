@@ -47,7 +47,6 @@ class SolutionWorker:
         self.module = None
         self.function = None
         self.build_error: tuple[str, str] | None = None
-        self.profiler_warm = None  # the thread warming Kineto up (first CUDA job), joined before timing
         self.pair = 0
 
     # ---- protocol ---------------------------------------------------------------------------
@@ -135,11 +134,6 @@ class SolutionWorker:
         self.pair += 1
         if self.pair == 1 and self.device.startswith("cuda"):
             torch.cuda.set_device(self.device)  # not earlier: a spare worker must not touch the GPU
-            if self.config.timer in ("auto", "cupti"):  # Kineto's start-up overlaps inputs and first call
-                import threading
-                from ..timing.cupti import warm_up_profiler
-                self.profiler_warm = threading.Thread(target=warm_up_profiler, name="fib-kineto-warm", daemon=True)
-                self.profiler_warm.start()
         definition = self.definition = Definition.model_validate(job["definition"])
         workload = Workload.model_validate(job["workload"])
         root = Path(job["root"])
@@ -210,9 +204,6 @@ class SolutionWorker:
         from ..timing.measure import measure
         from .evaluate import device_memory_bytes, input_copies_for
         s = self.config
-        if self.profiler_warm is not None:
-            self.profiler_warm.join()
-            self.profiler_warm = None
         copies = s.input_copies or input_copies_for(input_bytes(inputs), device_memory_bytes(self.device))
         sets = [inputs] + [clone_inputs(inputs) for _ in range(copies - 1)]
         bound = [call.bound(x) for x in sets]

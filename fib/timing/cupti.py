@@ -15,23 +15,6 @@ CALL_RANGE = "fib.timed_call"
 _CUPTI_PROBE: dict[str, tuple[bool, str]] = {}
 
 
-def warm_up_profiler() -> None:
-    """Start and stop one empty profiler session: Kineto's and CUPTI's one-time start-up (4.7 s on an
-    H200, then about 1 ms per session) then happens here, e.g. in a thread while the worker makes its
-    first inputs, instead of inside the first workload's timing phase. Failures are left to the
-    probe (`cupti_available`), which says why."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]):
-                pass
-    except Exception:  # noqa: BLE001 - the probe reports it
-        pass
-    del torch
-
-
 def cupti_available(device) -> tuple[bool, str]:
     """(works, why): whether torch.profiler sees this device's kernels and fib can attribute them
     to a `fib.timed_call` range. Probed once per device per process."""
