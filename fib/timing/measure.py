@@ -54,6 +54,7 @@ from .stats import summarize
 # The timer registry: `RunConfig.timer` takes its choices from here (tests/test_harness_layers.py checks).
 TIMERS = ("auto", "cupti", "cuda_graph", "cuda_event", "wall")
 CUDA_TIMERS = ("cupti", "cuda_graph", "cuda_event")
+SPARSE_SPAN_WARNING = 0.02  # kernel sum / device span below this: say that kernels may be missing
 
 
 def measure(call: Callable[[int], None], *, n_copies: int, device, timer: str = "auto",
@@ -188,6 +189,12 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
             # one profiler session for every trial: each session costs a Kineto start and stop
             samples, spans = cupti_times(rot, flush, iterations * num_trials)
             extra["span_median_ms"] = float(np.median(spans))
+            covered = float(np.median(samples)) / extra["span_median_ms"] if extra["span_median_ms"] > 0 else 1.0
+            if covered < SPARSE_SPAN_WARNING:
+                # Seen on an H200 (2026-12-02): in DeepGEMM's worker CUPTI recorded none of the decode
+                # GEMMs or Triton kernels, so the sum read 1.5 us for a call that nsys shows at 79 us.
+                note = (f"{note}; WARNING: the kernels cupti saw cover only {100 * covered:.1f}% of the call's "
+                        "device span: launches may be missing from the profile (check with fib profile)")
         except TimingError as exc:
             if not note.startswith("auto"):
                 raise
