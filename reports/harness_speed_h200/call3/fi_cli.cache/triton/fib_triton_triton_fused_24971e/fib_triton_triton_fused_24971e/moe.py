@@ -1,0 +1,707 @@
+"""DeepSeek-V3 MoE layer (FP8 block scale), Triton with the stages fused where it pays.
+
+- routing + align: with `route="single"` (the default up to 8 tokens), routing, counting, the
+  padded-offset scan and the scatter run in ONE single-program kernel; with `route="tiles"`,
+  routing+count per token tile, then a scan and a scatter (3 launches).
+- gemm1 computes the up and the gate tile of the same columns in one program and applies SwiGLU
+  in its epilogue. With `c_dtype="bf16"` (default from 9 to 128 tokens) it stores C in bf16 and
+  gemm2 re-quantizes each 1x128 group to fp8 in registers; with `"fp8"` gemm1's epilogue
+  quantizes C to fp8 per tile-wide group (BN1 columns: 64 up to 1024 tokens, so more programs
+  stream the weights; 128 above) and gemm2 steps K by the weight's 128-block with one dot per
+  activation group.
+- gemm2 multiplies by the routing weight in its epilogue and writes one bf16 row per routed
+  (token, slot); a light reduce sums a token's rows in slot order (deterministic, no atomics).
+- with `split` > 1 (the default up to 8 tokens: a few experts hit, too few tiles to fill the GPU),
+  gemm1 splits K into `split` ranges that write fp32 partials. With `act="gemm1"` (default from 4
+  tokens) the last of the programs covering a tile's up and gate columns (an arrival count per
+  tile, acq_rel atomics; the counters persist per device and reset themselves) sums them, applies
+  SwiGLU and stores bf16 C; with `act="kernel"` a small kernel does that and re-quantizes per 1x128
+  group (the stage is then called "activation", as in triton_staged). gemm2 splits K into
+  `split2` ranges with fp32 partials that the finalize reduce sums.
+
+Configurations: `run(..., config=None)` picks the configuration of T's bucket (`_config`); a
+dict passed as `config` overrides any of its keys (CONFIG_DOC lists them). `fib_configs(axes)`
+names the configurations worth timing at a workload (`fib run --sweep triton_fused` times them all;
+`--config triton_fused=NAME` one): "default" (what config=None runs) and the variants measured in
+benchmarks/NOTES.md for that bucket. Nothing else (no module global) changes a launch.
+Sizes come from the tensor shapes; no host sync (CUDA-graph capturable).
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+import fib
+
+N_GROUPS = 8        # expert groups (definition: ng8)
+TOPK_GROUPS = 4     # groups kept per token (kg4)
+TOPK = 8            # experts per token (topk8)
+SINGLE_ROUTE_WARPS = 8  # warps of the single-program routing+align (fewer: cheaper reductions)
+# The default configuration's token-count buckets (see _config)
+SPLITK_MAX = 8      # up to this many tokens: gemm1/gemm2 split along K, single-program routing
+ACT_IN_GEMM1_FROM = 4  # ... of which from this many: SwiGLU in gemm1's last-arriving program
+TINY_MAX = 16       # up to this many: routing tiles of 2 tokens
+SMALL_MAX = 128     # up to this many: BM=16, bf16 C re-quantized in gemm2
+DECODE_MAX = 1024   # up to this many: decode tile configurations; above, prefill tiles
+CONFIG_DOC = {
+    "BM": "rows per expert block (power of 2)",
+    "BN1": "gemm1 columns per program (power of 2; at most the 128 scale block)",
+    "BN2": "gemm2 columns per program (power of 2)",
+    "warps": "num_warps of gemm1 and gemm2",
+    "stages1": "num_stages of gemm1", "stages2": "num_stages of gemm2",
+    "split": "gemm1 K ranges (1: unsplit, SwiGLU in its epilogue; >1: fp32 partials)",
+    "split2": "gemm2 K ranges (>1: fp32 partials summed by the finalize)",
+    "act": "where SwiGLU runs: 'gemm1' (its epilogue; split-K: its last-arriving program) or "
+           "'kernel' (a separate activation kernel; split-K only)",
+    "c_dtype": "the intermediate C: 'fp8' (quantized where SwiGLU runs) or 'bf16' (gemm2 "
+               "re-quantizes each 1x128 group in registers); split-K: gemm1 -> bf16, kernel -> fp8",
+    "route": "'single' (routing+align in one program) or 'tiles' (routing+count, scan, scatter)",
+    "route_tile": "tokens per routing tile (power of 2; single: at most, per step of its loop)",
+    "route_one_tile": "single: keep the ids in registers when T fits one tile",
+}
+# Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
+# exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _to_fp8(x, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576  # round to nearest even, 3 bits
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(tl.float8e4nv)
+
+
+@triton.jit
+def _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, t0, T, scaling,
+                E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr,
+                TB: tl.constexpr):
+    """Route tokens t0..t0+TB (rows past T are skipped); store ids/weights; return the ids."""
+    GS: tl.constexpr = E // NG
+    tok = t0 + tl.arange(0, TB)
+    live = tok < T
+    ex = tl.arange(0, E)
+    s = tl.sigmoid(tl.load(logits_ptr + tok[:, None] * E + ex[None, :], mask=live[:, None], other=0.0))
+    b = s + tl.load(bias_ptr + ex).to(tl.float32)[None, :]
+    neg = float("-inf")
+    b3 = tl.reshape(b, [TB, NG, GS])
+    j = tl.arange(0, GS)[None, None, :]
+    m1 = tl.max(b3, axis=2)
+    first = tl.min(tl.where(b3 == m1[:, :, None], j, GS), axis=2)
+    group_score = m1 + tl.max(tl.where(j == first[:, :, None], neg, b3), axis=2)
+    g = tl.arange(0, NG)[None, :]
+    keep = group_score != group_score  # all False
+    for _ in tl.static_range(KG):
+        cand = tl.where(keep, neg, group_score)
+        best = tl.min(tl.where(cand == tl.max(cand, 1)[:, None], g, NG), 1)
+        keep = keep | (g == best[:, None])
+    keep_e = tl.reshape(tl.broadcast_to(keep[:, :, None], [TB, NG, GS]), [TB, E])
+    masked = tl.where(keep_e, b, neg)
+    k = tl.arange(0, TOPK)[None, :]
+    ids = tl.zeros([TB, TOPK], dtype=tl.int32)
+    w = tl.zeros([TB, TOPK], dtype=tl.float32)
+    for i in tl.static_range(TOPK):
+        top = tl.max(masked, 1)
+        e = tl.min(tl.where(masked == top[:, None], ex[None, :], E), 1)
+        hit = ex[None, :] == e[:, None]
+        ids = tl.where(k == i, e[:, None], ids)
+        w = tl.where(k == i, tl.sum(tl.where(hit, s, 0.0), 1)[:, None], w)
+        masked = tl.where(hit, neg, masked)
+    w = w / tl.sum(w, 1)[:, None] * scaling
+    offs = tok[:, None] * TOPK + k
+    tl.store(ids_ptr + offs, ids, mask=live[:, None])
+    tl.store(weights_ptr + offs, w, mask=live[:, None])
+    return ids, live
+
+
+@triton.jit
+def _onehot(ids, live, expert_offset, n_local, EP: tl.constexpr, N: tl.constexpr):
+    """[N, EP] int32 one-hot of each entry's local expert (zero rows for non-local entries)."""
+    local = tl.reshape(ids, [N]) - expert_offset
+    e = tl.arange(0, EP)[None, :]
+    return ((local[:, None] == e) & (e < n_local) & live[:, None]).to(tl.int32)
+
+
+@triton.jit
+def _align_offsets(total, sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_entries, n_local,
+                   BM: tl.constexpr, EP: tl.constexpr, BB: tl.constexpr):
+    """Given per-expert totals: write n_post, each BM block's expert, the padding sentinels;
+    return each expert's first row."""
+    e = tl.arange(0, EP)
+    padded = (total + BM - 1) // BM * BM
+    end = tl.cumsum(padded, 0)
+    start = end - padded
+    n_post = tl.sum(padded, 0)
+    tl.store(n_post_ptr, n_post)
+    pad = tl.arange(0, BM)
+    slot = (start + total)[:, None] + pad[None, :]
+    tl.store(sorted_ids_ptr + slot, n_entries + 0 * slot, mask=(slot < end[:, None]) & (e[:, None] < n_local))
+    end_live = tl.where(e < n_local, end, 2147483647)
+    bb = tl.arange(0, BB)
+    for b0 in range(0, n_post // BM, BB):
+        blk = b0 + bb
+        owner = tl.sum((end_live[None, :] <= blk[:, None] * BM).to(tl.int32), 1)
+        tl.store(expert_ids_ptr + blk, owner, mask=blk < n_post // BM)
+    return start
+
+
+@triton.jit
+def _routing_align_kernel(logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr,
+                          expert_ids_ptr, n_post_ptr, T, scaling, expert_offset, n_local,
+                          E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr,
+                          TB: tl.constexpr, BM: tl.constexpr, EP: tl.constexpr,
+                          ONE_TILE: tl.constexpr, BB: tl.constexpr):
+    """Decode: the whole routing + moe_align in one program (one launch instead of four).
+    ONE_TILE (T <= TB): the ids stay in registers between routing and the scatter. BB: row blocks
+    labelled per step (at most the launch's row-block bound: T=1's one warp holds [8, EP], not
+    [128, EP], which spilled)."""
+    NE: tl.constexpr = TB * TOPK
+    if ONE_TILE:
+        ids1, _ = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, 0, T, scaling,
+                                  E, NG, KG, TOPK, TB)
+        entry = tl.arange(0, NE)
+        onehot = _onehot(ids1, entry < T * TOPK, expert_offset, n_local, EP, NE)
+        start = _align_offsets(tl.sum(onehot, 0), sorted_ids_ptr, expert_ids_ptr, n_post_ptr,
+                               T * TOPK, n_local, BM, EP, BB)
+        pos = tl.sum(onehot * (start[None, :] + tl.cumsum(onehot, 0) - 1), 1)
+        tl.store(sorted_ids_ptr + pos, entry, mask=tl.sum(onehot, 1) > 0)
+    else:
+        total = tl.zeros([EP], dtype=tl.int32)
+        for t0 in range(0, T, TB):
+            ids, live = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, t0, T, scaling,
+                                    E, NG, KG, TOPK, TB)
+            entry = t0 * TOPK + tl.arange(0, NE)
+            total += tl.sum(_onehot(ids, entry < T * TOPK, expert_offset, n_local, EP, NE), 0)
+        start = _align_offsets(total, sorted_ids_ptr, expert_ids_ptr, n_post_ptr, T * TOPK, n_local,
+                               BM, EP, BB)
+        tl.debug_barrier()  # the ids written above are read back by other threads of this program
+        carry = start
+        for t0 in range(0, T, TB):
+            entry = t0 * TOPK + tl.arange(0, NE)
+            live = entry < T * TOPK
+            ids = tl.load(ids_ptr + entry, mask=live, other=-1)
+            onehot = _onehot(ids, live, expert_offset, n_local, EP, NE)
+            pos = tl.sum(onehot * (carry[None, :] + tl.cumsum(onehot, 0) - 1), 1)
+            tl.store(sorted_ids_ptr + pos, entry, mask=tl.sum(onehot, 1) > 0)
+            carry += tl.sum(onehot, 0)
+
+
+@triton.jit
+def _routing_kernel(logits_ptr, bias_ptr, ids_ptr, weights_ptr, counts_ptr, T, scaling,
+                    expert_offset, n_local,
+                    E: tl.constexpr, NG: tl.constexpr, KG: tl.constexpr, TOPK: tl.constexpr,
+                    TB: tl.constexpr, EP: tl.constexpr):
+    """Prefill: route one token tile and count its entries per local expert."""
+    pid = tl.program_id(0)
+    ids, live = _route_tile(logits_ptr, bias_ptr, ids_ptr, weights_ptr, pid * TB, T, scaling,
+                            E, NG, KG, TOPK, TB)
+    entry = pid * TB * TOPK + tl.arange(0, TB * TOPK)
+    onehot = _onehot(ids, entry < T * TOPK, expert_offset, n_local, EP, TB * TOPK)
+    tl.store(counts_ptr + pid * EP + tl.arange(0, EP), tl.sum(onehot, 0))
+
+
+@triton.jit
+def _moe_align_scan_kernel(counts_ptr, chunk_base_ptr, sorted_ids_ptr, expert_ids_ptr, n_post_ptr,
+                           n_chunks, n_entries, n_local,
+                           BM: tl.constexpr, EP: tl.constexpr, CB: tl.constexpr):
+    """One program: padded per-expert offsets, and where each tile's entries start."""
+    e = tl.arange(0, EP)
+    c = tl.arange(0, CB)
+    total = tl.zeros([EP], dtype=tl.int32)
+    for c0 in range(0, n_chunks, CB):
+        rows = c0 + c
+        total += tl.sum(tl.load(counts_ptr + rows[:, None] * EP + e[None, :],
+                                mask=rows[:, None] < n_chunks, other=0), 0)
+    carry = _align_offsets(total, sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_entries, n_local,
+                           BM, EP, 128)
+    for c0 in range(0, n_chunks, CB):
+        rows = c0 + c
+        mask = rows[:, None] < n_chunks
+        tile = tl.load(counts_ptr + rows[:, None] * EP + e[None, :], mask=mask, other=0)
+        tl.store(chunk_base_ptr + rows[:, None] * EP + e[None, :],
+                 carry[None, :] + tl.cumsum(tile, 0) - tile, mask=mask)
+        carry += tl.sum(tile, 0)
+
+
+@triton.jit
+def _moe_align_scatter_kernel(ids_ptr, chunk_base_ptr, sorted_ids_ptr, n_entries, expert_offset,
+                              n_local, CHUNK: tl.constexpr, EP: tl.constexpr):
+    """sorted_ids[position] = entry index, stable within each expert (token order)."""
+    pid = tl.program_id(0)
+    entry = pid * CHUNK + tl.arange(0, CHUNK)
+    live = entry < n_entries
+    ids = tl.load(ids_ptr + entry, mask=live, other=-1)
+    onehot = _onehot(ids, live, expert_offset, n_local, EP, CHUNK)
+    base = tl.load(chunk_base_ptr + pid * EP + tl.arange(0, EP))
+    pos = tl.sum(onehot * (base[None, :] + tl.cumsum(onehot, 0) - 1), 1)
+    tl.store(sorted_ids_ptr + pos, entry, mask=tl.sum(onehot, 1) > 0)
+
+
+@triton.jit
+def _tile_ids(pid, n_m, n_n, GROUP_M: tl.constexpr):
+    """Grouped launch order: GROUP_M row blocks sweep the column tiles together (L2 reuse)."""
+    per_group = GROUP_M * n_n
+    first_m = (pid // per_group) * GROUP_M
+    rows = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % rows
+    pid_n = (pid % per_group) // rows
+    return pid_m, pid_n
+
+
+@triton.jit
+def _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n, n_entries, TOPK: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr):
+    """One tile's expert, its BM sorted rows, their entries (live: not padding), the tokens the
+    entries came from, and the tile's BN columns."""
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    rows = pid_m * BM + tl.arange(0, BM)
+    entry = tl.load(sorted_ids_ptr + rows)
+    live = entry < n_entries
+    token = tl.where(live, entry // TOPK, 0).to(tl.int64)
+    cols = pid_n * BN + tl.arange(0, BN)
+    return expert, rows, entry, live, token, cols
+
+
+@triton.jit
+def _k_range(split, n_kb, SPLIT: tl.constexpr):
+    """The K blocks [kb0, kb1) of the split-th of SPLIT ranges (the last ones may be short or empty)."""
+    per = tl.cdiv(n_kb, SPLIT)
+    kb0 = split * per
+    return kb0, tl.minimum(kb0 + per, n_kb)
+
+
+@triton.jit
+def _gemm1_swiglu_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, c_ptr, c_scale_ptr,
+                         sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_tokens, n_entries, I, K,
+                         n_m, n_rows,
+                         TOPK: tl.constexpr, QB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                         GROUP_M: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr):
+    """C[row, cols] = silu(A W_gate^T) * (A W_up^T) for the BN columns `cols` of one expert;
+    QUANT: fp8 out with one scale per row of this tile (quantization group = BN <= QB columns),
+    stored block-major at c_scale[pid_n, row]; else bf16 out."""
+    pid_m, pid_n = _tile_ids(tl.program_id(0), n_m, I // BN, GROUP_M)
+    # loaded alongside n_post, not after it (as in gemm2)
+    expert, rows, entry, live, token, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                        n_entries, TOPK, BM, BN)
+    if pid_m * BM >= tl.load(n_post_ptr):
+        return
+    kk = tl.arange(0, QB)
+    a_ptrs = a_ptr + token[:, None] * K + kk[None, :]
+    up_ptrs = w_ptr + expert * 2 * I * K + cols[None, :].to(tl.int64) * K + kk[:, None]
+    gate_ptrs = up_ptrs + I * K
+    n_kb = K // QB
+    up_s_ptrs = w_scale_ptr + expert * (2 * I // QB) * n_kb + (cols // QB) * n_kb
+    gate_s_ptrs = up_s_ptrs + (I // QB) * n_kb
+    acc_up = tl.zeros([BM, BN], dtype=tl.float32)
+    acc_gate = tl.zeros([BM, BN], dtype=tl.float32)
+    for kb in range(0, n_kb):
+        a = tl.load(a_ptrs, mask=live[:, None], other=0.0)
+        a_s = tl.load(a_scale_ptr + kb * n_tokens + token)[:, None]
+        w_up = tl.load(up_ptrs)
+        w_gate = tl.load(gate_ptrs)
+        acc_up += tl.dot(a, w_up) * (a_s * tl.load(up_s_ptrs + kb)[None, :])
+        acc_gate += tl.dot(a, w_gate) * (a_s * tl.load(gate_s_ptrs + kb)[None, :])
+        a_ptrs += QB
+        up_ptrs += QB
+        gate_ptrs += QB
+    c = acc_gate / (1.0 + tl.exp(-acc_gate)) * acc_up
+    out = c_ptr + rows[:, None].to(tl.int64) * I + cols[None, :]
+    if QUANT:
+        scale = tl.maximum(tl.max(tl.abs(c), 1), 1e-12) / 448.0
+        tl.store(out, _to_fp8(c / scale[:, None], INTERPRET))
+        tl.store(c_scale_ptr + pid_n * n_rows + rows, scale)
+    else:
+        tl.store(out, c.to(tl.bfloat16))
+
+
+@triton.jit
+def _gemm1_splitk_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, part_ptr, sorted_ids_ptr,
+                         expert_ids_ptr, n_post_ptr, n_tokens, n_entries, N, K, n_m, n_rows,
+                         TOPK: tl.constexpr, QB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                         SPLIT: tl.constexpr, count_ptr=None, c_ptr=None,
+                         FUSE_ACT: tl.constexpr = False):
+    """Tiny T: part[split, row, cols] = the split-th K range of A W13^T (fp32). SPLIT programs per
+    tile put all SMs on the weight stream when only a few experts are hit.
+    FUSE_ACT: the last of the 2 x SPLIT programs that cover a row block's up tile j and gate tile j
+    (arrivals counted on count[pid_m, j], acq_rel, after a barrier over the stores) sums the
+    partials, applies SwiGLU and stores bf16 C[rows, j-th BN columns] (zero for padding rows),
+    then resets its count; gemm2 re-quantizes C per 1x128 group (A_MODE 2)."""
+    pid = tl.program_id(0)
+    split = pid % SPLIT
+    tile = pid // SPLIT
+    n_n = N // BN
+    pid_m = tile // n_n
+    pid_n = tile % n_n
+    # loaded alongside n_post, not after it (as in gemm2)
+    expert, rows, entry, live, token, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                        n_entries, TOPK, BM, BN)
+    if pid_m * BM >= tl.load(n_post_ptr):
+        return
+    n_kb = K // QB
+    kb0, kb1 = _k_range(split, n_kb, SPLIT)
+    kk = kb0 * QB + tl.arange(0, QB)
+    a_ptrs = a_ptr + token[:, None] * K + kk[None, :]
+    w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
+    ws_ptrs = w_scale_ptr + expert * (N // QB) * n_kb + (cols // QB) * n_kb
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for kb in range(kb0, kb1):
+        a = tl.load(a_ptrs, mask=live[:, None], other=0.0)
+        w = tl.load(w_ptrs)
+        a_s = tl.load(a_scale_ptr + kb * n_tokens + token)[:, None]
+        acc += tl.dot(a, w) * (a_s * tl.load(ws_ptrs + kb)[None, :])
+        a_ptrs += QB
+        w_ptrs += QB
+    out = part_ptr + (split * n_rows + rows[:, None]).to(tl.int64) * N + cols[None, :]
+    tl.store(out, acc)
+    if FUSE_ACT:
+        n_j = n_n // 2
+        j = pid_n % n_j
+        tl.debug_barrier()  # every thread's partial is stored before the arrival is counted
+        arrived = tl.atomic_add(count_ptr + pid_m * n_j + j, 1, sem="acq_rel", scope="gpu")
+        if arrived == 2 * SPLIT - 1:  # the last one in: both halves of every split are visible
+            cj = j * BN + tl.arange(0, BN)
+            up = tl.zeros([BM, BN], dtype=tl.float32)
+            gate = tl.zeros([BM, BN], dtype=tl.float32)
+            for sp in tl.static_range(SPLIT):
+                base = part_ptr + (sp * n_rows + rows[:, None]).to(tl.int64) * N + cj[None, :]
+                up += tl.load(base, mask=live[:, None], other=0.0, cache_modifier=".cg")
+                gate += tl.load(base + N // 2, mask=live[:, None], other=0.0, cache_modifier=".cg")
+            c = gate / (1.0 + tl.exp(-gate)) * up
+            tl.store(c_ptr + rows[:, None].to(tl.int64) * (N // 2) + cj[None, :], c.to(tl.bfloat16))
+            tl.store(count_ptr + pid_m * n_j + j, 0)  # ready for the next call (stream order)
+
+
+@triton.jit
+def _splitk_swiglu_quant_kernel(part_ptr, c_ptr, c_scale_ptr, n_post_ptr, n_rows, I,
+                                QB: tl.constexpr, BM: tl.constexpr, SPLIT: tl.constexpr,
+                                INTERPRET: tl.constexpr):
+    """Sum the SPLIT partial G1 tiles of BM rows, c = silu(gate) * up over one 1 x QB group,
+    fp8 re-quantized (one program per row block and group: few programs exit empty)."""
+    pid_m = tl.program_id(0)
+    grp = tl.program_id(1)
+    if pid_m * BM >= tl.load(n_post_ptr):
+        return
+    rows = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+    cols = grp * QB + tl.arange(0, QB)
+    up = tl.zeros([BM, QB], dtype=tl.float32)
+    gate = tl.zeros([BM, QB], dtype=tl.float32)
+    for sp in tl.static_range(SPLIT):
+        base = part_ptr + (sp * n_rows + rows[:, None]) * 2 * I + cols[None, :]
+        up += tl.load(base)
+        gate += tl.load(base + I)
+    c = gate / (1.0 + tl.exp(-gate)) * up
+    scale = tl.maximum(tl.max(tl.abs(c), 1), 1e-12) / 448.0
+    tl.store(c_ptr + rows[:, None] * I + cols[None, :], _to_fp8(c / scale[:, None], INTERPRET))
+    tl.store(c_scale_ptr + grp * n_rows + rows, scale)
+
+
+@triton.jit
+def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights_ptr,
+                          sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_rows, n_entries, N, K, n_m,
+                          QB: tl.constexpr, QG: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                          GROUP_M: tl.constexpr, A_MODE: tl.constexpr, INTERPRET: tl.constexpr,
+                          SPLIT: tl.constexpr = 1):
+    """y[entry(row), cols] = weight(entry) * C[row] @ dequant(W2[expert])[cols]^T (bf16).
+    A_MODE 0: C is fp8 with one scale per 1xQG group (QG divides QB; fp8 dots);
+    2: C is bf16 (QG = QB) and each 1xQB group is re-quantized to fp8 here, in registers (amax /
+    448, as gemm1's epilogue would), so gemm1 can use narrow tiles and gemm2 still runs one fp8 dot
+    per QB-deep step. (A_MODE 1, bf16 C with W2 widened to bf16, measured 2x slower: removed.)
+    SPLIT > 1: the split-th K range only, into fp32 y[split, entry, cols] (finalize sums them)."""
+    pid = tl.program_id(0)
+    split = pid % SPLIT
+    pid_m, pid_n = _tile_ids(pid // SPLIT, n_m, N // BN, GROUP_M)
+    # the tile's expert and rows are loaded before n_post is known (in bounds: n_m blocks exist),
+    # so the three loads are in flight together instead of one after the other
+    expert, rows, entry, live, _, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                    n_entries, 1, BM, BN)
+    if pid_m * BM >= tl.load(n_post_ptr):
+        return
+    n_kb = K // QB
+    kb0, kb1 = _k_range(split, n_kb, SPLIT)
+    kk = kb0 * QB + tl.arange(0, QG)
+    a_ptrs = c_ptr + rows[:, None].to(tl.int64) * K + kk[None, :]
+    w_ptrs = w_ptr + expert * N * K + cols[None, :].to(tl.int64) * K + kk[:, None]
+    ws_ptrs = w_scale_ptr + expert * (N // QB) * n_kb + (cols // QB) * n_kb
+    SUB: tl.constexpr = QB // QG
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    # K steps by the weight's scale block QB; with narrower activation groups (QG < QB) each
+    # step runs QB // QG dots, so every pipelined step still streams a QB-deep weight tile.
+    for kb in range(kb0, kb1):
+        w_s = tl.load(ws_ptrs + kb)[None, :]
+        for g in tl.static_range(SUB):
+            w = tl.load(w_ptrs + g * QG)
+            a = tl.load(a_ptrs + g * QG)
+            if A_MODE == 2:  # 1 x QB group re-quantized to fp8 in registers (amax / 448)
+                af = a.to(tl.float32)
+                a_s = tl.maximum(tl.max(tl.abs(af), 1), 1e-12) / 448.0
+                acc += tl.dot(_to_fp8(af / a_s[:, None], INTERPRET), w) * (a_s[:, None] * w_s)
+            else:  # A_MODE 0
+                a_s = tl.load(c_scale_ptr + (kb * SUB + g) * n_rows + rows)[:, None]
+                acc += tl.dot(a, w) * (a_s * w_s)
+        a_ptrs += QB
+        w_ptrs += QB
+    weight = tl.load(weights_ptr + entry, mask=live, other=0.0)
+    out = y_ptr + (split * n_entries + entry[:, None]).to(tl.int64) * N + cols[None, :]
+    tl.store(out, (acc * weight[:, None]).to(y_ptr.dtype.element_ty), mask=live[:, None])
+
+
+@triton.jit
+def _finalize_reduce_kernel(y_ptr, ids_ptr, out_ptr, expert_offset, n_local, H, n_entries,
+                            TOPK: tl.constexpr, BH: tl.constexpr, SPLIT: tl.constexpr = 1):
+    """out[t] = sum of the token's weighted local rows (and of gemm2's SPLIT K-range partials),
+    in slot order (fp32, then bf16)."""
+    t = tl.program_id(0)
+    cols = tl.program_id(1) * BH + tl.arange(0, BH)
+    k = tl.arange(0, TOPK)
+    local = tl.load(ids_ptr + t * TOPK + k) - expert_offset
+    hit = (local >= 0) & (local < n_local)
+    rows = (t * TOPK + k).to(tl.int64)
+    y = tl.zeros([TOPK, BH], dtype=tl.float32)
+    for sp in tl.static_range(SPLIT):
+        y += tl.load(y_ptr + (sp * n_entries + rows[:, None]) * H + cols[None, :],
+                     mask=hit[:, None] & (cols[None, :] < H), other=0.0).to(tl.float32)
+    tl.store(out_ptr + t.to(tl.int64) * H + cols, tl.sum(y, 0).to(tl.bfloat16), mask=cols < H)
+
+
+def _config(T):
+    """The default configuration of T's bucket (every key of CONFIG_DOC)."""
+    # Routing (v7b, cupti): up to 8 tokens one single-program launch with the ids in registers
+    # (T=7 0.0877 vs 0.0891 ms reloaded); at 9-16 the three-kernel path with 2-token tiles is
+    # 1.4-2.8% faster (the one program's serial top-k over 16 tokens was ~12 us); 4-token tiles
+    # up to 1024 tokens (more programs, shorter serial top-k chains), 16 above.
+    if T <= SPLITK_MAX:
+        route = dict(route="single", route_tile=16, route_one_tile=True)
+    else:
+        route = dict(route="tiles", route_tile=2 if T <= TINY_MAX else 4 if T <= DECODE_MAX else 16,
+                     route_one_tile=True)
+    one = dict(split=1, split2=1, act="gemm1")
+    if T > DECODE_MAX:
+        return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, c_dtype="fp8", **one, **route)
+    # v4 sweep (H200, graph ms, benchmarks/NOTES.md): with gemm2 streaming QB-deep weight tiles
+    # over 64-wide activation groups, BN1=64 (32 gemm1 programs per expert) and BM=16 won at
+    # every decode size tried (T=7..80: 0.157/0.145/0.301/0.310 ms vs 0.167/0.166/0.340/0.346
+    # for v3's BM=32, BN1=128); at T=901, BM=32 with BN2=128 (0.486 vs 0.635 for the prefill tiles).
+    # v5 sweep (H200, graph ms): at T=1 (2 experts hit) gemm1/gemm2 split 2/2 0.048 vs 0.063
+    # unsplit (gemm1 36 -> ~20 us); T=7 equal (0.103); from T=14 splitting loses (T=16: 0.207 vs
+    # 0.219+): enough experts are hit to fill the GPU.
+    # v7 sweep (H200, fib's cupti kernel sum, L2 flushed): T=1 0.0400 ms with the separate
+    # activation kernel and 3 gemm2 stages (0.0407 with 4; 20.9 us floor: 52%); T=7 0.0857 with
+    # SwiGLU in gemm1's last-arriving program and BN2=128 (0.0888 apart).
+    if T <= SPLITK_MAX:
+        split = dict(split=2, split2=2)
+        if T >= ACT_IN_GEMM1_FROM:
+            return dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="bf16", act="gemm1",
+                        **split, **route)
+        return dict(BM=16, BN1=64, BN2=64, warps=4, stages1=4, stages2=3, c_dtype="fp8", act="kernel",
+                    **split, **route)
+    # v6 sweep (H200, graph ms): up to 128 tokens, bf16 C re-quantized inside gemm2 with BN2=128
+    # beat fp8 C from gemm1's epilogue (64-wide groups, BN2=64) by 2-4% (T=32: 0.271 vs 0.282,
+    # 52: 0.277 vs 0.286, 59: 0.280 vs 0.288, 80: 0.253 vs 0.260); at 901 it lost (0.509 vs 0.491).
+    if T <= SMALL_MAX:
+        return dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="bf16", **one, **route)
+    return dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="fp8", **one, **route)
+
+
+def _variants(T):
+    """The named alternatives to T's default that the sweeps in benchmarks/NOTES.md timed (and a
+    few they left open), as overrides of the bucket's configuration."""
+    if T <= SPLITK_MAX:  # v5/v7: where SwiGLU runs, gemm2 stages, ids in registers or reloaded
+        kernel = dict(act="kernel", c_dtype="fp8", BN2=64, stages2=3)
+        gemm1 = dict(act="gemm1", c_dtype="bf16", BN2=128, stages2=4)
+        return {"act_kernel": kernel, "act_gemm1": gemm1,
+                "act_kernel_reload": dict(kernel, route_one_tile=False),
+                "act_gemm1_reload": dict(gemm1, route_one_tile=False),
+                "act_kernel_s4": dict(kernel, stages2=4)}
+    if T <= TINY_MAX:  # v7b: routing at 9-16 tokens; NOTES open item 4: split-K when few experts hit
+        return {"route_single": dict(route="single", route_tile=16),
+                "route_single_reload": dict(route="single", route_tile=16, route_one_tile=False),
+                "route_tiles4": dict(route_tile=4), "route_tiles8": dict(route_tile=8),
+                "splitk": dict(split=2, split2=2)}
+    if T <= SMALL_MAX:  # v6: fp8 C from gemm1 (v5) against bf16 C re-quantized in gemm2
+        return {"fp8c_bn64": dict(c_dtype="fp8", BN2=64), "rq_bn64": dict(BN2=64),
+                "bn1_32": dict(BN1=32, BN2=64)}
+    if T <= DECODE_MAX:  # v6 at 901; NOTES open item 3: BM=64
+        return {"rq": dict(c_dtype="bf16"), "rq_bn64": dict(c_dtype="bf16", BN2=64), "bm64": dict(BM=64)}
+    return {"s34": dict(stages1=3, stages2=4), "bm64_w4": dict(BM=64, warps=4)}  # prefill (v3)
+
+
+def fib_configs(axes):
+    """fib's configuration hook: {name: configuration} valid at these axes, "default" first (what
+    run(config=None) uses there). A name may appear at several buckets with a different dict."""
+    T = int(axes["seq_len"])
+    base = _config(T)
+    return {"default": base, **{name: {**base, **over} for name, over in _variants(T).items()}}
+
+
+def _invalid(cfg):
+    """Why this configuration cannot run, or None."""
+    for key in ("BM", "BN1", "BN2", "warps", "route_tile"):
+        v = cfg[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v & (v - 1):
+            return f"{key}={v!r} is not a power of 2"
+    for key in ("stages1", "stages2", "split", "split2"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            return f"{key}={cfg[key]!r} is not a positive integer"
+    for key, allowed in (("act", ("gemm1", "kernel")), ("c_dtype", ("fp8", "bf16")),
+                         ("route", ("single", "tiles")), ("route_one_tile", (True, False))):
+        if cfg[key] not in allowed:
+            return f"{key}={cfg[key]!r} is not one of {allowed}"
+    if cfg["split"] == 1 and cfg["act"] != "gemm1":
+        return "act='kernel' needs split > 1 (unsplit, SwiGLU runs in gemm1's epilogue)"
+    if cfg["split"] > 1 and (cfg["act"], cfg["c_dtype"]) not in (("gemm1", "bf16"), ("kernel", "fp8")):
+        return "with split > 1, act='gemm1' writes bf16 C and act='kernel' fp8 C"
+    return None
+
+
+def _resolve(T, config):
+    """T's default configuration with `config`'s keys over it; ValueError naming a bad key."""
+    cfg = _config(T)
+    if config is None:
+        return cfg
+    unknown = sorted(set(config) - set(cfg))
+    if unknown:
+        raise ValueError(f"triton_fused: unknown configuration key(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(CONFIG_DOC)}")
+    cfg = {**cfg, **config}
+    problem = _invalid(cfg)
+    if problem:
+        raise ValueError(f"triton_fused: configuration {config}: {problem}")
+    return cfg
+
+
+_COUNTERS = {}  # (device type, index) -> int32 arrival counters, zero between calls
+
+
+def _arrival_counters(dev, n):
+    """The persistent, self-resetting arrival counters of the fused activation (ACT_IN_GEMM1_FROM).
+    Made once per device, outside any CUDA-graph capture; None (the separate activation kernel
+    runs instead) if the first call is being captured. One stream at a time per device:
+    concurrent calls on several streams would share them."""
+    key = (dev.type, dev.index)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        if dev.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=dev)
+        _COUNTERS[key] = buf
+    return buf
+
+
+def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_local, cfg):
+    T, E = routing_logits.shape
+    BM = cfg["BM"]
+    dev = routing_logits.device
+    n_entries = T * TOPK
+    EP = triton.next_power_of_2(n_local)
+    ids = torch.empty(T, TOPK, dtype=torch.int32, device=dev)
+    weights = torch.empty(T, TOPK, dtype=torch.float32, device=dev)
+    # every non-empty BM block holds at least one entry: at most n_entries blocks (T=1: 8, not 30,
+    # so the GEMM grids launch fewer programs that only find themselves past n_post and exit)
+    blocks_max = min((n_entries + n_local * (BM - 1)) // BM, n_local * triton.cdiv(T, BM), n_entries)
+    sorted_ids = torch.empty(blocks_max * BM, dtype=torch.int32, device=dev)
+    expert_ids = torch.empty(blocks_max, dtype=torch.int32, device=dev)
+    n_post = torch.empty(1, dtype=torch.int32, device=dev)
+    logits = routing_logits.contiguous()
+    consts = dict(E=E, NG=N_GROUPS, KG=TOPK_GROUPS, TOPK=TOPK)
+    if cfg["route"] == "single":
+        consts["TB"] = min(cfg["route_tile"], triton.next_power_of_2(T))  # no masked rows at T=1, 2, 4, 8
+        warps = SINGLE_ROUTE_WARPS if consts["TB"] > 2 else consts["TB"]  # one token: one warp
+        _routing_align_kernel[(1,)](logits, routing_bias, ids, weights, sorted_ids, expert_ids,
+                                    n_post, T, float(scaling), expert_offset, n_local,
+                                    BM=BM, EP=EP, ONE_TILE=cfg["route_one_tile"] and T <= consts["TB"],
+                                    BB=min(128, triton.next_power_of_2(blocks_max)), **consts,
+                                    num_warps=warps)
+        return ids, weights, sorted_ids, expert_ids, n_post
+    tile = cfg["route_tile"]
+    consts["TB"] = tile
+    n_tiles = triton.cdiv(T, tile)
+    counts = torch.empty(n_tiles, EP, dtype=torch.int32, device=dev)
+    chunk_base = torch.empty(n_tiles, EP, dtype=torch.int32, device=dev)
+    _routing_kernel[(n_tiles,)](logits, routing_bias, ids, weights, counts, T, float(scaling),
+                                expert_offset, n_local, EP=EP, **consts, num_warps=4)
+    _moe_align_scan_kernel[(1,)](counts, chunk_base, sorted_ids, expert_ids, n_post, n_tiles,
+                                 n_entries, n_local, BM=BM, EP=EP, CB=64)
+    _moe_align_scatter_kernel[(n_tiles,)](ids, chunk_base, sorted_ids, n_entries, expert_offset,
+                                          n_local, CHUNK=tile * TOPK, EP=EP)
+    return ids, weights, sorted_ids, expert_ids, n_post
+
+
+def _gemm1_fused(cfg, hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale,
+                 sorted_ids, expert_ids, n_post, T, n_entries, I, H, n_m, rows_max, BM, BN1, quant,
+                 QB, dev):
+    with fib.stage("gemm1"):
+        c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn if quant else torch.bfloat16, device=dev)
+        c_scale = torch.empty(I // BN1 if quant else 1, rows_max, dtype=torch.float32, device=dev)
+        _gemm1_swiglu_kernel[(n_m * (I // BN1),)](
+            hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale, c, c_scale,
+            sorted_ids, expert_ids, n_post, T, n_entries, I, H, n_m, rows_max,
+            TOPK=TOPK, QB=QB, BM=BM, BN=BN1, GROUP_M=8, QUANT=quant, INTERPRET=INTERPRET,
+            num_warps=cfg["warps"], num_stages=cfg["stages1"])
+    return c, c_scale
+
+
+def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
+        gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, local_expert_offset,
+        routed_scaling_factor, output, config=None):
+    T, H = hidden_states.shape
+    n_local = gemm1_weights.shape[0]
+    I = gemm2_weights.shape[2]
+    QB = H // hidden_states_scale.shape[0]
+    cfg = _resolve(T, config)
+    BM = cfg["BM"]
+    BN1, BN2 = min(cfg["BN1"], I, QB), min(cfg["BN2"], H)
+    dev = hidden_states.device
+    n_entries = T * TOPK
+    with fib.stage("routing"):
+        ids, weights, sorted_ids, expert_ids, n_post = _route_and_align(
+            routing_logits, routing_bias, routed_scaling_factor, local_expert_offset, n_local, cfg)
+    rows_max = sorted_ids.numel()
+    n_m = rows_max // BM
+    split = cfg["split"]
+    if split > 1:  # tiny T: partial G1 per K range, then SwiGLU + 1 x QB re-quantization
+        counts1 = _arrival_counters(dev, n_m * (I // BN1)) if cfg["act"] == "gemm1" else None
+        fuse = {}
+        if counts1 is not None:  # gemm1's last program per tile pair: SwiGLU, bf16 C
+            c = torch.empty(rows_max, I, dtype=torch.bfloat16, device=dev)
+            fuse = dict(count_ptr=counts1, c_ptr=c, FUSE_ACT=True)
+        with fib.stage("gemm1"):
+            part = torch.empty(split, rows_max, 2 * I, dtype=torch.float32, device=dev)
+            _gemm1_splitk_kernel[(n_m * (2 * I // BN1) * split,)](
+                hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale, part,
+                sorted_ids, expert_ids, n_post, T, n_entries, 2 * I, H, n_m, rows_max,
+                TOPK=TOPK, QB=QB, BM=BM, BN=BN1, SPLIT=split, **fuse,
+                num_warps=cfg["warps"], num_stages=cfg["stages1"])
+        if fuse:
+            c_scale, a_mode = c, 2
+        else:
+            with fib.stage("activation"):
+                c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn, device=dev)
+                c_scale = torch.empty(I // QB, rows_max, dtype=torch.float32, device=dev)
+                _splitk_swiglu_quant_kernel[(n_m, I // QB)](part, c, c_scale, n_post, rows_max, I,
+                                                            QB=QB, BM=BM, SPLIT=split,
+                                                            INTERPRET=INTERPRET)
+            a_mode = 0
+        BN1 = QB  # the activation groups gemm2 reads
+    else:
+        quant = cfg["c_dtype"] == "fp8"
+        c, c_scale = _gemm1_fused(cfg, hidden_states, hidden_states_scale, gemm1_weights,
+                                  gemm1_weights_scale, sorted_ids, expert_ids, n_post, T, n_entries,
+                                  I, H, n_m, rows_max, BM, BN1, quant, QB, dev)
+        a_mode = 0 if quant else 2
+    split2 = cfg["split2"]
+    with fib.stage("gemm2"):  # split2 > 1: fp32 partials per K range, summed by finalize
+        y = torch.empty(split2, n_entries, H, dtype=torch.float32 if split2 > 1 else torch.bfloat16,
+                        device=dev)
+        _gemm2_combine_kernel[(n_m * (H // BN2) * split2,)](
+            c, c_scale, gemm2_weights, gemm2_weights_scale, y, weights, sorted_ids, expert_ids,
+            n_post, rows_max, n_entries, H, I, n_m,
+            QB=QB, QG=BN1 if a_mode == 0 else QB, BM=BM, BN=BN2, GROUP_M=8,
+            A_MODE=a_mode, INTERPRET=INTERPRET, SPLIT=split2,
+            num_warps=cfg["warps"], num_stages=cfg["stages2"])
+    with fib.stage("finalize"):
+        BH = min(1024, triton.next_power_of_2(H))
+        _finalize_reduce_kernel[(T, triton.cdiv(H, BH))](y, ids, output, local_expert_offset,
+                                                          n_local, H, n_entries, TOPK=TOPK, BH=BH,
+                                                          SPLIT=split2)
