@@ -77,3 +77,7 @@ def git_info(path: Path) -> dict:
         return {"commit": None, "branch": None, "dirty": None, "source": None}
     return {"commit": commit, "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FIB_CACHE_DIR", Path.home() / ".cache" / "fib"))

@@ -6,15 +6,15 @@ import importlib.util
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from . import native
 from .device import device_info  # noqa: F401  (re-exported: solutions.device_info)
-from .env import dist_version
+from .env import cache_dir, dist_version
 from .errors import FibError
-from .harness.inputs import cache_dir, torch_dtype
 from .schema import Definition, Solution
 from .schema.solution import LANGUAGE_PACKAGES
 
@@ -211,7 +211,8 @@ def load_entry(solution: Solution, definition: Definition | None = None, *, devi
 
 
 def _default_device(solution: Solution) -> str:
-    return solution_device(solution, ["cuda:0"] if torch.cuda.is_available() else ["cpu"])
+    from .device import cuda_device_count
+    return solution_device(solution, ["cuda:0"] if cuda_device_count() else ["cpu"])
 
 
 def hook_reason(module, info: dict[str, Any], axes: dict[str, int]) -> str | None:
@@ -227,6 +228,8 @@ def hook_reason(module, info: dict[str, Any], axes: dict[str, int]) -> str | Non
 def allocate_outputs(definition: Definition, axes: dict[str, int], device) -> list[torch.Tensor]:
     """Output buffers filled with NaN (floats) or an out-of-range value (ints), so elements that a
     solution never writes cannot pass the check."""
+    import torch
+    from .harness.inputs import torch_dtype
     outputs = []
     for spec in definition.outputs.values():
         shape = definition.shape_of(spec, axes) or ()
@@ -238,6 +241,7 @@ def allocate_outputs(definition: Definition, axes: dict[str, int], device) -> li
 
 
 def poison_(tensor: torch.Tensor) -> None:
+    import torch
     if tensor.dtype.is_floating_point:
         if tensor.dtype in (torch.float8_e4m3fn,):
             tensor.view(torch.uint8).fill_(0x7F)  # e4m3fn NaN

@@ -21,3 +21,16 @@ def test_worker_imports_no_pandas_and_no_reporting():
             "'fib.results.dashboard', 'matplotlib'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_the_parent_imports_no_torch_before_its_children_start():
+    """`import torch` took 3.3 s on the H200 machine; the run's parent finds its GPUs through libcuda
+    and starts the judge and the first worker before it probes its own environment (which imports
+    torch), so nothing on the way there may import torch at module level."""
+    import subprocess
+    import sys
+    code = ("import sys, fib.cli.app, fib.cli.common, fib.harness.runner, fib.harness.executor, fib.solutions, "
+            "fib.dataset, fib.harness.seeds, fib.device; print(sorted(m for m in sys.modules if m == 'torch'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

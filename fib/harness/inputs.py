@@ -12,7 +12,9 @@ import torch
 
 from ..dataset import resolve_blob
 from ..errors import DatasetError
+from ..env import cache_dir
 from ..schema import DTYPES, Definition, TensorSpec, Workload
+from .seeds import workload_seed  # noqa: F401  (part of this module's API: the seed inputs are built from)
 
 FLOAT_DTYPES = {"float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1"}
 
@@ -21,14 +23,6 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, DTYPES[name])
 
 
-def workload_seed(run_seed: int, workload: Workload) -> int:
-    """The seed a workload's inputs are built from: fixed by the run's seed and the workload uuid."""
-    digest = hashlib.sha256(f"{run_seed}:{workload.uuid}".encode()).hexdigest()
-    return int(digest[:8], 16)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FIB_CACHE_DIR", Path.home() / ".cache" / "fib"))
 
 
 # ---- compiled definition code (reference `run`, `generate`) -----------------------------------

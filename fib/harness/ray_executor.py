@@ -43,7 +43,7 @@ from ..errors import ClusterError
 from ..rundir import append_trace
 from ..schema import Status, Trace
 from .evaluate import make_trace, now_iso
-from .inputs import workload_seed
+from .seeds import workload_seed
 from .ray_node import POLL_MAX_EVENTS, FibNode, code_digest
 from .runner import PACKAGE_ROOT, RunResult, write_run_json
 

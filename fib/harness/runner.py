@@ -25,7 +25,7 @@ from typing import Callable
 
 from ..dataset import Dataset
 from ..env import collect_environment, git_info
-from .inputs import workload_seed
+from .seeds import workload_seed
 from ..rundir import append_trace
 from ..schema import Correctness, Performance, Status, TimingStats, Trace
 from ..schema.config import RunConfig
