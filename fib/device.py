@@ -11,7 +11,7 @@ import ctypes
 from functools import lru_cache
 from typing import Any
 
-_NAME, _MAJOR, _MINOR, _SMS = None, 75, 76, 16  # CUdevice_attribute values (cuda.h)
+_MAJOR, _MINOR, _SMS = 75, 76, 16  # CUdevice_attribute values (cuda.h)
 
 
 @lru_cache(maxsize=1)
