@@ -205,7 +205,7 @@ class Runner:
                                         else None))
         if queue:  # the children's imports (seconds) overlap the parent's own environment probe (torch)
             self._start_judge()
-            self._prestart_first(slots[0], queue, out_dir)
+            self._prestart(slots[0], queue, out_dir)  # no worker yet: the first solution's, started now
         self.environment = collect_environment()
         self._env_model = {"hardware": self.environment["hardware"], "libs": self.environment["libs"]}
         info = {"command": command, "config": self.config.model_dump(mode="json"),
@@ -451,29 +451,24 @@ class Runner:
                 self._device_infos[device], any_hardware=self.config.any_hardware)
         return self._static_reasons[key]
 
+    def _runnable(self, d: str, s: str, w: str, device: str) -> bool:
+        """Not skipped (build failure, too many crashes) and not ruled out by its JSON on `device`."""
+        return self._skip_reason(d, s) is None and not self._unsupported_here(d, s, self._workload(d, w), device)
+
     def _look_ahead(self, queue: deque, depth: int = 2) -> None:
         """Ask for the references of the next workloads now, so the judge works while workers do."""
         asked = 0
         for d, s, w in list(queue)[:8]:
             if asked >= depth:
                 return
-            if self._skip_reason(d, s) is None and not self._unsupported_here(d, s, self._workload(d, w),
-                                                                              self.plan.devices[0]):
+            if self._runnable(d, s, w, self.plan.devices[0]):
                 asked += self._request_reference(d, w, workload_seed(self.config.seed, self._workload(d, w)))
-
-    def _prestart_first(self, slot: Slot, queue: deque, out_dir: Path) -> None:
-        """Start the first solution's worker before anything else (it becomes the slot's worker at the
-        first dispatch), so its imports do not wait for the parent's own start-up."""
-        first = next(((d, s) for d, s, w in queue if self._skip_reason(d, s) is None
-                      and not self._unsupported_here(d, s, self._workload(d, w), slot.device)), None)
-        if first is not None:
-            slot.spare, slot.spare_key = self._start_worker(slot.device, *first, out_dir), first
 
     def _prestart(self, slot: Slot, queue: deque, out_dir: Path) -> None:
         """Start the worker of the next solution in the queue now: its Python and torch imports then
         overlap this solution's work (it touches no device until its first job)."""
-        upcoming = next(((d, s) for d, s, w in queue if (d, s) != slot.key and self._skip_reason(d, s) is None
-                         and not self._unsupported_here(d, s, self._workload(d, w), slot.device)), None)
+        upcoming = next(((d, s) for d, s, w in queue if (d, s) != slot.key and self._runnable(d, s, w, slot.device)),
+                        None)
         if upcoming is None or upcoming == slot.spare_key:
             return
         if slot.spare is not None:

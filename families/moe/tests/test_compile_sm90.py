@@ -5,18 +5,13 @@ compiler raises (a loop-carried variable changing type, an unsupported layout) w
 first show on the GPU machine. families/moe/benchmarks/compile_sm90.py records one run()'s launches on meta
 tensors of the real DeepSeek shapes and compiles each with the installed Triton's ptxas.
 """
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("triton")
-ROOT = Path(__file__).resolve().parents[3]
-spec = importlib.util.spec_from_file_location("compile_sm90", ROOT / "families" / "moe" / "benchmarks" / "compile_sm90.py")
-compile_sm90 = importlib.util.module_from_spec(spec)
-sys.modules["compile_sm90"] = compile_sm90
-spec.loader.exec_module(compile_sm90)
+from benchmark_module import load  # noqa: E402
+
+compile_sm90 = load("compile_sm90")
 
 
 @pytest.fixture(scope="module")

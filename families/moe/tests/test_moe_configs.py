@@ -6,19 +6,15 @@ num_warps/num_stages) one run() made at six token counts, recorded on meta tenso
 DeepSeek shapes (compile_sm90.record_launches: nothing is allocated, nothing runs) from the code
 before this change. Every declared configuration must resolve and launch at its bucket.
 """
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("triton")
-ROOT = Path(__file__).resolve().parents[3]
-spec = importlib.util.spec_from_file_location("compile_sm90", ROOT / "families" / "moe" / "benchmarks" / "compile_sm90.py")
-compile_sm90 = importlib.util.module_from_spec(spec)
-sys.modules["compile_sm90"] = compile_sm90
-spec.loader.exec_module(compile_sm90)
+from benchmark_module import load  # noqa: E402
+
+compile_sm90 = load("compile_sm90")
 GOLDEN = json.loads((Path(__file__).parent / "data" / "default_launches.json").read_text())
 DATASET_T = [1, 7, 14, 15, 16, 32, 52, 59, 62, 80, 901, 11948, 14107]
 EDGES = [2, 3, 4, 8, 9, 17, 128, 129, 1024, 1025]
