@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from fib.errors import FibError
 from fib.profile import driver, ncu
 from fib.analysis.attribution import StageRules
+from fib.analysis.ncu_metrics import CORE_METRICS
 from fib.analysis.ncu_csv import fib_stacks, load_ncu_csv, parse_number, parse_push_pop, read_raw_csv
 from fib.analysis.ncu_table import BoundRules, bound_by, kernel_table, load_floor, markdown, workload_table
 
@@ -244,7 +245,7 @@ def test_metric_selection():
     available = ncu.parse_query_metrics(QUERY)
     assert "dram__bytes" in available and "Metric" not in " ".join(available)
     metrics, notes = ncu.select_metrics(available)
-    assert metrics[:7] == [names[0] for names in ncu.CORE_METRICS.values()]
+    assert metrics[:7] == [names[0] for names in CORE_METRICS.values()]
     assert "sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active" in metrics
     assert "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active" in metrics
     assert "dram__bytes.sum" in metrics and "lts__throughput.avg.pct_of_peak_sustained_elapsed" in metrics

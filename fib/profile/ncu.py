@@ -29,7 +29,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import FibError
-from ..analysis.ncu_metrics import CORE_METRICS, METRIC_ROLES, MULTI_CANDIDATE_ROLES, OPTIONAL_METRICS  # noqa: F401
+from ..analysis.ncu_metrics import CORE_METRICS, MULTI_CANDIDATE_ROLES, OPTIONAL_METRICS
 from .nsys import failure as _failure
 
 CLOCK_CONTROL = "none"
