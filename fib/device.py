@@ -3,7 +3,8 @@ and what the environment records about a GPU.
 
 The GPUs are read from the CUDA driver (libcuda, through ctypes) rather than through torch, so the
 parent of a run knows its devices without importing torch (seconds on a GPU machine) before it
-starts its workers; where libcuda cannot be loaded, torch answers.
+starts its workers; where libcuda cannot be loaded, torch answers (only where a ROCm driver is
+present: otherwise there is no GPU torch could use).
 """
 from __future__ import annotations
 
@@ -48,10 +49,19 @@ def cuda_devices() -> tuple[dict[str, Any], ...] | None:
         return None
 
 
+def _torch_might_see_a_gpu() -> bool:
+    """Without libcuda torch can reach a GPU only through ROCm (HIP), whose kernel driver is /dev/kfd;
+    elsewhere the answer is no, without importing torch (over a second on a CPU machine)."""
+    import os
+    return os.path.exists("/dev/kfd")
+
+
 def cuda_device_count() -> int:
     devices = cuda_devices()
     if devices is not None:
         return len(devices)
+    if not _torch_might_see_a_gpu():
+        return 0
     import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 

@@ -319,3 +319,29 @@ def test_cpu_time_budget_cuts_iterations_and_says_so():
     full = measure(lambda _i: None, n_copies=1, device="cpu", warmup_runs=1, iterations=5, num_trials=2,
                    cpu_budget_s=10)
     assert len(full.samples_ms) == 10 and "budget" not in full.timer_note
+
+
+def _fake_cuda_measure(monkeypatch, kernel_ms: float, span_ms: float, timer: str):
+    """Run measure's CUDA path on the CPU with the device timers faked: cupti reports `kernel_ms` per
+    call over a device span of `span_ms`, CUDA events 0.5 ms."""
+    from fib.timing import measure as m
+    monkeypatch.setattr(m, "cupti_available", lambda dev: (True, "fake probe"))
+    monkeypatch.setattr(m, "cupti_times", lambda rot, flush, n: ([kernel_ms] * n, [span_ms] * n))
+    monkeypatch.setattr(m, "event_times", lambda run, flush, n: [0.5] * n)
+    return m._measure_cuda(lambda idx: None, torch.device("cpu"), timer, 1, 2, 5, 2, False,
+                           (0.0, 10, 1000.0, 3, 0.5), 0)
+
+
+def test_auto_does_not_report_a_cupti_sum_that_misses_kernels(monkeypatch):
+    # DeepGEMM's worker on an H200: CUPTI saw 1.5 us of kernels in a call whose device span was 79 us
+    stats = _fake_cuda_measure(monkeypatch, 0.0015, 0.079, "auto")
+    assert stats.timer == "cuda_event" and stats.median_ms == pytest.approx(0.5)
+    assert "launches are missing" in stats.timer_note
+    plausible = _fake_cuda_measure(monkeypatch, 0.07, 0.079, "auto")
+    assert plausible.timer == "cupti" and plausible.median_ms == pytest.approx(0.07)
+
+
+def test_explicit_cupti_keeps_its_number_but_warns(monkeypatch):
+    stats = _fake_cuda_measure(monkeypatch, 0.0015, 0.079, "cupti")
+    assert stats.timer == "cupti" and stats.median_ms == pytest.approx(0.0015)
+    assert "WARNING" in stats.timer_note and "cuda_event" in stats.timer_note

@@ -167,7 +167,17 @@ def main(argv: list[str]) -> None:
     import importlib
     entry = getattr(importlib.import_module(module_name), function_name)
     channel = Channel(Connection(fd))
-    entry(channel, args)
+    profile_dir = os.environ.get("FIB_PROFILE_CHILDREN")
+    if profile_dir:  # harness-overhead work: where each child's own Python time goes (cProfile stats)
+        import cProfile
+        profiler = cProfile.Profile()
+        try:
+            profiler.runcall(entry, channel, args)
+        finally:
+            Path(profile_dir).mkdir(parents=True, exist_ok=True)
+            profiler.dump_stats(str(Path(profile_dir) / f"{role}-{os.getpid()}.prof"))
+    else:
+        entry(channel, args)
     sys.stdout.flush()
     sys.stderr.flush()
     # Done and asked to stop: skip the interpreter's teardown (torch, CUDA and Triton take a second or

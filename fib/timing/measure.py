@@ -24,8 +24,9 @@ What each timer measures (the fidelity report explains gaps between them with th
 - ``wall``: `time.perf_counter_ns` around the call, with device synchronisation before and after.
   Everything: host work, launches, kernels, the synchronisation itself. The only timer on CPU.
 
-``auto``: CPU -> wall. CUDA -> cupti when a Kineto probe run sees kernel events and every timed
-call had device work attributed to it, else cuda_event. The timer that ran is `stats.timer`, why
+``auto``: CPU -> wall. CUDA -> cupti when a Kineto probe run sees kernel events, every timed
+call had device work attributed to it and the kernels it saw cover at least SPARSE_SPAN_WARNING
+of the call's device span (else launches are missing from the profile), else cuda_event. The timer that ran is `stats.timer`, why
 is `stats.timer_note` (cuda_graph is never chosen automatically: results from different timers
 should not be ranked together, and capture can fail in ways that leave the context unusable).
 
@@ -185,8 +186,13 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
                 covered = float(np.median(samples)) / extra["span_median_ms"]
                 # Seen on an H200 (2026-12-02): in DeepGEMM's worker CUPTI recorded none of the decode
                 # GEMMs or Triton kernels, so the sum read 1.5 us for a call that nsys shows at 79 us.
-                note = (f"{note}; WARNING: the kernels cupti saw cover only {100 * covered:.1f}% of the call's "
-                        "device span: launches may be missing from the profile (check with fib profile)")
+                missing = (f"the kernels cupti saw cover only {100 * covered:.1f}% of the call's device span, "
+                           "so launches are missing from the profile")
+                if note.startswith("auto"):  # a number known to be wrong is not reported: re-time with events
+                    timer, note = "cuda_event", f"auto: cuda_event (cupti unusable here: {missing})"
+                    extra = {}
+                else:
+                    note = f"{note}; WARNING: {missing} (check with fib profile, or use --timer cuda_event)"
         except TimingError as exc:
             if not note.startswith("auto"):
                 raise
