@@ -155,6 +155,9 @@ def test_fib_run_on_cpu_demo(tmp_path):
                         ("triton_fused", 1): "UNSUPPORTED", ("triton_fused", 16): "UNSUPPORTED"}
     assert "run directory" in proc.stderr
     assert (tmp_path / "run" / "run.json").is_file()
+    # the parent leaves `import torch` (seconds on a GPU machine) until its children are starting
+    events = [json.loads(line) for line in (tmp_path / "run" / "timeline.jsonl").read_text().splitlines()]
+    assert [e["torch_in_parent"] for e in events if e["event"] == "judge_start"] == [False]
 
 
 def test_ctrl_c_keeps_measured_traces_and_resume_continues(tmp_path):

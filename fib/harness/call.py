@@ -21,10 +21,8 @@ import torch
 from .. import solutions as sol_mod
 from ..errors import ConfigError
 from ..schema import Definition, Solution
-from ..schema.config import CONFIG_NAME_PATTERN
+from ..schema.config import CONFIG_CALL_HOOK, CONFIG_HOOK, CONFIG_NAME_PATTERN
 
-CONFIG_HOOK = "fib_configs"
-CONFIG_CALL_HOOK = "fib_with_config"
 CONFIG_NAME = re.compile(CONFIG_NAME_PATTERN)
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -259,7 +260,8 @@ class Runner:
 
     def _start_judge(self) -> None:
         args = {"device": self._judge_device(), "cache_dir": self.plan.cache_dir}
-        self._mark("judge_start")
+        # the first children start here: whether the parent has paid for `import torch` by now (it should not)
+        self._mark("judge_start", torch_in_parent="torch" in sys.modules)
         self.judge = Child.start("judge", args, self._log("judge"), self.config.prepare_timeout_s)
         self.judge_outstanding = 0
 

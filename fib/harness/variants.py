@@ -25,21 +25,22 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..schema import Solution
-from ..schema.config import SolutionVariant, variant_name
+from ..schema.config import CONFIG_HOOK, CONFIG_NAME_PATTERN, SolutionVariant, variant_name
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
 
 
 def parse_config_options(values: list[str]) -> list[tuple[str, str]]:
     """`--config SOLUTION=NAME` values as (solution, name), in order, without repeats."""
-    from .call import CONFIG_NAME
+    import re
+    pattern = re.compile(CONFIG_NAME_PATTERN)  # not harness.call's: that module imports torch (seconds)
     pairs: list[tuple[str, str]] = []
     for text in values:
         solution, eq, name = text.partition("=")
         solution, name = solution.strip(), name.strip()
         if not eq or not solution or not name:
             raise ConfigError(f"--config {text!r}: expected SOLUTION=NAME, e.g. triton_fused=default")
-        if not CONFIG_NAME.fullmatch(name):
+        if not pattern.fullmatch(name):
             raise ConfigError(f"--config {text!r}: configuration name {name!r} must start with a letter or digit "
                               "and hold only letters, digits and '_.+-'")
         if (solution, name) not in pairs:
@@ -50,7 +51,6 @@ def parse_config_options(values: list[str]) -> list[tuple[str, str]]:
 def require_configs(solution: Solution, option: str) -> None:
     """ConfigError unless the solution's entry file defines `fib_configs` (read, not run)."""
     from .build import defines_top_level
-    from .call import CONFIG_HOOK
     if solution.spec.language.native or defines_top_level(solution, CONFIG_HOOK) is False:
         raise ConfigError(f"{option}: solution '{solution.name}' declares no configurations: its entry file "
                           f"{solution.spec.entry_file} defines no top-level {CONFIG_HOOK}(axes)",

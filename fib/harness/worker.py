@@ -44,6 +44,9 @@ class SolutionWorker:
         solution.namespaced = bool(args.get("solution_namespaced"))
         self.solution = solution
         self.state = TorchState.capture()
+        if self.device.startswith("cuda") and self.config.timer in ("auto", "cupti"):
+            from ..timing.cupti import start_warming
+            start_warming(self.device)  # seconds of Kineto start-up, overlapped with build and first call
         self.module = None
         self.function = None
         self.build_error: tuple[str, str] | None = None

@@ -21,6 +21,8 @@ CONFIG_FORMAT = 2
 TIMER_CHOICES = ("auto", "cupti", "cuda_graph", "cuda_event", "wall")  # fib.timing.measure.TIMERS (checked by a test)
 DEFAULT_TOLERANCE = Tolerance()
 CONFIG_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"  # a configuration name (it becomes part of a solution's)
+CONFIG_HOOK = "fib_configs"            # a solution module's `fib_configs(axes) -> {name: dict}`
+CONFIG_CALL_HOOK = "fib_with_config"   # and its `fib_with_config(config) -> entry function`
 
 
 def variant_name(solution: str, config: str) -> str:

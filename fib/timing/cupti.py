@@ -2,6 +2,7 @@
 each `fib.timed_call` range by correlation id (the L2 flush, launched outside the range, is excluded)."""
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -13,6 +14,34 @@ from .rotation import Rotation
 CALL_RANGE = "fib.timed_call"
 
 _CUPTI_PROBE: dict[str, tuple[bool, str]] = {}
+_WARMING: list[threading.Thread] = []
+
+
+def start_warming(device) -> None:
+    """Start Kineto/CUPTI now, in a thread, with an empty profiler session on `device`: a process's
+    first session took 4.7-6.6 s to enter on an H200 (later ones about 1 ms), and it does not hold
+    the GIL meanwhile (benchmarks/kineto_startup.py: `import triton` and CUDA set-up on the main
+    thread ran at their normal speed beside it). A worker calls this as it starts, so the cost
+    overlaps its build, inputs and first call; `cupti_times` waits for it before its own session."""
+    def warm() -> None:
+        try:
+            import torch
+            from torch.profiler import ProfilerActivity, profile
+            with torch.cuda.device(device), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]):
+                    pass
+        except Exception:  # the probe in cupti_available reports what does not work
+            pass
+    thread = threading.Thread(target=warm, name="fib-kineto-warm", daemon=True)
+    thread.start()
+    _WARMING.append(thread)
+
+
+def _wait_warming() -> None:
+    """One profiler session at a time: wait for a warming session still running."""
+    while _WARMING:
+        _WARMING.pop().join()
 
 
 def cupti_available(device) -> tuple[bool, str]:
@@ -33,6 +62,7 @@ def cupti_available(device) -> tuple[bool, str]:
 
 def cupti_times(rot: Rotation, flush, n: int) -> tuple[list[float], list[float]]:
     import torch
+    _wait_warming()
     torch.cuda.synchronize()
     with warnings.catch_warnings():  # "Profiler clears events at the end of each cycle": expected
         warnings.simplefilter("ignore", UserWarning)
@@ -78,6 +108,23 @@ def _get(ev, method: str, default):
         return default
 
 
+def _contained(ranges: list[dict], records: list[dict]) -> np.ndarray:
+    """For each record, the index of the range (sorted by start) that contains it on the same
+    thread, or -1; vectorised (a run attributes thousands of host events)."""
+    if not records or not ranges:
+        return np.full(len(records), -1, dtype=np.int64)
+    r_start = np.array([r["start_ns"] for r in ranges], dtype=np.int64)
+    r_end = np.array([r["end_ns"] for r in ranges], dtype=np.int64)
+    r_thread = np.array([r["thread"] for r in ranges], dtype=np.int64)
+    start = np.array([r["start_ns"] for r in records], dtype=np.int64)
+    end = np.array([r["end_ns"] for r in records], dtype=np.int64)
+    thread = np.array([r["thread"] for r in records], dtype=np.int64)
+    k = np.searchsorted(r_start, start, side="right") - 1
+    kc = k.clip(0)
+    inside = (k >= 0) & (end <= r_end[kc]) & (thread == r_thread[kc])
+    return np.where(inside, k, -1)
+
+
 def attribute_device_time(records: list[dict], n_calls: int) -> tuple[list[float], list[float]]:
     """Per `fib.timed_call` range, in order: (sum of device-event durations, first-start to
     last-end span), both in ms. Device events are tied to host events by the launch's linked
@@ -87,30 +134,21 @@ def attribute_device_time(records: list[dict], n_calls: int) -> tuple[list[float
                    key=lambda r: r["start_ns"])
     if len(calls) != n_calls:
         raise TimingError(f"profiler saw {len(calls)} '{CALL_RANGE}' ranges for {n_calls} calls")
-    starts = np.array([c["start_ns"] for c in calls])
-
-    def call_of(r) -> int | None:
-        k = int(np.searchsorted(starts, r["start_ns"], side="right")) - 1
-        if k >= 0 and r["end_ns"] <= calls[k]["end_ns"] and r["thread"] == calls[k]["thread"]:
-            return k
-        return None
 
     # Two ways from a device event to its call: (1) the runtime/driver launch call (cudaLaunchKernel,
     # cuLaunchKernel: Triton and other direct launches) shares the kernel's CUPTI correlation id;
     # (2) the host op that launched it (an aten op) is its linked correlation id.
+    host = [r for r in records if not r["gpu"]]
     by_launch: dict[int, int] = {}
     by_op: dict[int, int] = {}
-    for r in records:
-        if r["gpu"]:
-            continue
-        k = call_of(r)
-        if k is None:
+    for r, k in zip(host, _contained(calls, host).tolist()):
+        if k < 0:
             continue
         if any(w in r.get("activity", "") for w in ("runtime", "driver")):
             by_launch[r["correlation_id"]] = k
         else:
             by_op[r["correlation_id"]] = k
-    host_ids = {r["correlation_id"] for r in records if not r["gpu"]}
+    host_ids = {r["correlation_id"] for r in host}
     per_call: list[list[tuple[int, int]]] = [[] for _ in calls]
     unattributed = 0
     for r in records:
@@ -147,33 +185,30 @@ def _split_at_flushes(records: list[dict], calls: list[dict]) -> list[list[tuple
     flushes = sorted((r for r in records if not r["gpu"] and r["name"] == FLUSH_RANGE), key=lambda r: r["start_ns"])
     if len(flushes) != len(calls):
         return None
-    starts = np.array([f["start_ns"] for f in flushes])
-    flush_of: dict[int, int] = {}
-    for r in records:
-        if r["gpu"] or r["name"] == FLUSH_RANGE:
-            continue
-        k = int(np.searchsorted(starts, r["start_ns"], side="right")) - 1
-        if k >= 0 and r["end_ns"] <= flushes[k]["end_ns"] and r["thread"] == flushes[k]["thread"]:
-            flush_of[r["correlation_id"]] = k
+    host = [r for r in records if not r["gpu"] and r["name"] != FLUSH_RANGE]
+    flush_of = {r["correlation_id"]: k for r, k in zip(host, _contained(flushes, host).tolist()) if k >= 0}
     device = [r for r in records if r["gpu"] and not r["annotation"]]
     spans: dict[int, list[int]] = {}
-    flush_events = set()
+    is_flush = np.zeros(len(device), dtype=bool)
     for i, r in enumerate(device):
         k = flush_of.get(r["linked_id"])
         if k is not None:
-            flush_events.add(i)
+            is_flush[i] = True
             lo, hi = spans.get(k, [r["start_ns"], r["end_ns"]])
             spans[k] = [min(lo, r["start_ns"]), max(hi, r["end_ns"])]
     if len(spans) != len(calls):
         return None
     per_call: list[list[tuple[int, int]]] = [[] for _ in calls]
-    for i, r in enumerate(device):
-        if i in flush_events:
-            continue
-        for k in range(len(calls)):
-            after = r["start_ns"] >= spans[k][1]
-            before_next = k + 1 == len(calls) or r["end_ns"] <= spans[k + 1][0]
-            if after and before_next:
-                per_call[k].append((r["start_ns"], r["end_ns"]))
-                break
+    if not device:
+        return per_call
+    # call k: starts at or after flush k's end and ends by flush k+1's start (the last call: no bound)
+    f_start = np.array([spans[k][0] for k in range(len(calls))], dtype=np.int64)
+    f_end = np.array([spans[k][1] for k in range(len(calls))], dtype=np.int64)
+    start = np.array([r["start_ns"] for r in device], dtype=np.int64)
+    end = np.array([r["end_ns"] for r in device], dtype=np.int64)
+    k = np.searchsorted(f_end, start, side="right") - 1
+    nxt = np.append(f_start[1:], np.iinfo(np.int64).max)
+    keep = ~is_flush & (k >= 0) & (end <= nxt[k.clip(0)])
+    for i in np.flatnonzero(keep).tolist():
+        per_call[int(k[i])].append((int(start[i]), int(end[i])))
     return per_call
