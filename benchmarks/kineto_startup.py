@@ -13,7 +13,9 @@ process, since the first session of a process is the expensive one):
 - ``background``: a first, empty session in a thread while the main thread does CUDA work (what a
   worker could do while it builds inputs; shows whether the start-up releases the GIL);
 - ``import_thread``: a first, empty session in a thread started right after `import torch`, while
-  the main thread imports triton and initialises CUDA.
+  the main thread imports triton and initialises CUDA;
+- ``autograd_api``: the sessions through `torch.autograd.profiler.profile(use_kineto=True)` (what
+  fib's cupti timer uses) instead of `torch.profiler.profile`, whose start imports inductor.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import sys
 import threading
 import time
 
-VARIANTS = ("after_cuda", "before_cuda", "cuda_only", "background", "import_thread")
+VARIANTS = ("after_cuda", "before_cuda", "cuda_only", "background", "import_thread", "autograd_api")
 variant = sys.argv[sys.argv.index("--variant") + 1] if "--variant" in sys.argv else "after_cuda"
 if "--background" in sys.argv:
     variant = "background"
@@ -41,7 +43,11 @@ def session(n_calls: int, cpu: bool = True) -> dict:
     times = {}
     t = time.perf_counter()
     acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cpu else [ProfilerActivity.CUDA]
-    prof = profile(activities=acts)
+    if variant == "autograd_api":
+        from torch.autograd import profiler
+        prof = profiler.profile(use_cpu=True, use_device="cuda", use_kineto=True)
+    else:
+        prof = profile(activities=acts)
     prof.__enter__()
     times["enter_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -55,7 +61,8 @@ def session(n_calls: int, cpu: bool = True) -> dict:
     prof.__exit__(None, None, None)
     times["exit_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    events = list(prof.profiler.kineto_results.events())
+    events = list((prof if variant == "autograd_api" else prof.profiler).kineto_results.events())
+    times["inductor_imported"] = "torch._inductor" in sys.modules
     times["read_s"] = time.perf_counter() - t
     times["events"] = len(events)
     times["gpu_events"] = sum(1 for e in events if str(e.device_type()) != "DeviceType.CPU")

@@ -1,4 +1,4 @@
-"""The cupti timer: kernel time per call from CUPTI through torch.profiler (Kineto), attributed to
+"""The cupti timer: kernel time per call from CUPTI through torch's profiler (Kineto), attributed to
 each `fib.timed_call` range by correlation id (the L2 flush, launched outside the range, is excluded)."""
 from __future__ import annotations
 
@@ -26,10 +26,9 @@ def start_warming(device) -> None:
     def warm() -> None:
         try:
             import torch
-            from torch.profiler import ProfilerActivity, profile
             with torch.cuda.device(device), warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]):
+                with _kineto_session():
                     pass
         except Exception:  # the probe in cupti_available reports what does not work
             pass
@@ -70,11 +69,20 @@ def cupti_times(rot: Rotation, flush, n: int) -> tuple[list[float], list[float]]
     return attribute_device_time(_kineto_records(prof), n)
 
 
+def _kineto_session():
+    """A Kineto session recording host ops and CUDA activity: torch.autograd.profiler's, not
+    torch.profiler.profile's, whose start asks `hasattr(torch, "_inductor")` and so imports
+    inductor, dynamo and sympy (3-5.5 s on an H200 machine, the larger part of what was taken for
+    CUPTI's start-up; benchmarks/kineto_startup.py --variant autograd_api)."""
+    from torch.autograd import profiler
+    return profiler.profile(use_cpu=True, use_device="cuda", use_kineto=True)
+
+
 def _profile_calls(rot: Rotation, flush, n: int):
     import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.autograd.profiler import record_function
     marker = torch.zeros(1, device="cuda")
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with _kineto_session() as prof:
         for _ in range(n):
             with record_function(FLUSH_RANGE):
                 flush()
@@ -89,7 +97,7 @@ def _kineto_records(prof) -> list[dict]:
     """Kineto's raw events as plain dicts (private API of torch.profiler; tolerant of versions)."""
     from torch.autograd import DeviceType
     out = []
-    for ev in prof.profiler.kineto_results.events():
+    for ev in prof.kineto_results.events():
         activity = str(_get(ev, "activity_type", ""))
         out.append(dict(
             name=ev.name(), gpu=ev.device_type() != DeviceType.CPU,
