@@ -345,3 +345,15 @@ def test_explicit_cupti_keeps_its_number_but_warns(monkeypatch):
     stats = _fake_cuda_measure(monkeypatch, 0.0015, 0.079, "cupti")
     assert stats.timer == "cupti" and stats.median_ms == pytest.approx(0.0015)
     assert "WARNING" in stats.timer_note and "cuda_event" in stats.timer_note
+
+
+def test_ci_left_to_the_parent_is_the_ci_summarize_computes():
+    from fib.timing.stats import fill_ci
+    x = np.random.default_rng(3).lognormal(0.0, 0.2, 150)
+    full = summarize(x, timer="wall", seed=7, span_median_ms=1.0)
+    pending = summarize(x, timer="wall", seed=7, span_median_ms=1.0, ci=False)
+    assert pending.model_extra["ci_pending"] and pending.ci95_low_ms == pending.ci95_high_ms == pending.median_ms
+    filled = fill_ci(pending)
+    assert filled.model_dump() == full.model_dump()  # no marker left behind, the same CI
+    assert filled.ci95_low_ms < filled.median_ms < filled.ci95_high_ms
+    assert fill_ci(full) is full

@@ -206,6 +206,8 @@ class Runner:
                                         else None))
         if queue:  # the children's imports (seconds) overlap the parent's own environment probe (torch)
             self._start_judge()
+            from ..timing.stats import warm_scipy_stats
+            warm_scipy_stats()  # for the CIs the workers leave to the parent (fill_ci)
             self._prestart(slots[0], queue, out_dir)  # no worker yet: the first solution's, started now
         self.environment = collect_environment()
         self._env_model = {"hardware": self.environment["hardware"], "libs": self.environment["libs"]}
@@ -624,7 +626,8 @@ class Runner:
         self._emit_pair(pair, status, reason, log=log, device=device, correctness=correctness, **extra)
 
     def _emit_measured(self, pair: Pair, message: dict, log: str, device: str, ref: dict, extra: dict) -> None:
-        timing = TimingStats.model_validate(message["timing"])
+        from ..timing.stats import fill_ci
+        timing = fill_ci(TimingStats.model_validate(message["timing"]))
         latency = timing.median_ms
         ref_ms = float(ref.get("seconds") or 0.0) * 1000.0
         performance = Performance(latency_ms=latency, reference_latency_ms=ref_ms,

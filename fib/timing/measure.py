@@ -62,13 +62,14 @@ def measure(call: Callable[[int], None], *, n_copies: int, device, timer: str = 
             warmup_runs: int = 10, iterations: int = 50, num_trials: int = 3,
             flush_l2: bool = True, min_warmup_ms: float = 25.0, max_warmup_runs: int = 1000,
             max_warmup_ms: float = 2000.0, stable_window: int = 5, stable_rtol: float = 0.1,
-            seed: int = 0, cpu_budget_s: float | None = None) -> TimingStats:
+            seed: int = 0, cpu_budget_s: float | None = None, ci: bool = True) -> TimingStats:
     """Warm `call` up, then time `iterations * num_trials` calls with `timer`; see the module doc.
 
     `call(idx)` runs the solution once on input copy `idx` (0 <= idx < n_copies, rotating).
     Raises TimingError when the timer cannot run on `device` or cannot measure this call.
     On a CPU device, `cpu_budget_s` caps the timed calls: fewer iterations per trial (at least one),
-    said in `timer_note`; a CUDA device is never cut short.
+    said in `timer_note`; a CUDA device is never cut short. ci=False leaves the bootstrap CI to
+    `stats.fill_ci` (the worker does: its parent computes it).
     """
     import torch
     if timer not in TIMERS:
@@ -85,7 +86,7 @@ def measure(call: Callable[[int], None], *, n_copies: int, device, timer: str = 
         with torch.cuda.device(dev):
             return _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trials,
                                  flush_l2, (min_warmup_ms, max_warmup_runs, max_warmup_ms,
-                                            stable_window, stable_rtol), seed)
+                                            stable_window, stable_rtol), seed, ci)
     note = "auto: wall (device is not CUDA)" if timer == "auto" else "wall (asked for)"
     rot = Rotation(call, n_copies)
     sync = (lambda: None)
@@ -106,7 +107,7 @@ def measure(call: Callable[[int], None], *, n_copies: int, device, timer: str = 
             break
     return summarize(samples, timer="wall", warmup_runs=done, l2_flush=False, input_copies=n_copies,
                      seed=seed, timer_note=note, warmup_stable=stable, iterations=iterations,
-                     num_trials=num_trials, trial_medians_ms=_trial_medians(samples, iterations))
+                     num_trials=num_trials, trial_medians_ms=_trial_medians(samples, iterations), ci=ci)
 
 
 def kernels_may_be_missing(kernel_ms: float, span_ms: float | None) -> bool:
@@ -159,7 +160,7 @@ def _trial_medians(samples: list[float], iterations: int) -> list[float]:
 # ----------------------------------------------------------------------------- CUDA timers
 
 def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trials, flush_l2,
-                  warm_args, seed) -> TimingStats:
+                  warm_args, seed, ci=True) -> TimingStats:
     import torch
     buffer = make_flush_buffer(dev) if flush_l2 else None
     flush = flusher(buffer) if buffer is not None else (lambda: None)
@@ -211,7 +212,7 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
                      input_copies=n_copies, seed=seed, timer_note=note, warmup_stable=stable,
                      iterations=iterations, num_trials=num_trials,
                      flush_bytes=0 if buffer is None else buffer.numel() * buffer.element_size(),
-                     trial_medians_ms=_trial_medians(samples, iterations), **extra)
+                     trial_medians_ms=_trial_medians(samples, iterations), ci=ci, **extra)
 
 
 def event_times(run: Callable[[], None], flush, n: int) -> list[float]:
