@@ -37,21 +37,10 @@ SLOW = "import time\nCALLS = [0]\n\ndef run(x, alpha, y):\n    CALLS[0] += 1\n  
        "        time.sleep(4)\n    y.copy_(x * alpha + 1.0)\n"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    from ray.cluster_utils import Cluster
-    base = tmp_path_factory.mktemp("ray")
-    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "FIB_RAY_NODE_DIR": str(base / "nodes")}
-    os.environ["FIB_RAY_NODE_DIR"] = env["FIB_RAY_NODE_DIR"]
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "num_gpus": 0, "include_dashboard": False,
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
-    nodes = {kind: c.add_node(num_cpus=2, num_gpus=2, resources={f"accelerator_type:{kind}": 1})
-             for kind in ("H100", "H200")}
-    ray.init(address=c.address, runtime_env={"env_vars": env}, log_to_driver=False)
-    yield c, nodes, base
-    ray.shutdown()
-    c.shutdown()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's local Ray cluster (tests/conftest.py), shared with the other Ray tests."""
+    return ray_cluster
 
 
 def plan_for(root: Path, solutions: list[str], **config) -> tuple:

@@ -21,27 +21,34 @@ def profile_command(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="run directory (default runs/profile-<time>)")] = None,
     local: Annotated[Optional[list[Path]], typer.Option("--local", help="dataset root(s)")] = None,
     seed: Annotated[int, typer.Option(help="input seed")] = 0,
-    device: Annotated[str, typer.Option(help="device the inputs live on")] = "cuda:0",
+    device: Annotated[Optional[str], typer.Option(help="device the inputs live on (default cuda:0; "
+                                                  "with --cluster, each actor's GPU)")] = None,
     demo: Annotated[bool, typer.Option("--demo", help="profile fib's synthetic demo pipelines instead of a dataset")] = False,
     floor: Annotated[Optional[Path], typer.Option(help="ncu: roofline.csv (benchmarks/moe_roofline.py) to set kernel time against the floor")] = None,
     ncu_kernels: Annotated[Optional[str], typer.Option(help="ncu: profile only kernels whose name matches this regex")] = None,
     ncu_launch_count: Annotated[Optional[int], typer.Option(min=1, help="ncu: profile at most this many kernels")] = None,
+    cluster: Annotated[str, typer.Option(help="where the capture runs: local, or ray / ray://auto / ray://HOST:PORT "
+                                               "(on a Ray actor next to a remote GPU; docs/cluster.md)")] = "local",
+    gpus: Annotated[Optional[list[str]], typer.Option("--gpus", help="with --cluster: GPU kinds (Ray accelerator "
+                                                      "types, e.g. H100,H200), one profile on each")] = None,
 ) -> None:
-    """Run only the timed calls under a profiler and attribute every kernel to its pipeline stage."""
-    from ..profile.driver import profile
+    """Run only the timed calls under a profiler and attribute every kernel to its pipeline stage
+    (here, or with --cluster on a Ray actor next to a remote GPU, the files shipped back)."""
+    from ..profile.cluster import run_profile
     if not demo and (not definitions or not solutions):
         raise typer.BadParameter("give --definitions and --solutions (or --demo)")
     try:
-        run_dir = profile(definitions=definitions, solutions=solutions, workloads=workloads, backend=backend,
-                          iterations=iterations, warmup=warmup, output=output, roots=local or [Path(".")],
-                          seed=seed, device=device, demo=demo, floor=floor, ncu_kernels=ncu_kernels,
-                          ncu_launch_count=ncu_launch_count)
+        run_dirs = run_profile(cluster=cluster, gpus=gpus, device=device, output=output,
+                               definitions=definitions, solutions=solutions, workloads=workloads, backend=backend,
+                               iterations=iterations, warmup=warmup, roots=local or [Path(".")], seed=seed,
+                               demo=demo, floor=floor, ncu_kernels=ncu_kernels, ncu_launch_count=ncu_launch_count)
     except FibError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    ncu_md = run_dir / "profile" / "ncu.md"
-    if ncu_md.exists():
-        typer.echo(ncu_md.read_text())
-        typer.echo(f"ncu table written to {ncu_md} (ncu_kernels.csv, ncu_workloads.csv, ncu_raw.csv)")
-    typer.echo(f"profile written to {run_dir / 'profile'} (kernels.csv, stages.csv, leftout.csv, meta.json)")
-    typer.echo(f"report: fib report stages {run_dir}")
+    for run_dir in run_dirs:
+        ncu_md = run_dir / "profile" / "ncu.md"
+        if ncu_md.exists():
+            typer.echo(ncu_md.read_text())
+            typer.echo(f"ncu table written to {ncu_md} (ncu_kernels.csv, ncu_workloads.csv, ncu_raw.csv)")
+        typer.echo(f"profile written to {run_dir / 'profile'} (kernels.csv, stages.csv, leftout.csv, meta.json)")
+        typer.echo(f"report: fib report stages {run_dir}")

@@ -12,7 +12,9 @@ isolation, budgets, fresh check and statuses of a local run hold wherever the de
   the Runner on its node; imported only when asked for, so a local run never imports Ray.
 
 Another engine (Slurm arrays, Kubernetes jobs) is one more class with this `run` method; neither
-the worker, the judge nor the Runner change.
+the worker, the judge nor the Runner change. `fib profile --cluster` goes through the same choice
+(`cluster_choice`) and the same Ray machinery (`RayCluster`), with a profiling actor
+(fib.profile.ray_profile).
 """
 from __future__ import annotations
 
@@ -74,21 +76,31 @@ def parse_gpu_kinds(values: list[str] | None) -> list[str]:
     return kinds
 
 
-def executor_for(cluster: str | None, gpus: list[str] | None = None, **options) -> Executor:
-    """The executor for `--cluster` (and `--gpus`, which only a cluster understands)."""
+def cluster_choice(cluster: str | None, gpus: list[str] | None = None) -> tuple[str, str | None, list[str]]:
+    """(engine, address, GPU kinds) for `--cluster` and `--gpus`, checked: kinds only on a cluster,
+    and Ray importable when the cluster is Ray's (`fib run` and `fib profile` both ask here)."""
     engine, address = parse_cluster(cluster)
     kinds = parse_gpu_kinds(gpus)
+    if engine == "local" and kinds:
+        raise ClusterError("--gpus selects GPU kinds of a cluster", field="--gpus",
+                           fix="add --cluster ray (or use --devices for this host's GPUs)")
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401  (here, so the error is clear; without --cluster ray nothing imports it)
+        except ImportError as exc:
+            raise ClusterError(f"--cluster {cluster} needs Ray, which cannot be imported ({exc})",
+                               field="--cluster", fix="pip install 'fib[ray]'") from None
+    return engine, address, kinds
+
+
+def executor_for(cluster: str | None, gpus: list[str] | None = None, **options) -> Executor:
+    """The executor for `--cluster` (and `--gpus`, which only a cluster understands)."""
+    engine, address, kinds = cluster_choice(cluster, gpus)
     if engine == "local":
-        if kinds:
-            raise ClusterError("--gpus selects GPU kinds of a cluster", field="--gpus",
-                               fix="add --cluster ray (or use --devices for this host's GPUs)")
         return LocalExecutor()
-    try:
-        from .ray_executor import RayExecutor  # the only import of Ray: a local run never reaches it
-    except ImportError as exc:
-        raise ClusterError(f"--cluster {cluster} needs Ray, which cannot be imported ({exc})", field="--cluster",
-                           fix="pip install 'fib[ray]'") from None
+    from .ray_executor import RayExecutor
     return RayExecutor(address=address, gpu_kinds=kinds, **options)
 
 
-__all__ = ["ClusterError", "Executor", "LocalExecutor", "executor_for", "parse_cluster", "parse_gpu_kinds"]
+__all__ = ["ClusterError", "Executor", "LocalExecutor", "cluster_choice", "executor_for", "parse_cluster",
+           "parse_gpu_kinds"]

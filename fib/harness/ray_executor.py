@@ -50,7 +50,7 @@ from .runner import PACKAGE_ROOT, RunResult, write_run_json
 KIND_RESOURCE = "accelerator_type:{}"   # Ray's resource for a node's GPU kind
 MAX_CHUNK = 16                          # workloads per chunk at most
 SCAN_WINDOW = 512                       # how far into the queue a chunk is looked for
-_REMOTE_NODE = None                     # ray.remote(FibNode), made once
+_REMOTE_CLASSES: dict = {}              # node class -> ray.remote(node class), made once each
 
 
 @dataclass
@@ -74,25 +74,24 @@ class Actor:
         return f"host {host} (Ray node {node}, actor {self.number})"
 
 
-class RayExecutor:
-    name = "ray"
+class RayCluster:
+    """What a driver of fib's Ray actors needs, whatever the actors then do (evaluate chunks for
+    `fib run`, capture a profile for `fib profile`): the connection, one actor per GPU of the
+    requested kinds (`node_class`, FibNode or a subclass of it), and the data shipped through the
+    object store (one bundle per definition, one per solution)."""
+    node_class = FibNode
 
     def __init__(self, address: str | None = None, gpu_kinds: list[str] | None = None, *,
-                 max_actors: int | None = None, evaluator: str | None = None, keep_traces: bool = True,
-                 poll_timeout_s: float = 0.5, max_chunk: int = MAX_CHUNK, actor_options: dict | None = None, init_options: dict | None = None):
+                 max_actors: int | None = None, evaluator: str | None = None, actor_options: dict | None = None,
+                 init_options: dict | None = None):
         self.address = address
         self.gpu_kinds = list(gpu_kinds or [])
         self.max_actors = max_actors
         self.evaluator = evaluator          # tests: "module:function" instead of the Runner on the node
-        self.keep_traces = keep_traces
-        self.poll_timeout_s = poll_timeout_s
-        self.max_chunk = max_chunk
         self.actor_options = actor_options or {}
         self.init_options = init_options or {}
         self.started_ray = False
-        self.stats = Counter()              # what happened: chunks, fetched blobs, references, ...
-        self.fetched: list[dict] = []
-        self.max_pending_events = 0
+        self._bundles: dict = {}
 
     # ---- cluster ----------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -102,7 +101,7 @@ class RayExecutor:
         if self.address:
             options["address"] = self.address
         # Nodes import the fib the driver runs: the same package on PYTHONPATH (a cluster whose nodes
-        # have fib installed elsewhere gets the versions checked in _check_versions).
+        # have fib installed elsewhere gets its fib checked in _welcome).
         options.setdefault("runtime_env", {"env_vars": {"PYTHONPATH": str(PACKAGE_ROOT)}})
         try:
             ray.init(**options)
@@ -130,11 +129,11 @@ class RayExecutor:
         options = {"num_gpus": 1, "num_cpus": 0, "max_restarts": 0, **self.actor_options}
         if label:
             options["resources"] = {**options.get("resources", {}), KIND_RESOURCE.format(label): 0.001}
-        global _REMOTE_NODE
-        if _REMOTE_NODE is None:
-            _REMOTE_NODE = ray.remote(FibNode)
-        handle = _REMOTE_NODE.options(**options).remote(label, self.evaluator,
-                                                         omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
+        if self.node_class not in _REMOTE_CLASSES:
+            _REMOTE_CLASSES[self.node_class] = ray.remote(self.node_class)
+        remote = _REMOTE_CLASSES[self.node_class]
+        handle = remote.options(**options).remote(label, self.evaluator,
+                                                  omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
         actor = Actor(handle, label, number)
         actor.pending = handle.hello.remote()
         return actor
@@ -155,12 +154,21 @@ class RayExecutor:
             actors += [self._new_actor(kind, len(actors) + i) for i in range(n)]
         return actors
 
+    def _stop(self) -> None:
+        """Kill this driver's actors; disconnect if this driver started Ray."""
+        for actor in getattr(self, "actors", []):
+            ray.kill(actor.handle, no_restart=True)
+        if self.started_ray:
+            ray.shutdown()
+            self.started_ray = False
+
     # ---- shipping ---------------------------------------------------------------------------
-    def _dataset_bundle(self, data, plan, d: str):
+    def _dataset_bundle(self, data, d: str, workloads: list[str]):
+        """The definition `d` and its workloads `workloads` (uuids) in the object store, made once."""
         if d in self._bundles:
             return self._bundles[d]
         definition, root = data.definitions[d], data.root_for(d)
-        chosen = set(plan.workloads[d])
+        chosen = set(workloads)
         lines, blobs = [], {}
         for workload in data.workloads[d]:
             if workload.uuid not in chosen:
@@ -200,6 +208,22 @@ class RayExecutor:
         self._bundles[key] = ray.put({"definition": d, "name": s, "files": files, "solution_json": text,
                                       "digest": digest})
         return self._bundles[key]
+
+class RayExecutor(RayCluster):
+    name = "ray"
+
+    def __init__(self, address: str | None = None, gpu_kinds: list[str] | None = None, *,
+                 max_actors: int | None = None, evaluator: str | None = None, keep_traces: bool = True,
+                 poll_timeout_s: float = 0.5, max_chunk: int = MAX_CHUNK, actor_options: dict | None = None,
+                 init_options: dict | None = None):
+        super().__init__(address, gpu_kinds, max_actors=max_actors, evaluator=evaluator,
+                         actor_options=actor_options, init_options=init_options)
+        self.keep_traces = keep_traces
+        self.poll_timeout_s = poll_timeout_s
+        self.max_chunk = max_chunk
+        self.stats = Counter()              # what happened: chunks, fetched blobs, references, ...
+        self.fetched: list[dict] = []
+        self.max_pending_events = 0
 
     # ---- run --------------------------------------------------------------------------------
     def run(self, data, plan, run_dir: Path, *, resume: bool = False, command: list[str] | None = None,
@@ -267,10 +291,7 @@ class RayExecutor:
             state = "interrupted"
             self.result.interrupted = True
         finally:
-            for actor in self.actors:
-                ray.kill(actor.handle, no_restart=True)
-            if self.started_ray:
-                ray.shutdown()
+            self._stop()
             info["executor"]["actors"] = [{**a.info, "state": a.state, "label": a.label} for a in self.actors
                                           if a.info]
             info["executor"]["stats"] = dict(self.stats)
@@ -373,7 +394,7 @@ class RayExecutor:
                       for _, _, w, _ in chunk for seed in self._seeds(d, w)
                       if isinstance(item := self.refs.get((kind, d, w, seed)), dict)]
         spec = {"run_id": self.run_dir.name, "definition": d, "solution": s, "workloads": [p[2] for p in chunk],
-                "config": self.config.model_dump(mode="json"), "dataset": self._dataset_bundle(self.data, self.plan, d),
+                "config": self.config.model_dump(mode="json"), "dataset": self._dataset_bundle(self.data, d, self.plan.workloads[d]),
                 "solution_bundle": self._solution_bundle(self.data, d, s), "references": references}
         actor.chunk, actor.traced, actor.in_flight, actor.state = chunk, set(), None, "busy"
         actor.handle.start.remote(spec)
@@ -509,4 +530,4 @@ class RayExecutor:
         self._emit(trace)
 
 
-__all__ = ["RayExecutor", "KIND_RESOURCE"]
+__all__ = ["RayCluster", "RayExecutor", "KIND_RESOURCE"]

@@ -50,6 +50,9 @@ def environment() -> dict:
         import torch
         env["torch"] = torch.__version__
         env["cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            from ..env import _driver_version
+            env["driver"] = _driver_version()
     except Exception:
         pass
     return env
@@ -99,6 +102,17 @@ def _ncu_table_from_stdout(log_path: Path, stdout: str, meta: dict) -> None:
     meta.setdefault("ncu_metric_notes", []).append("ncu printed its table to stdout, not to --log-file: read from there")
 
 
+def read_floor(backend: str, floor: Path | None):
+    """The ncu floor table of `--floor` (None without one), read before any profiling so that a
+    bad floor file fails before minutes of capture."""
+    if floor is None:
+        return None
+    if backend != "ncu":
+        raise FibError("--floor is joined to the ncu table only", field="--floor", fix="add --backend ncu")
+    from ..analysis.ncu_table import load_floor
+    return load_floor(floor)
+
+
 def profile(*, definitions, solutions, workloads=None, backend="auto", iterations: int | None = None, warmup=3,
             output: Path | None = None, roots=None, seed=0, device="cuda:0", demo=False,
             timeout: float | None = 3600, floor: Path | None = None, ncu_kernels: str | None = None,
@@ -108,12 +122,7 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
     `ncu_kernels` (a regex) and `ncu_launch_count` limit which kernels are profiled."""
     backend = resolve_backend(backend)
     iterations = DEFAULT_ITERATIONS[backend] if iterations is None else int(iterations)
-    floor_table = None
-    if floor is not None:
-        if backend != "ncu":
-            raise FibError("--floor is joined to the ncu table only", field="--floor", fix="add --backend ncu")
-        from ..analysis.ncu_table import load_floor
-        floor_table = load_floor(floor)  # read first: a bad floor file fails before minutes of profiling
+    floor_table = read_floor(backend, floor)
     run_dir = Path(output) if output else default_run_dir()
     profile_dir = run_dir / "profile"
     profile_dir.mkdir(parents=True, exist_ok=True)
@@ -191,3 +200,4 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
                 tables=sorted(f"{k}.csv" for k in tables))
     (profile_dir / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     return run_dir
+

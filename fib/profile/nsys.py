@@ -45,11 +45,14 @@ def find_nsys() -> str | None:
     return None
 
 
+SEARCHED = "$FIB_NSYS, PATH, /opt/nvidia/nsight-systems*/**/nsys, " \
+           "/opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys, /usr/local/cuda*/bin/nsys"
+
+
 def require_nsys() -> str:
     nsys = find_nsys()
     if not nsys:
-        raise NsysError("nsys not found (looked at $FIB_NSYS, PATH, /opt/nvidia/nsight-systems*/**/nsys, "
-                        "/opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys)",
+        raise NsysError(f"nsys not found (looked at {SEARCHED})",
                         fix="set FIB_NSYS to the nsys binary, or use --backend torch")
     return nsys
 

@@ -51,9 +51,11 @@ def _environment(sources: list[Source]) -> list[str]:
             parts.append(f"device {device.get('name', device)} (sm{device.get('sm', '?')})")
         if run_env.get("hardware"):
             parts.append(f"hardware {run_env['hardware']}")
-        for key in ("torch", "cuda", "host", "platform"):
+        for key in ("torch", "cuda", "driver", "host", "platform"):
             if env.get(key):
                 parts.append(f"{key} {env[key]}")
+        if meta.get("cluster"):  # `fib profile --cluster`: the Ray node it ran on
+            parts.append(f"Ray node {meta['cluster'].get('node')} (GPU kind {meta['cluster'].get('gpu_kind')})")
         if meta.get("backend"):
             parts.append(f"backend {meta['backend']}")
         if meta.get("nsys_version"):
