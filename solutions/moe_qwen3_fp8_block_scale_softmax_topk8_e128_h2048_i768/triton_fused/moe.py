@@ -60,7 +60,7 @@ SINGLE_ROUTE_MAX = 16   # up to this many tokens: routing + align in one program
 DECODE_RPE = 8      # expected rows per expert (T * TOPK / E) up to this: BM 16, bf16 C
 MID_RPE = 32        # ... up to this: BM 32, fp8 C in 64-wide groups
 LARGE_RPE = 128     # ... up to this: BM 64; above it the prefill tiles (BM 128, 8 warps)
-SCAN_ROWS = 16      # routing tiles' counts per step of the align scan ([16, 128] int32: no spill)
+SCAN_ROWS = 64      # routing tiles' counts per step of the align scan ([64, 128] int32, 8 warps)
 CONFIG_DOC = {
     "BM": "rows per expert block (power of 2, >= 16)",
     "BN1": "gemm1 columns of C per program (power of 2, 16..128; it computes BN1 up and BN1 gate columns)",
@@ -208,19 +208,16 @@ def _routing_kernel(logits_ptr, ids_ptr, weights_ptr, counts_ptr, T,
 
 
 @triton.jit
-def _moe_align_scan_kernel(counts_ptr, chunk_base_ptr, sorted_ids_ptr, expert_ids_ptr, n_post_ptr,
-                           n_chunks, n_entries,
+def _moe_align_scan_kernel(counts_ptr, chunk_base_ptr, start_ptr, sorted_ids_ptr, expert_ids_ptr,
+                           n_post_ptr, n_chunks, n_entries,
                            E: tl.constexpr, BM: tl.constexpr, EP: tl.constexpr, CB: tl.constexpr):
-    """One program: padded per-expert offsets, and where each tile's entries start."""
+    """One program, one pass over the tiles' counts: where each tile's entries of each expert
+    start within that expert's segment (chunk_base), then the padded segments (start, n_post,
+    each block's expert, the padding). One pass instead of two: the loop's loads are a serial
+    chain (~1 L2 round trip per CB tiles)."""
     e = tl.arange(0, EP)
     c = tl.arange(0, CB)
-    total = tl.zeros([EP], dtype=tl.int32)
-    for c0 in range(0, n_chunks, CB):
-        rows = c0 + c
-        total += tl.sum(tl.load(counts_ptr + rows[:, None] * EP + e[None, :],
-                                mask=rows[:, None] < n_chunks, other=0), 0)
-    carry = _align_offsets(total, sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_entries,
-                           E, BM, EP, 32)
+    carry = tl.zeros([EP], dtype=tl.int32)
     for c0 in range(0, n_chunks, CB):
         rows = c0 + c
         mask = rows[:, None] < n_chunks
@@ -228,10 +225,12 @@ def _moe_align_scan_kernel(counts_ptr, chunk_base_ptr, sorted_ids_ptr, expert_id
         tl.store(chunk_base_ptr + rows[:, None] * EP + e[None, :],
                  carry[None, :] + tl.cumsum(tile, 0) - tile, mask=mask)
         carry += tl.sum(tile, 0)
+    start = _align_offsets(carry, sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_entries, E, BM, EP, 32)
+    tl.store(start_ptr + e, start)
 
 
 @triton.jit
-def _moe_align_scatter_kernel(ids_ptr, chunk_base_ptr, sorted_ids_ptr, n_entries,
+def _moe_align_scatter_kernel(ids_ptr, chunk_base_ptr, start_ptr, sorted_ids_ptr, n_entries,
                               CHUNK: tl.constexpr, EP: tl.constexpr):
     """sorted_ids[position] = entry index, stable within each expert (token order)."""
     pid = tl.program_id(0)
@@ -239,7 +238,8 @@ def _moe_align_scatter_kernel(ids_ptr, chunk_base_ptr, sorted_ids_ptr, n_entries
     live = entry < n_entries
     ids = tl.load(ids_ptr + entry, mask=live, other=-1)
     onehot = _onehot(ids, live, EP, CHUNK)
-    base = tl.load(chunk_base_ptr + pid * EP + tl.arange(0, EP))
+    e = tl.arange(0, EP)
+    base = tl.load(start_ptr + e) + tl.load(chunk_base_ptr + pid * EP + e)
     pos = tl.sum(onehot * (base[None, :] + tl.cumsum(onehot, 0) - 1), 1)
     tl.store(sorted_ids_ptr + pos, entry, mask=tl.sum(onehot, 1) > 0)
 
@@ -394,13 +394,15 @@ def _config(T, E=NUM_EXPERTS):
     - prefill: DeepSeek's prefill tiles (BM 128, 128 columns, 8 warps), fp8 C in 1x128 groups.
     Routing: one program up to 16 tokens (8 int64 max passes over [16, 128]); one warp for 1-2
     tokens (shuffles only: DeepSeek's 6.5 -> 4.7 us at T=1), 4 up to 8 tokens, 8 above (4 spill
-    624 bytes at 16 tokens on sm_90a); above, 4-token tiles up to 1024 tokens, 16-token tiles
-    beyond (DeepSeek v7b)."""
+    624 bytes at 16 tokens on sm_90a); above, routing tiles of 4 tokens up to 256 (DeepSeek v7b:
+    more programs, shorter serial top-k chains), 8 up to 1024 and 16 beyond, so the one-program
+    align scan takes few serial steps of 64 tiles (1, 2, 8 at 256, 1024, 8192 tokens)."""
     if T <= SINGLE_ROUTE_MAX:
         route = dict(route="single", route_tile=16, route_one_tile=True,
                      route_warps=1 if T <= 2 else 4 if T <= 8 else 8)
     else:
-        route = dict(route="tiles", route_tile=4 if T <= 1024 else 16, route_one_tile=True, route_warps=4)
+        route = dict(route="tiles", route_tile=4 if T <= 256 else 8 if T <= 1024 else 16,
+                     route_one_tile=True, route_warps=4)
     rpe = T * TOPK / E
     if T <= TINY_MAX:
         tiles = dict(BM=16, BN1=32, BN2=64, warps=4, stages1=6, stages2=4, c_dtype="fp8")
@@ -512,11 +514,12 @@ def _route_and_align(routing_logits, E, cfg):
     n_tiles = triton.cdiv(T, tile)
     counts = torch.empty(n_tiles, EP, dtype=torch.int32, device=dev)
     chunk_base = torch.empty(n_tiles, EP, dtype=torch.int32, device=dev)
+    start = torch.empty(EP, dtype=torch.int32, device=dev)
     _routing_kernel[(n_tiles,)](logits, ids, weights, counts, T, TB=tile, **consts, num_warps=4)
     with fib.stage("dispatch"):
-        _moe_align_scan_kernel[(1,)](counts, chunk_base, sorted_ids, expert_ids, n_post, n_tiles,
-                                     n_entries, E=E, BM=BM, EP=EP, CB=SCAN_ROWS)
-        _moe_align_scatter_kernel[(n_tiles,)](ids, chunk_base, sorted_ids, n_entries,
+        _moe_align_scan_kernel[(1,)](counts, chunk_base, start, sorted_ids, expert_ids, n_post, n_tiles,
+                                     n_entries, E=E, BM=BM, EP=EP, CB=SCAN_ROWS, num_warps=8)
+        _moe_align_scatter_kernel[(n_tiles,)](ids, chunk_base, start, sorted_ids, n_entries,
                                               CHUNK=tile * TOPK, EP=EP)
     return ids, weights, sorted_ids, expert_ids, n_post
 
@@ -541,6 +544,11 @@ def _run(routing_logits, hidden_states, hidden_states_scale, gemm1_weights, gemm
     QB = H // hidden_states_scale.shape[0]
     if T == 0:
         return
+    for name, w in (("gemm1_weights", gemm1_weights), ("gemm1_weights_scale", gemm1_weights_scale),
+                    ("gemm2_weights", gemm2_weights), ("gemm2_weights_scale", gemm2_weights_scale)):
+        if not w.is_contiguous():  # metadata only: no sync; a copy would cost more than the layer
+            raise ValueError(f"triton_fused (qwen3): {name} must be contiguous (stride {w.stride()})")
+    hidden_states, hidden_states_scale = hidden_states.contiguous(), hidden_states_scale.contiguous()
     cfg = _resolve(T, E, config)
     BM = cfg["BM"]
     BN1, BN2 = min(cfg["BN1"], I, QB), min(cfg["BN2"], H, QB)
