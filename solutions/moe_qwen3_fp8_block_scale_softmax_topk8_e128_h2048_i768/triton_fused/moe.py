@@ -8,7 +8,7 @@ predictions for this one.
   kernel (per-expert counts, BM-padded offsets, a stable scatter of the (token, slot) entries into
   expert order, each BM row block's expert). With `route="single"` (the default up to 16 tokens)
   all of it runs in ONE single-program kernel; with `route="tiles"`, routing+count per token tile,
-  then a scan and a scatter (3 launches; the last two are the "dispatch" stage).
+  then a one-pass scan and a scatter (3 launches; the last two are the "dispatch" stage).
   The top-8 packs each logit (its fp32 bits mapped to an order-preserving int32) and its expert
   index into one int64 key, so each of the 8 passes is one max-reduction (the DeepSeek kernel
   needs a max and an arg-min per pass). Ties go to the lowest expert index. The weights are
