@@ -6,11 +6,12 @@ and costs device time. This records the launches one `run()` call makes (meta te
 real shapes: nothing is allocated, nothing runs), compiles each for sm_90a with the installed
 Triton's own ptxas, and reads the resource report: registers, stack (spills), shared memory.
 
-    python families/moe/benchmarks/compile_sm90.py --tokens 1 7 80 2000 [--sweep]
+    python families/moe/benchmarks/compile_sm90.py --tokens 1 7 80 2000 [--sweep] [--definition D]
 
 --sweep also compiles every configuration the solution's fib_configs declares at each T (what
 `fib run --sweep` would time), passed through fib's SolutionCall as config=: nothing is patched
-in the solution's module.
+in the solution's module. --definition picks another definition's solution (default: the DeepSeek
+one); its meta inputs come from the definition's declared shapes and dtypes (scalars: 0 / 1.0).
 
 Run it with the Triton the GPU machine has (3.6 there) for resource numbers that match it; the
 project's CPU test runs it with whatever Triton is installed, for compile errors.
@@ -38,9 +39,9 @@ DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", 
           torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv", torch.uint8: "u8", torch.int8: "i8"}
 
 
-def load_solution(name: str):
-    path = REPO / "solutions" / DEF / name / "moe.py"
-    spec = importlib.util.spec_from_file_location(f"compile_sm90_{name}", path)
+def load_solution(name: str, definition: str = DEF):
+    path = REPO / "solutions" / definition / name / "moe.py"
+    spec = importlib.util.spec_from_file_location(f"compile_sm90_{definition}_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent))
     sys.path.insert(0, str(REPO))  # `import fib` from a checkout that is not installed
@@ -62,21 +63,48 @@ def meta_inputs(T: int, H=7168, I=2048, E=256, n_local=32, offset=0) -> dict:
             "local_expert_offset": offset, "routed_scaling_factor": 2.5}
 
 
+def definition_meta_inputs(definition, axes: dict) -> dict:
+    """Any definition's inputs at these axes as meta tensors, by name (scalars: 0, or 1.0 for a
+    float)."""
+    from fib.harness.inputs import torch_dtype
+    out = {}
+    for name, spec in definition.inputs.items():
+        dtype = torch_dtype(spec.dtype)
+        if spec.is_scalar:
+            out[name] = 1.0 if dtype.is_floating_point else 0
+        else:
+            out[name] = torch.empty(definition.shape_of(spec, axes), dtype=dtype, device="meta")
+    return out
+
+
 @functools.lru_cache(maxsize=None)
-def _fib_objects(name: str):
+def _fib_objects(definition_name: str, name: str):
     """The definition and the solution `name` as fib loads them (SolutionCall needs both)."""
     from fib.schema import Definition, Solution, load_model
-    definition = load_model(REPO / "definitions" / "moe" / f"{DEF}.json", Definition)
-    return definition, load_model(REPO / "solutions" / DEF / name / "solution.json", Solution)
+    definition = load_model(REPO / "definitions" / "moe" / f"{definition_name}.json", Definition)
+    return definition, load_model(REPO / "solutions" / definition_name / name / "solution.json", Solution)
+
+
+def _definition_of(module) -> str:
+    """solutions/<definition>/<solution>/moe.py -> <definition>"""
+    return Path(module.__file__).parent.parent.name
 
 
 def solution_call(module, T: int, config: dict | None = None):
     """fib's SolutionCall of `module.run` at seq_len T on meta tensors, with `config` (None: the
     solution's own choice)."""
     from fib.harness.call import SolutionCall
-    definition, solution = _fib_objects(Path(module.__file__).parent.name)
+    definition, solution = _fib_objects(_definition_of(module), Path(module.__file__).parent.name)
     axes = definition.resolve_axes({"seq_len": T})
     return SolutionCall(module.run, solution, definition, axes, "meta", config=config)
+
+
+def module_meta_inputs(module, T: int) -> dict:
+    """The meta inputs of the module's definition at seq_len T (DeepSeek: meta_inputs' values)."""
+    if _definition_of(module) == DEF:
+        return meta_inputs(T)
+    definition, _ = _fib_objects(_definition_of(module), Path(module.__file__).parent.name)
+    return definition_meta_inputs(definition, definition.resolve_axes({"seq_len": T}))
 
 
 def _signature(fn: JITFunction, args, kwargs):
@@ -121,7 +149,7 @@ def record_launches(module, T: int, config: dict | None = None, *, grids: bool =
     real_run = JITFunction.run
     try:
         JITFunction.run = fake_run
-        call(meta_inputs(T))
+        call(module_meta_inputs(module, T))
     finally:
         JITFunction.run = real_run
     return launches
@@ -168,11 +196,12 @@ def main():
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--solution", default="triton_fused")
+    parser.add_argument("--definition", default=DEF, help="the solution's definition (solutions/<definition>/)")
     parser.add_argument("--tokens", type=int, nargs="*", default=[1, 7, 14, 80, 901, 11948])
     parser.add_argument("--sweep", action="store_true", help="also every configuration the solution's "
                         "fib_configs declares at each T")
     args = parser.parse_args()
-    module = load_solution(args.solution)
+    module = load_solution(args.solution, args.definition)
     print(f"triton {triton.__version__}, target sm_90a; regs/stack(spill)/shared bytes per kernel")
     failed = 0
     for T in args.tokens:
