@@ -35,7 +35,7 @@ import fib
 TOPK = 2              # experts per token (definition: topk2)
 # The default configuration's token-count buckets (see _config); rows per expert ~ T * 2 / 8,
 # the most popular expert about 1.6x that in the dataset's skewed routing.
-TINY_MAX = 8          # up to this many: <= 2T experts hit, gemm2 split 4 ways (<= 2 tokens) or 2
+TINY_MAX = 8          # up to this many: <= 2T experts hit; 32-column gemm1 tiles, gemm2 split 4 ways
 SMALL_MAX = 32        # up to this many: BM=16 (at most ~10 rows per expert)
 MID_MAX = 128         # up to this many: BM=32
 DECODE_MAX = 512      # up to this many: BM=64 (memory-bound tiles); above: prefill (compute-bound)
@@ -332,11 +332,15 @@ def _config(T):
     if T > DECODE_MAX:  # compute-bound: 128 x (2 x 128) gemm1 tiles, 128 x 256 gemm2 tiles
         return dict(BM=128, BN1=128, BK1=64, warps1=8, stages1=4,
                     BN2=256, BK2=64, warps2=8, stages2=4, split2=1, group_m=8, **route)
+    if T <= TINY_MAX:
+        # 2-8 experts hit: gemm1 with 32-column tiles (448 programs per expert: 6.8 per SM at
+        # T=1, so the SMs with one more finish ~3% after the rest, 15% with 64-column tiles);
+        # gemm2 has 64 programs per expert before its 4-way split
+        return dict(BM=16, BN1=32, BK1=128, warps1=4, stages1=4,
+                    BN2=64, BK2=128, warps2=4, stages2=4, split2=4, group_m=8, **route)
     if T <= SMALL_MAX:
-        # gemm1: 224 programs per hit expert; gemm2 at BN2 64 only 64 per expert before the split
-        split2 = 4 if T <= 2 else 2
         return dict(BM=16, BN1=64, BK1=64, warps1=4, stages1=5,
-                    BN2=64, BK2=128, warps2=4, stages2=4, split2=split2, group_m=8, **route)
+                    BN2=64, BK2=128, warps2=4, stages2=4, split2=2, group_m=8, **route)
     if T <= MID_MAX:
         return dict(BM=32, BN1=64, BK1=64, warps1=4, stages1=5,
                     BN2=64, BK2=128, warps2=4, stages2=4, split2=2, group_m=8, **route)
@@ -346,22 +350,23 @@ def _config(T):
 
 def _variants(T):
     """Named alternatives to T's default worth timing (overrides of the bucket's configuration)."""
+    split = {f"split2_{n}": dict(split2=n) for n in (1, 2, 4, 8)}  # the default's own is left out
     if T > DECODE_MAX:
         return {"stages3": dict(stages1=3, stages2=3), "bn2_128": dict(BN2=128, stages2=3),
-                "bm64": dict(BM=64, warps1=4, warps2=4, BN2=128), "bn1_64": dict(BN1=64),
-                "group16": dict(group_m=16), "route_single": dict(route="single", route_tile=256)}
-    common = {"split2_1": dict(split2=1), "split2_2": dict(split2=2), "split2_4": dict(split2=4),
-              "split2_8": dict(split2=8), "bk1_128": dict(BK1=128, stages1=3),
-              "bn1_32": dict(BN1=32, BK1=128, stages1=4), "bn1_128": dict(BN1=128, stages1=3),
-              "bk2_64": dict(BK2=64, stages2=5)}
+                "split2_3": dict(split2=3), "bm64": dict(BM=64, BN1=64, warps1=4, warps2=4, BN2=128),
+                "bn1_64": dict(BN1=64), "group16": dict(group_m=16),
+                "route_single": dict(route="single", route_tile=256)}
+    if T <= TINY_MAX:
+        return {**split, "bn1_64": dict(BN1=64, BK1=64, stages1=5), "stages1_3": dict(stages1=3),
+                "bk2_64": dict(BK2=64, stages2=6), "route_tiles": dict(route="tiles", route_tile=2)}
+    decode = {**split, "bn1_32": dict(BN1=32, BK1=128, stages1=4), "bk1_128": dict(BK1=128, stages1=3),
+              "bk2_64": dict(BK2=64, stages2=6)}
     if T <= SMALL_MAX:
-        extra = {"bm32": dict(BM=32)}
-    elif T <= MID_MAX:
-        extra = {"bm16": dict(BM=16), "bm64": dict(BM=64)}
-    else:
-        extra = {"bm32": dict(BM=32, BN2=64, BK2=128), "bm128": dict(BM=128, warps1=8, warps2=8),
-                 "bn2_64": dict(BN2=64, BK2=128), "route_tiles": dict(route="tiles", route_tile=128)}
-    return {**common, **extra}
+        return {**decode, "bm32": dict(BM=32)}
+    if T <= MID_MAX:
+        return {**decode, "bm16": dict(BM=16), "bm64": dict(BM=64)}
+    return {**split, "bm32": dict(BM=32, BN2=64, BK2=128), "bm128": dict(BM=128, warps1=8, warps2=8),
+            "bn2_64": dict(BN2=64, BK2=128), "route_tiles": dict(route="tiles", route_tile=128)}
 
 
 def fib_configs(axes):
