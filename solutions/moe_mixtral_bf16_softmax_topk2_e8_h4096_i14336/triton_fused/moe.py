@@ -354,6 +354,7 @@ def _variants(T):
     if T > DECODE_MAX:
         return {"stages3": dict(stages1=3, stages2=3), "bn2_128": dict(BN2=128, stages2=3),
                 "split2_3": dict(split2=3), "bm64": dict(BM=64, BN1=64, warps1=4, warps2=4, BN2=128),
+                "bm64_w8": dict(BM=64),  # 64 x 256 tiles over two warpgroups: less padding at 1024
                 "bn1_64": dict(BN1=64), "group16": dict(group_m=16),
                 "route_single": dict(route="single", route_tile=256)}
     if T <= TINY_MAX:
