@@ -323,8 +323,8 @@ def _finalize_kernel(y_ptr, out_ptr, T, H, n_entries, TOPK: tl.constexpr, BT: tl
 def _config(T):
     """The default configuration of T's bucket (every key of CONFIG_DOC). Reasoned, not measured
     (benchmarks/NOTES.md, "Mixtral"): decode streams 352 MB of bf16 weights per hit expert and
-    wants many programs with ~90 KB of loads in flight per SM (2 programs per SM, 16 KB weight tile
-    per stage); prefill wants 128-row wgmma tiles, 256 output columns per program."""
+    wants many programs with ~90 KB of loads in flight per SM (2-3 programs per SM, 16 KB weight
+    tile per stage); prefill wants 128-row wgmma tiles, 256 output columns per program."""
     if T <= SINGLE_ROUTE_MAX:
         route = dict(route="single", route_tile=SINGLE_ROUTE_MAX)
     else:
@@ -334,7 +334,7 @@ def _config(T):
                     BN2=256, BK2=64, warps2=8, stages2=4, split2=1, group_m=8, **route)
     if T <= TINY_MAX:
         # 2-8 experts hit: gemm1 with 32-column tiles (448 programs per expert: 6.8 per SM at
-        # T=1, so the SMs with one more finish ~3% after the rest, 15% with 64-column tiles);
+        # T=1, so the busiest SMs stream 3% more than the average; 18% with 64-column tiles);
         # gemm2 has 64 programs per expert before its 4-way split
         return dict(BM=16, BN1=32, BK1=128, warps1=4, stages1=4,
                     BN2=64, BK2=128, warps2=4, stages2=4, split2=4, group_m=8, **route)
