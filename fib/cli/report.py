@@ -53,3 +53,22 @@ def ncu_command(
         raise typer.Exit(1) from None
     typer.echo(report.read_text())
     typer.echo(f"report written to {report}")
+
+
+@report_app.command("floor")
+def floor_command(
+    run_dir: Annotated[Path, typer.Argument(help="a `fib run` directory")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="report folder (default reports/floor-<name>/)")] = None,
+    ceilings: Annotated[Optional[Path], typer.Option(help="ceilings JSON (measure_ceilings; default: run.json's)")] = None,
+    recompute: Annotated[bool, typer.Option(help="count the floor of traces that have none from the dataset and their seeds (kept in RUN/floor.jsonl)")] = False,
+    device: Annotated[str, typer.Option(help="where --recompute builds the inputs")] = "cpu",
+) -> None:
+    """Per definition, solution and workload: latency, floor µs and % of floor, where the definition's family declares a floor."""
+    from ..report.floor import report_floor
+    try:
+        report = report_floor(run_dir, output, ceilings=ceilings, recompute_on=device if recompute else None)
+    except (FibError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(report.read_text())
+    typer.echo(f"report written to {report}")
