@@ -234,3 +234,21 @@ def test_bad_ceilings_files_name_the_file(floor_run, tmp_path):
         with pytest.raises(FibError) as err:
             report_floor(base / "run", tmp_path / "out", ceilings=path)
         assert str(path) in str(err.value) and words in str(err.value)
+
+
+def test_fib_report_floor_on_the_command_line(floor_run, tmp_path):
+    from typer.testing import CliRunner
+    from fib.analysis.ncu_table import load_floor
+    from fib.cli.app import app
+    base, root, traces = floor_run
+    ceilings = tmp_path / "ceilings.json"
+    ceilings.write_text(json.dumps(CEILINGS))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["report", "floor", str(base / "run"), "--ceilings", str(ceilings), "-o", str(out)],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "% of floor" in result.output and f"report written to {out / 'floor.md'}" in result.output
+    floors = load_floor(out / "floor.csv").set_index("workload")["floor_ms"]  # what `fib report ncu --floor` reads
+    assert floors.to_dict() == pytest.approx({"w-n3": 24.0, "w-n8": 64.0})
+    missing = CliRunner().invoke(app, ["report", "floor", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "no traces.jsonl here" in missing.output

@@ -36,7 +36,7 @@ def stages_command(
 def ncu_command(
     source: Annotated[Path, typer.Argument(help="run directory of `fib profile --backend ncu`, or an `ncu --csv --page raw` file")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="report folder (default reports/ncu-<name>/)")] = None,
-    floor: Annotated[Optional[Path], typer.Option(help="roofline.csv (benchmarks/moe_roofline.py): kernel time against the floor")] = None,
+    floor: Annotated[Optional[Path], typer.Option(help="floor.csv (fib report floor) or roofline.csv: kernel time against the floor")] = None,
     definition: Annotated[Optional[Path], typer.Option(help="definition JSON: stage order and kernel regexes for a bare CSV")] = None,
     workloads: Annotated[Optional[list[Path]], typer.Option(help="JSONL of workloads or traces: axes of a bare CSV's workloads")] = None,
     busy_pct: Annotated[Optional[float], typer.Option(help="a unit at this % of peak or more is the limiter (default 60)")] = None,
