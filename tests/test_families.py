@@ -252,3 +252,38 @@ def test_fib_report_floor_on_the_command_line(floor_run, tmp_path):
     assert floors.to_dict() == pytest.approx({"w-n3": 24.0, "w-n8": 64.0})
     missing = CliRunner().invoke(app, ["report", "floor", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "no traces.jsonl here" in missing.output
+
+
+def test_the_run_asks_the_judge_for_its_ceilings_and_records_what_it_says(tmp_path):
+    """On a GPU the judge measures the ceilings after the last pair; here (CPU) it is made to ask,
+    and the judge's answer (measure_ceilings needs CUDA) lands in run.json and a warning."""
+    os.environ["FIB_CACHE_DIR"] = str(tmp_path / "cache")
+    root = make_dataset(tmp_path / "ds", solutions=["good"])
+    write_family(root, FAKE_FAMILY)
+
+    class AsksOnCPU(Runner):
+        def _ceilings_wanted(self) -> bool:
+            return any(t.evaluation.floor for t in self.result.traces)
+
+    data = load_dataset([root])
+    config = RunConfig(warmup_runs=1, iterations=3, num_trials=2, timer="wall")
+    plan = RunPlan(config=config, definitions=["scale_add"], solutions={"scale_add": ["good"]},
+                   workloads={"scale_add": ["w-n3"]}, devices=["cpu"])
+    warnings: list = []
+    AsksOnCPU(data, plan, tmp_path / "run", on_warning=warnings.append).run()
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert "ceilings" not in info and "needs a CUDA device" in info["ceilings_error"]
+    assert any("ceilings were not measured" in w and "needs a CUDA device" in w for w in warnings)
+    events = [json.loads(line)["event"] for line in (tmp_path / "run" / "timeline.jsonl").read_text().splitlines()]
+    assert events.index("ceilings_start") < events.index("ceilings_end")
+
+
+def test_the_floor_report_uses_run_json_ceilings_of_the_same_gpu(floor_run, tmp_path):
+    base, root, traces = floor_run
+    hardware = traces[0].evaluation.environment.hardware
+    table, notes = floor_table(passed_traces(base / "run"), {"ceilings": {**CEILINGS, "device": hardware}})
+    assert sorted(table["floor_ms"]) == pytest.approx([24.0, 64.0]) and notes == []
+    table, notes = floor_table(passed_traces(base / "run"), {"ceilings": CEILINGS})  # measured on TestGPU
+    assert table["floor_ms"].isna().all()
+    assert notes == [f"no ceilings for {hardware} (run.json's were measured on TestGPU): bytes and FLOPs only; "
+                     "pass --ceilings FILE"]

@@ -279,9 +279,23 @@ class Runner:
         which `fib report floor` turns the traces' floor records into time with. Measured after
         the last pair, the workers stopped, when a trace of this run carries a floor and the judge
         is on a GPU; a failure is recorded, never fatal."""
-        if not self._judge_device().startswith("cuda") or \
-                not any(t.evaluation and t.evaluation.floor for t in self.result.traces):
+        if not self._ceilings_wanted():
             return
+        try:
+            answer = self._ask_ceilings()
+        except Exception as exc:  # never the run's end: the traces are written
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if answer.get("ok"):
+            info["ceilings"] = answer["ceilings"]
+        else:
+            info["ceilings_error"] = answer.get("error")
+            self.on_warning(f"the device's ceilings were not measured: {answer.get('error')}")
+
+    def _ceilings_wanted(self) -> bool:
+        return self._judge_device().startswith("cuda") and \
+            any(t.evaluation and t.evaluation.floor for t in self.result.traces)
+
+    def _ask_ceilings(self) -> dict:
         self._mark("ceilings_start")
         self._ask_judge("ceilings")
         deadline = time.monotonic() + self.config.prepare_timeout_s
@@ -294,11 +308,7 @@ class Runner:
                     break
         answer = self.ceilings or {"ok": False, "error": "the judge did not answer"}
         self._mark("ceilings_end", ok=answer.get("ok"))
-        if answer.get("ok"):
-            info["ceilings"] = answer["ceilings"]
-        else:
-            info["ceilings_error"] = answer.get("error")
-            self.on_warning(f"the device's ceilings were not measured: {answer.get('error')}")
+        return answer
 
     def _judge_device(self) -> str:
         return self.plan.devices[0]
