@@ -181,8 +181,8 @@ def floor_table(traces: list[Trace], run_info: dict, *, ceilings: dict | None = 
 
 def _ceilings_line(ceilings: dict, source: str) -> str:
     rates = ceilings.get("matmul_tflops_by_dtype") or {ceilings.get("matmul_dtype"): ceilings.get("matmul_tflops")}
-    matmul = ", ".join(f"{dtype} matmul {rate:.0f} TFLOP/s" for dtype, rate in rates.items() if rate)
-    return f"ceilings ({source}, {ceilings.get('device', 'device not named')}): copy {ceilings['copy_gbps']:.0f} " \
+    matmul = ", ".join(f"{dtype} matmul {rate:.4g} TFLOP/s" for dtype, rate in rates.items() if rate)
+    return f"ceilings ({source}, {ceilings.get('device', 'device not named')}): copy {ceilings['copy_gbps']:.4g} " \
            f"GB/s (read + write), {matmul}"
 
 
