@@ -205,6 +205,10 @@ def markdown(table: pd.DataFrame, notes: list[str], run_dir: Path, run_info: dic
             columns += ["floor_us", "of_floor", "bound"]
             formats.update(floor_us=".2f", of_floor="pct")
         columns += ["bytes_mb", "gflop", *details]
+        for column in details:
+            values = pd.to_numeric(group[column], errors="coerce")
+            if values.notna().all():
+                formats[column] = "int" if (values == values.round()).all() else ".4g"
         titles = {"tokens": axis, "latency_us": "latency µs", "floor_us": "floor µs", "of_floor": "% of floor",
                   "bytes_mb": "MB", "gflop": "GFLOP"}
         frame = shown[columns].rename(columns=titles)

@@ -152,3 +152,28 @@ def test_the_committed_roofline_is_what_the_family_counts():
     for column in ("experts_hit", "routed_pairs", "bytes_mb", "gflop", "floor_ms", "of_floor"):
         assert merged[column].to_numpy() == pytest.approx(merged[f"{column}_now"].to_numpy(), rel=1e-12), column
     assert (merged["bound"] == merged["bound_now"]).all()
+
+
+def test_roofline_py_writes_the_committed_roofline_again(tmp_path, monkeypatch):
+    """benchmarks/roofline.py is `fib report floor` with ceilings measured on the spot: given the
+    committed run and its ceilings (as if measured now), it writes the committed roofline.csv."""
+    import json
+    import pandas as pd
+    from benchmark_module import load
+    report = REPO / "reports" / "moe_deepseek_h200"
+    roofline = load("roofline")
+    monkeypatch.setattr(roofline, "measure_ceilings",
+                        lambda device: {**json.loads((report / "ceilings.json").read_text()),
+                                        "matmul_tflops_by_dtype": {"fp8_e4m3": 1471.5406318578212}})
+    monkeypatch.setattr(sys, "argv", ["roofline.py", str(report / "run"), "--output", str(tmp_path), "--device", "cpu"])
+    roofline.main()
+    now = pd.read_csv(tmp_path / "roofline.csv")
+    committed = pd.read_csv(report / "roofline.csv")
+    assert list(now.columns[:len(committed.columns)]) == list(committed.columns)
+    now = now.set_index(["workload", "solution"]).loc[committed.set_index(["workload", "solution"]).index]
+    for column in committed.columns.drop(["workload", "solution"]):
+        if pd.api.types.is_numeric_dtype(committed[column]):
+            assert now[column].to_numpy() == pytest.approx(committed[column].to_numpy(), rel=1e-12), column
+        else:
+            assert list(now[column]) == list(committed[column]), column
+    assert len((report / "run" / "floor.jsonl").read_text().splitlines()) == 19  # one per workload: none counted again
