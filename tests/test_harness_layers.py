@@ -34,3 +34,26 @@ def test_the_parent_imports_no_torch_before_its_children_start():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
+
+
+
+def family_imports(source: str) -> list[str]:
+    """The modules of `families` a Python source imports by name (absolute imports)."""
+    import ast
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.append(node.module or "")
+    return [n for n in names if n.split(".")[0] == "families"]
+
+
+def test_nothing_in_fib_imports_a_family():
+    """Families (families/<name>/) are found at run time by fib.families, never imported by name."""
+    from pathlib import Path
+    assert family_imports("import os\nimport families.moe.family\ndef f():\n    from families.moe import x\n") == \
+        ["families.moe.family", "families.moe"]
+    package = Path(__file__).resolve().parent.parent / "fib"
+    found = {str(f.relative_to(package)): family_imports(f.read_text()) for f in package.rglob("*.py")}
+    assert {f: names for f, names in found.items() if names} == {}

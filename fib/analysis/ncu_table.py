@@ -3,9 +3,8 @@
 `kernel_table` aggregates the attributed instances (ncu_csv.load_ncu_csv) per (solution, workload,
 stage, kernel): time per call, and the duration-weighted mean of every percentage (a percentage of
 peak over a kernel's run weighted by how long it ran is the percentage over all of them).
-`workload_table` sums each (solution, workload) and, given the floor (the CSV that
-benchmarks/moe_roofline.py writes: workload, floor_ms, bound, bytes_mb), puts the kernels' time
-against it: of_floor = floor / kernel time, the same definition as the roofline report, and the
+`workload_table` sums each (solution, workload) and, given the floor (the floor.csv of `fib report
+floor`, or a roofline.csv: workload, floor_ms, bound, bytes_mb), puts the kernels' time against it: of_floor = floor / kernel time, the same definition as the roofline report, and the
 DRAM bytes ncu measured against the bytes the floor says are needed.
 
 `bound_by` reads the verdict off the numbers (BoundRules holds the thresholds):
@@ -130,7 +129,8 @@ def kernel_table(instances: pd.DataFrame, calls: pd.DataFrame, axes_by_workload:
 
 
 def load_floor(path: str | Path) -> pd.DataFrame:
-    """Per workload: floor_ms and, where given, bound, bytes_mb, gflop (moe_roofline.py's roofline.csv)."""
+    """Per workload: floor_ms and, where given, bound, bytes_mb, gflop (`fib report floor`'s floor.csv,
+    families/moe/benchmarks/roofline.py's roofline.csv)."""
     path = Path(path)
     try:
         floor = pd.read_csv(path, dtype={"workload": str})
@@ -141,7 +141,7 @@ def load_floor(path: str | Path) -> pd.DataFrame:
     missing = {"workload", "floor_ms"} - set(floor.columns)
     if missing:
         raise FibError(f"the floor CSV lacks columns {sorted(missing)}", where=path, field="--floor",
-                       fix="pass the roofline.csv that benchmarks/moe_roofline.py writes")
+                       fix="pass the floor.csv of `fib report floor` (or a roofline.csv of families/moe/benchmarks/roofline.py)")
     floor["floor_ms"] = pd.to_numeric(floor["floor_ms"], errors="coerce")
     bad = floor[~(floor["floor_ms"] > 0)]
     if not bad.empty:

@@ -24,7 +24,7 @@ def profile_command(
     device: Annotated[Optional[str], typer.Option(help="device the inputs live on (default cuda:0; "
                                                   "with --cluster, each actor's GPU)")] = None,
     demo: Annotated[bool, typer.Option("--demo", help="profile fib's synthetic demo pipelines instead of a dataset")] = False,
-    floor: Annotated[Optional[Path], typer.Option(help="ncu: roofline.csv (benchmarks/moe_roofline.py) to set kernel time against the floor")] = None,
+    floor: Annotated[Optional[Path], typer.Option(help="ncu: floor.csv (fib report floor) or roofline.csv to set kernel time against the floor")] = None,
     ncu_kernels: Annotated[Optional[str], typer.Option(help="ncu: profile only kernels whose name matches this regex")] = None,
     ncu_launch_count: Annotated[Optional[int], typer.Option(min=1, help="ncu: profile at most this many kernels")] = None,
     cluster: Annotated[str, typer.Option(help="where the capture runs: local, or ray / ray://auto / ray://HOST:PORT "

@@ -324,6 +324,14 @@ def store_reference(cache: ReferenceCache, definition: Definition, workload: Wor
     return file, meta
 
 
+def write_reference_meta(file: Path, meta: dict) -> None:
+    """Replace a cached reference's sidecar (atomically): what the judge learns later about the
+    same input set (its floor) is kept beside the outputs."""
+    tmp = file.with_suffix(f".json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, file.with_suffix(".json"))
+
+
 def compute_reference(definition: Definition, inputs: dict[str, Any],
                       validate: Callable[[Any], str | None] | None = None) -> tuple[list[torch.Tensor], float]:
     """The definition's reference on `inputs` as float32 tensors, and the seconds it took.

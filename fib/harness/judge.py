@@ -8,8 +8,12 @@ before any judgement that needs it):
   (or takes it from the disk cache), checks that it is usable (tensors of the declared shapes, all
   finite: otherwise the definition is at fault and `error` says so), and lists the trivial outputs
   (all zeros, the reference shifted by its std) that the tolerance would wrongly pass;
+  With `floor` (the main input set), the reply also carries the workload's floor record from its
+  family (fib/families.py), or `floor_error` naming what is wrong with the family module;
 - judge{id, which, definition, workload, ref_key, path, tolerance, also[]} -> verdict{id, which,
-  status, reason, correctness}: loads the outputs a worker wrote and compares them with the reference.
+  status, reason, correctness}: loads the outputs a worker wrote and compares them with the reference;
+- ceilings{} -> ceilings{ok, ceilings | error}: the device's measured roofs (fib.timing.ceilings),
+  asked for once the run's pairs are done and its GPUs are quiet.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import traceback
 from collections import OrderedDict
 from pathlib import Path
 
+from ..errors import FibError
 from .child import Channel
 
 
@@ -56,7 +61,6 @@ class Judge:
     def reference(self, msg: dict) -> dict:
         import torch
         from safetensors.torch import load_file
-        from ..errors import FibError
         from .inputs import compute_reference, inputs_digest, make_inputs, reference_file, store_reference
         from ..schema import Definition, Tolerance, Workload
         definition = Definition.model_validate(msg["definition"])
@@ -65,7 +69,7 @@ class Judge:
         axes = definition.resolve_axes(workload.axes)
         key = msg["key"]
         file, meta = reference_file(self.cache, definition, workload, msg["seed"], root, self.device)
-        computed = False
+        computed, inputs = False, None
         if file is None or not meta.get("inputs_digest"):
             try:
                 inputs = make_inputs(definition, workload, seed=msg["seed"], device=self.device, root=root)
@@ -80,7 +84,14 @@ class Judge:
             file, meta = store_reference(self.cache, definition, workload, msg["seed"], root, self.device, outputs,
                                          seconds, inputs_digest=digest)
             computed = True
-            del inputs
+        floor, floor_error = None, None
+        if msg.get("floor"):
+            try:
+                floor = self._floor(definition, workload, root, msg["seed"], file, meta, inputs)
+            except Exception as exc:  # the family's fault: the run goes on without a floor
+                traceback.print_exc()
+                floor_error = exc.render() if isinstance(exc, FibError) else f"{type(exc).__name__}: {exc}"
+        del inputs
         refs = [t for _, t in sorted(load_file(str(file), device=self.device).items(),
                                      key=lambda kv: int(kv[0][3:]))]
         self.refs[key] = (file, axes)
@@ -94,7 +105,42 @@ class Judge:
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
         return {"key": key, "ok": True, "seconds": meta["seconds"], "computed": computed, "vacuous": vacuous,
-                "file": str(file), "inputs_digest": meta.get("inputs_digest")}
+                "file": str(file), "inputs_digest": meta.get("inputs_digest"), "floor": floor,
+                "floor_error": floor_error}
+
+    def _floor(self, definition, workload, root: Path, seed: int, file: Path, meta: dict, inputs) -> dict | None:
+        """The family's floor record of this input set (fib/families.py), or None where no family
+        declares one. Kept in the reference's cache sidecar, so a cached reference needs no inputs
+        again, until family.py changes."""
+        import torch
+        from ..families import family_for
+        from .inputs import make_inputs, write_reference_meta
+        family = family_for(definition, [root])
+        if family is None or family.work is None:
+            return None
+        cached = meta.get("floor")
+        if isinstance(cached, dict) and cached.get("family_hash") == family.source_hash:
+            return cached.get("record")
+        if inputs is None:
+            inputs = make_inputs(definition, workload, seed=seed, device=self.device, root=root)
+        with torch.no_grad():
+            record = family.floor(definition, workload, inputs)
+        if record is not None:
+            record["family_hash"] = family.source_hash
+        write_reference_meta(file, {**meta, "floor": {"family_hash": family.source_hash, "record": record}})
+        return record
+
+    def ceilings(self) -> dict:
+        """The judge's device's roofs (fib.timing.ceilings), asked for once the run's pairs are done."""
+        from ..timing.ceilings import measure_ceilings
+        try:
+            return {"ok": True, "ceilings": measure_ceilings(self.device)}
+        except Exception as exc:
+            return {"ok": False, "error": exc.render() if isinstance(exc, FibError) else f"{type(exc).__name__}: {exc}"}
+        finally:
+            if self.device.startswith("cuda"):
+                import torch
+                torch.cuda.empty_cache()
 
     def _remember(self, key: str, refs: list) -> None:
         self.loaded[key] = refs
@@ -149,6 +195,8 @@ class Judge:
                     self.channel.send("reference", **self.reference(msg))
                 elif kind == "judge":
                     self.channel.send("verdict", **self.judge(msg))
+                elif kind == "ceilings":
+                    self.channel.send("ceilings", **self.ceilings())
             except Exception as exc:  # a harness bug: answer, so the parent can blame nobody
                 traceback.print_exc()
                 reply = "reference" if kind == "reference" else "verdict"

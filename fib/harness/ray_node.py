@@ -72,6 +72,7 @@ def code_digest() -> str:
 
 class NodeRunner(Runner):
     """The Runner, telling which workload it hands to the worker (the pair in flight)."""
+    MEASURES_CEILINGS = False  # one chunk's run.json stays on the node: the driver's run.json has none
 
     def __init__(self, *args, on_start=None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -72,6 +72,15 @@ def write_run_json(run_dir: Path, info: dict) -> None:
     os.replace(tmp, run_dir / "run.json")
 
 
+def _earlier_ceilings(run_dir: Path) -> dict:
+    """The ceilings an earlier session of a resumed run measured (kept unless measured again)."""
+    try:
+        earlier = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: earlier[k] for k in ("ceilings", "ceilings_error") if k in earlier}
+
+
 @dataclass
 class Pair:
     definition: str
@@ -137,6 +146,8 @@ class Runner:
         self._wall0 = time.time()
         self._static_reasons: dict[tuple, str | None] = {}
         self._ids = 0
+        self.floor_errors: set[str] = set()          # definitions whose family could not count a floor
+        self.ceilings: dict | None = None            # the judge's answer to `ceilings`
 
     # ---- small helpers ----------------------------------------------------------------------
     def _mark(self, event: str, **fields) -> None:
@@ -174,6 +185,9 @@ class Runner:
         vacuous = self.result.vacuous.get(f"{pair.definition}/{pair.workload}")
         if vacuous:
             fields["vacuous_tolerance"] = vacuous
+        floor = (self.refs.get(pair.ref_key()) or {}).get("floor")
+        if floor:
+            fields["floor"] = floor
         variant = self.config.variants.get(pair.solution)
         if variant is not None and "solution_config" not in fields:  # ended before the worker chose it
             fields["solution_config"] = {"solution": variant.solution, "name": variant.config}
@@ -218,6 +232,8 @@ class Runner:
                 "dataset_roots": [str(r) for r in self.data.roots],
                 "started": now_iso(),
                 "finished": None, "state": "running"}
+        if resume:
+            info.update(_earlier_ceilings(self.run_dir))
         write_run_json(self.run_dir, info)
         state = "finished"
         restore = self._catch_sigterm()
@@ -234,6 +250,8 @@ class Runner:
                 if slot.spare:
                     slot.spare.kill()
             if self.judge:
+                if state == "finished" and self.MEASURES_CEILINGS:
+                    self._record_ceilings(info)
                 self.judge.kill() if state == "interrupted" else self.judge.stop()
             for log in self.logs.values():
                 log.flush()
@@ -257,6 +275,44 @@ class Runner:
         return lambda: signal.signal(signal.SIGTERM, previous)
 
     # ---- the judge --------------------------------------------------------------------------
+    MEASURES_CEILINGS = True  # a Ray node's Runner runs one chunk and leaves run.json to the driver
+
+    def _record_ceilings(self, info: dict) -> None:
+        """run.json's `ceilings`: the judge's device's measured roofs (copy bandwidth, matmul rates),
+        which `fib report floor` turns the traces' floor records into time with. Measured after
+        the last pair, the workers stopped, when a trace of this run carries a floor and the judge
+        is on a GPU; a failure is recorded, never fatal."""
+        if not self._ceilings_wanted():
+            return
+        try:
+            answer = self._ask_ceilings()
+        except Exception as exc:  # never the run's end: the traces are written
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if answer.get("ok"):
+            info["ceilings"] = answer["ceilings"]
+        else:
+            info["ceilings_error"] = answer.get("error")
+            self.on_warning(f"the device's ceilings were not measured: {answer.get('error')}")
+
+    def _ceilings_wanted(self) -> bool:
+        return self._judge_device().startswith("cuda") and \
+            any(t.evaluation and t.evaluation.floor for t in self.result.traces)
+
+    def _ask_ceilings(self) -> dict:
+        self._mark("ceilings_start")
+        self._ask_judge("ceilings")
+        deadline = time.monotonic() + self.config.prepare_timeout_s
+        while self.ceilings is None and time.monotonic() < deadline and self.judge.alive():
+            self._pump_judge([])
+            if self.judge.channel.conn.poll(0.2):
+                try:
+                    self._on_judge(self.judge.channel.recv(), [])
+                except (EOFError, OSError):
+                    break
+        answer = self.ceilings or {"ok": False, "error": "the judge did not answer"}
+        self._mark("ceilings_end", ok=answer.get("ok"))
+        return answer
+
     def _judge_device(self) -> str:
         return self.plan.devices[0]
 
@@ -296,7 +352,7 @@ class Runner:
         self._ask_judge("reference", key=key, definition=d.model_dump(mode="json"),
                         workload=self._workload(definition, workload_uuid).model_dump(mode="json"),
                         root=str(self.data.root_for(definition)), seed=seed,
-                        tolerance=self.config.tolerance(d).model_dump(mode="json") if main else None)
+                        tolerance=self.config.tolerance(d).model_dump(mode="json") if main else None, floor=main)
         return True
 
     def _on_judge(self, message: dict, slots: list[Slot]) -> None:
@@ -327,6 +383,11 @@ class Runner:
                     self.on_warning(f"VACUOUS TOLERANCE on {where}: {', '.join(message['vacuous'])} would PASS "
                                     f"under {self.config.tolerance(self.data.definitions[definition]).describe()}; "
                                     "its traces carry vacuous_tolerance")
+            if message.get("floor_error") and definition not in self.floor_errors:
+                self.floor_errors.add(definition)
+                self.on_warning(f"no floor for definition '{definition}': {message['floor_error']}")
+        elif kind == "ceilings":
+            self.ceilings = message
         elif kind == "verdict":
             slot = self.verdict_waiters.pop(message["id"], None)
             if slot is None or slot.pair is None:

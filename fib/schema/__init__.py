@@ -2,13 +2,13 @@
 from .definition import DTYPES, AxisConst, AxisVar, Definition, StageSpec, TensorSpec, Tolerance
 from .io import dump_json, load_jsonl, load_model, write_jsonl_line
 from .solution import BuildSpec, Language, Solution, SourceFile
-from .trace import (Correctness, Environment, Evaluation, Performance, Status, TimingStats, Trace)
+from .trace import (Correctness, Environment, Evaluation, FloorWork, Performance, Status, TimingStats, Trace)
 from .workload import (GeneratorInput, RandomInput, SafetensorsInput, ScalarInput, Workload)
 
 __all__ = [
     "DTYPES", "AxisConst", "AxisVar", "Definition", "StageSpec", "TensorSpec", "Tolerance",
     "BuildSpec", "Language", "Solution", "SourceFile",
-    "Correctness", "Environment", "Evaluation", "Performance", "Status", "TimingStats", "Trace",
+    "Correctness", "Environment", "Evaluation", "FloorWork", "Performance", "Status", "TimingStats", "Trace",
     "GeneratorInput", "RandomInput", "SafetensorsInput", "ScalarInput", "Workload",
     "dump_json", "load_jsonl", "load_model", "write_jsonl_line",
 ]

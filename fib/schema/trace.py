@@ -16,13 +16,16 @@ verdict at other tolerances}; `performance.timing`
 with the raw samples and their statistics; `evaluation.device` and `evaluation.seed`;
 `evaluation.solution_config` {`solution`, `name`, `values`} when the trace's solution is one
 configuration of a solution (`solution@name`, fib run --config/--sweep): the configuration dict
-the solution was called with (`values`, absent when the pair ended before it was chosen).
+the solution was called with (`values`, absent when the pair ended before it was chosen);
+`evaluation.floor` where the definition's family declares a floor (fib/families.py): the least
+work of the workload's main input set (bytes, FLOPs, the matmul ceiling they run against, the
+family's details), which `fib report floor` puts against the device's ceilings.
 """
 from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -102,6 +105,19 @@ class SolutionConfigRecord(BaseModel):
     values: Optional[dict[str, Any]] = None
 
 
+class FloorWork(BaseModel):
+    """What a workload needs at least, as its family's `work()` counted it on the main input set."""
+    model_config = ConfigDict(extra="allow")
+    family: str
+    token_axis: str
+    tokens: Optional[int] = None
+    bytes: Union[int, float] = Field(ge=0)
+    flops: Union[int, float] = Field(ge=0)
+    compute: Optional[str] = None         # the matmul ceiling the FLOPs run against (fp8_e4m3, bf16)
+    detail: dict[str, Any] = Field(default_factory=dict)
+    family_hash: Optional[str] = None     # of the family.py that counted it
+
+
 class Evaluation(BaseModel):
     model_config = ConfigDict(extra="allow")
     status: Status
@@ -114,6 +130,7 @@ class Evaluation(BaseModel):
     device: Optional[str] = None
     seed: Optional[int] = None
     solution_config: Optional[SolutionConfigRecord] = None
+    floor: Optional[FloorWork] = None
 
     @model_validator(mode="after")
     def _fields_match_status(self):
