@@ -56,7 +56,13 @@ def main() -> None:
     p.add_argument("run_dirs", nargs="+", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args()
-    table = pd.DataFrame([breakdown(r) for r in args.run_dirs]).set_index("run")
+    rows = [breakdown(r) for r in args.run_dirs]
+    if len({r["run"] for r in rows}) < len(rows):  # same folder names: label by the path below the common part
+        import os
+        common = Path(os.path.commonpath([str(r.resolve()) for r in args.run_dirs]))
+        for row, r in zip(rows, args.run_dirs):
+            row["run"] = str(r.resolve().relative_to(common))
+    table = pd.DataFrame(rows).set_index("run")
     text = table.to_markdown(floatfmt=".2f")
     print(text)
     if args.markdown:

@@ -29,7 +29,7 @@ class Stop(Exception):
 class SolutionWorker:
     def __init__(self, channel: Channel, args: dict):
         import torch  # noqa: F401  (imported while the worker may still be a spare)
-        from ..timing import measure as _timing  # noqa: F401  (scipy's import takes seconds: keep it out of the first timeout)
+        from ..timing import measure as _timing  # noqa: F401  (numpy and the timers: imported before the first job)
         from ..schema import Solution
         from ..schema.config import RunConfig
         from .torch_state import TorchState
@@ -44,9 +44,6 @@ class SolutionWorker:
         solution.namespaced = bool(args.get("solution_namespaced"))
         self.solution = solution
         self.state = TorchState.capture()
-        if self.device.startswith("cuda") and self.config.timer in ("auto", "cupti"):
-            from ..timing.cupti import start_warming
-            start_warming(self.device)  # seconds of Kineto start-up, overlapped with build and first call
         self.module = None
         self.function = None
         self.build_error: tuple[str, str] | None = None

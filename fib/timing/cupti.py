@@ -2,7 +2,6 @@
 each `fib.timed_call` range by correlation id (the L2 flush, launched outside the range, is excluded)."""
 from __future__ import annotations
 
-import threading
 import warnings
 
 import numpy as np
@@ -14,35 +13,6 @@ from .rotation import Rotation
 CALL_RANGE = "fib.timed_call"
 
 _CUPTI_PROBE: dict[str, tuple[bool, str]] = {}
-_WARMING: list[threading.Thread] = []
-
-
-def start_warming(device) -> None:
-    """Start Kineto/CUPTI now, in a thread, with an empty profiler session on `device`: a process's
-    first session took 4.7-6.6 s to enter on an H200 (later ones about 1 ms), and it does not hold
-    the GIL meanwhile (benchmarks/kineto_startup.py: `import triton` and CUDA set-up on the main
-    thread ran at their normal speed beside it). A worker calls this as it starts, so the cost
-    overlaps its build, inputs and first call; `cupti_times` waits for it before its own session."""
-    def warm() -> None:
-        try:
-            import torch
-            with torch.cuda.device(device), warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                with _kineto_session():
-                    pass
-        except Exception:  # the probe in cupti_available reports what does not work
-            pass
-    thread = threading.Thread(target=warm, name="fib-kineto-warm", daemon=True)
-    thread.start()
-    _WARMING.append(thread)
-
-
-def _wait_warming() -> None:
-    """One profiler session at a time: wait for a warming session still running."""
-    while _WARMING:
-        _WARMING.pop().join()
-
-
 def cupti_available(device) -> tuple[bool, str]:
     """(works, why): whether torch.profiler sees this device's kernels and fib can attribute them
     to a `fib.timed_call` range. Probed once per device per process."""
@@ -61,7 +31,6 @@ def cupti_available(device) -> tuple[bool, str]:
 
 def cupti_times(rot: Rotation, flush, n: int) -> tuple[list[float], list[float]]:
     import torch
-    _wait_warming()
     torch.cuda.synchronize()
     with warnings.catch_warnings():  # "Profiler clears events at the end of each cycle": expected
         warnings.simplefilter("ignore", UserWarning)
