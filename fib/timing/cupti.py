@@ -13,6 +13,8 @@ from .rotation import Rotation
 CALL_RANGE = "fib.timed_call"
 
 _CUPTI_PROBE: dict[str, tuple[bool, str]] = {}
+
+
 def cupti_available(device) -> tuple[bool, str]:
     """(works, why): whether torch.profiler sees this device's kernels and fib can attribute them
     to a `fib.timed_call` range. Probed once per device per process."""
