@@ -3,24 +3,23 @@
     python benchmarks/harness_speed_summary.py RESULTS_DIR --iterations N --num-trials N
 
 Reads RESULTS_DIR/walls.txt (one line per command: `name rc=.. wall_s=.. triton_cache_before=..
-triton_cache_after=..`). For fib's runs (fib_*: run directories of the same name) it adds the
-split of benchmarks/harness_overhead.py (reference, first calls, checks, timing, other) and the
-number of PASSED pairs; for flashinfer-bench's (fi_*: trace sets of the same name, checked by
-`fibench_package.py verify` into NAME_verify.csv) the number of timed workloads and what its timed
-calls took, estimated as mean latency x iterations x trials per workload, for the solution and for
-the reference (which flashinfer-bench times too unless profile_baseline is off).
+triton_cache_after=..`). For fib's runs (fib_*: run directories of the same name) it adds
+harness_phases.speed_columns (the split of benchmarks/harness_overhead.py grouped: reference, first
+calls, checks, timing, other) and the number of PASSED pairs; for flashinfer-bench's (fi_*: trace sets
+of the same name, checked by `fibench_package.py verify` into NAME_verify.csv) the number of timed
+workloads and what its timed calls took, estimated as mean latency x iterations x trials per workload,
+for the solution and for the reference (which flashinfer-bench times too unless profile_baseline is off).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness_overhead import split  # noqa: E402
+from harness_phases import speed_columns  # noqa: E402
 
 
 def read_walls(path: Path) -> list[dict]:
@@ -32,17 +31,6 @@ def read_walls(path: Path) -> list[dict]:
             rows.append({"run": name, "rc": int(values["rc"]), "wall_s": float(values["wall_s"]),
                          "triton_cache_added": int(values["triton_cache_after"]) - int(values["triton_cache_before"])})
     return rows
-
-
-def fib_row(run_dir: Path, wall_s: float) -> dict:
-    traces = [json.loads(line) for line in (run_dir / "traces.jsonl").read_text().splitlines() if line.strip()]
-    parts = split(run_dir, wall_s)
-    config = json.loads((run_dir / "run.json").read_text()).get("config", {}) if (run_dir / "run.json").is_file() else {}
-    return {"pairs": len(traces), "timed": sum(t["evaluation"]["status"] == "PASSED" for t in traces),
-            "reference_s": parts["reference"] + parts["fresh_inputs_and_reference"],
-            "first_calls_s": parts["first_call"], "checks_s": parts["check"] + parts["fresh_check"],
-            "timing_s": parts["timing_loop"] + parts["timed_calls"], "timed_calls_s": parts["timed_calls"],
-            "other_s": parts["other"], "timer": config.get("timer")}
 
 
 def fi_row(results: Path, name: str, calls_per_workload: int) -> dict:
@@ -61,7 +49,7 @@ def summary(results: Path, calls_per_workload: int) -> pd.DataFrame:
     for row in read_walls(results / "walls.txt"):
         folder = results / row["run"]
         if row["run"].startswith("fib") and (folder / "traces.jsonl").is_file():
-            row.update(fib_row(folder, row["wall_s"]))
+            row.update(speed_columns(folder, row["wall_s"]))
         elif row["run"].startswith("fi_"):
             row.update(fi_row(results, row["run"], calls_per_workload))
         rows.append(row)
