@@ -151,12 +151,55 @@ def discover(roots: list[Path] | None = None) -> dict[str, Family]:
 def family_for(definition, roots: list[Path] | None = None) -> Family | None:
     """The family that covers this definition's op_type, or None; its TOKEN_AXIS must be one of
     the definition's var axes."""
-    family = discover(roots).get(definition.op_type)
+    return family_for_op_type(definition.op_type, definition.var_axes(), definition.name, roots)
+
+
+def family_for_op_type(op_type: str, var_axes: list[str], definition_name: str,
+                       roots: list[Path] | None = None) -> Family | None:
+    """family_for from a definition's op_type, var axes and name alone (a definition JSON that is
+    not a whole definition, as `fib report stages --definition` accepts)."""
+    family = discover(roots).get(op_type)
     if family is None:
         return None
-    axis = definition.axes.get(family.token_axis)
-    if axis is None or axis.type != "var":
-        raise FibError(f"TOKEN_AXIS '{family.token_axis}' is not a var axis of definition '{definition.name}' "
-                       f"(its var axes: {', '.join(definition.var_axes()) or 'none'})", where=family.path,
-                       field="TOKEN_AXIS")
+    _check_token_axis(family, var_axes, definition_name)
     return family
+
+
+def _check_token_axis(family: Family, var_axes: list[str], definition_name: str) -> None:
+    if family.token_axis not in var_axes:
+        raise FibError(f"TOKEN_AXIS '{family.token_axis}' is not a var axis of definition '{definition_name}' "
+                       f"(its var axes: {', '.join(var_axes) or 'none'})", where=family.path,
+                       field="TOKEN_AXIS")
+
+
+def family_problems(definitions, roots: list[Path] | None = None) -> list[FibError]:
+    """What `fib validate` reports about the family modules: every family.py under the family folders
+    that fails to load (each one is imported, as `fib run` does to find a definition's family), an
+    op_type claimed by two families, and, for each definition a family covers, a TOKEN_AXIS that is
+    not one of its var axes. Each problem names the family file; nothing is cached."""
+    problems: list[FibError] = []
+    found: dict[str, Family] = {}
+    for folder in family_dirs(roots):
+        for path in sorted(folder.glob(f"*/{FAMILY_FILE}")):
+            try:
+                family = load_family(path)
+            except FibError as exc:
+                problems.append(exc)
+                continue
+            for op_type in family.op_types:
+                other = found.get(op_type)
+                if other is not None and other.path != family.path:
+                    problems.append(FibError(f"op_type '{op_type}' is claimed by two families: {other.path} and "
+                                             "this one", where=family.path, field="OP_TYPES",
+                                             fix="let one family cover it"))
+                    continue
+                found[op_type] = family
+    for definition in definitions:
+        family = found.get(definition.op_type)
+        if family is None:
+            continue
+        try:
+            _check_token_axis(family, definition.var_axes(), definition.name)
+        except FibError as exc:
+            problems.append(exc)
+    return problems

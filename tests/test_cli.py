@@ -133,6 +133,25 @@ def test_validate_reports_problems_with_exit_1(tmp_path):
     assert "broken.json: malformed JSON" in result.output
 
 
+@pytest.mark.parametrize("family, words", [
+    ("OP_TYPES = ('elementwise',)\nTOKEN_AXIS = 'n'\nimport surely_not_a_module_xyz\n",
+     ": the family module fails to import: ModuleNotFoundError"),
+    ("OP_TYPES = ('elementwise',)\nTOKEN_AXIS = 'm'\n",
+     ": field 'TOKEN_AXIS': TOKEN_AXIS 'm' is not a var axis of definition 'scale_add' (its var axes: n)"),
+])
+def test_validate_reports_a_bad_family_module_naming_its_file(tmp_path, family, words):
+    root = make_dataset(tmp_path, solutions=["good"])
+    path = root / "families" / "fake" / "family.py"
+    path.parent.mkdir(parents=True)
+    path.write_text(family)
+    result = CliRunner().invoke(app, ["validate", "--local", str(root)], env={"COLUMNS": "250"})
+    assert result.exit_code == 1, result.output
+    assert f"problem {path.resolve()}{words}" in result.output and "1 problem(s)" in result.output
+    path.write_text("OP_TYPES = ('elementwise',)\nTOKEN_AXIS = 'n'\n")  # fixed: validate is clean again
+    result = CliRunner().invoke(app, ["validate", "--local", str(root)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0 and "ok" in result.output, result.output
+
+
 def test_unknown_solution_is_a_usage_error(tmp_path):
     root = make_dataset(tmp_path, solutions=["good"])
     result = CliRunner().invoke(app, ["run", "--local", str(root), "--solutions", "nope"], env={"COLUMNS": "250"})

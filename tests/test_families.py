@@ -287,3 +287,34 @@ def test_the_floor_report_uses_run_json_ceilings_of_the_same_gpu(floor_run, tmp_
     assert table["floor_ms"].isna().all()
     assert notes == [f"no ceilings for {hardware} (run.json's were measured on TestGPU): bytes and FLOPs only; "
                      "pass --ceilings FILE"]
+
+
+@pytest.mark.parametrize("token_axis, expected", [("n", "n"), ("m", None)])
+def test_a_profile_records_the_familys_token_axis_and_notes_a_bad_one(tmp_path, token_axis, expected):
+    from fib.profile.target import dataset_jobs
+    root = make_dataset(tmp_path / "ds", solutions=["good"])
+    path = write_family(root, FAKE_FAMILY.replace('TOKEN_AXIS = "n"', f'TOKEN_AXIS = "{token_axis}"'))
+    notes: list[str] = []
+    jobs, skipped, _ = dataset_jobs({"roots": [str(root)], "definitions": ["scale_add"], "solutions": ["good"],
+                                     "workloads": None, "device": "cpu"}, notes)
+    assert jobs and not skipped and {job.token_axis for job in jobs} == {expected}
+    if expected is None:  # 'm' is a const axis: the profile goes on, the reports guess, the note names the file
+        assert len(notes) == 1 and str(path.resolve()) in notes[0] and "'m' is not a var axis" in notes[0]
+    else:
+        assert notes == []
+
+
+def test_family_problems_lists_every_bad_family_file(tmp_path):
+    from fib.families import family_problems
+    root = make_dataset(tmp_path / "ds", solutions=["good"])
+    broken = write_family(root, "OP_TYPES = ('x',)\nTOKEN_AXIS = 'n'\ndef work(\n", "broken")
+    wrong_axis = write_family(root, FAKE_FAMILY.replace('TOKEN_AXIS = "n"', 'TOKEN_AXIS = "m"'), "wrong_axis")
+    problems = family_problems(load_dataset([root]).definitions.values(), [root])
+    rendered = sorted(p.render() for p in problems)
+    assert len(rendered) == 2, rendered
+    assert rendered[0].startswith(f"{broken.resolve()}: the family module fails to import: SyntaxError")
+    assert rendered[1].startswith(f"{wrong_axis.resolve()}: field 'TOKEN_AXIS': TOKEN_AXIS 'm' is not a var axis "
+                                  "of definition 'scale_add'")
+    good = make_dataset(tmp_path / "good", solutions=["good"])
+    write_family(good, FAKE_FAMILY)
+    assert family_problems(load_dataset([good]).definitions.values(), [good]) == []

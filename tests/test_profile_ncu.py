@@ -378,3 +378,42 @@ def test_real_h200_ncu_csv_demo_nesting():
     assert "experts" not in set(a["stage"])  # demo_a's gemm2 runs inside "experts": the innermost range wins
     assert {"routing", "gemm1", "activation", "gemm2", "finalize"} <= set(a["stage"])
     assert set(instances.loc[instances["category"] == "harness", "harness"]) == {"reference"}
+
+
+@pytest.mark.parametrize("family_axis, axis, tokens", [
+    ("batch", "batch", {"W16": 4, "W256": 2}),    # the family's TOKEN_AXIS
+    (None, "seq_len", {"W16": 16, "W256": 256}),  # no family covers the op_type: the guess
+])
+def test_report_ncu_takes_the_token_axis_of_the_definitions_family(tmp_path, family_axis, axis, tokens):
+    from fib.cli.report import report_app
+    from tinydata import two_axis_definition
+    definition = two_axis_definition(tmp_path / "ds", "toy_ncu_axes", STAGES, family_axis=family_axis)
+    two_axes = {w: {**a, "batch": tokens_b} for (w, a), tokens_b in zip(AXES.items(), (4, 2))}
+    workloads = tmp_path / "w.jsonl"
+    workloads.write_text("\n".join(json.dumps({"uuid": w, "axes": a}) for w, a in two_axes.items()))
+    result = CliRunner().invoke(report_app, ["ncu", str(CSV), "--definition", str(definition), "--workloads",
+                                             str(workloads), "--output", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    kernels = pd.read_csv(tmp_path / "r" / "ncu_kernels.csv")
+    assert dict(zip(kernels["workload"], kernels["tokens"])) == tokens
+    assert f"### sol_a · {axis}={tokens['W16']} (`W16`)" in (tmp_path / "r" / "ncu.md").read_text()
+
+
+def test_a_run_dirs_recorded_token_axis_wins_over_the_guess(tmp_path):
+    # meta.json of `fib profile --backend ncu`: each pair's family's token axis
+    from fib.report.ncu import report_ncu
+    profile = tmp_path / "run" / "profile"
+    profile.mkdir(parents=True)
+    (profile / "ncu_raw.csv").write_text(CSV.read_text())
+    pairs = [{"definition": "d", "solution": "sol_a", "workload": w, "axes": {**AXES[w], "batch": b},
+              "token_axis": "batch", "calls": c} for w, b, c in (("W16", 4, 2), ("W256", 2, 1))]
+    (profile / "meta.json").write_text(json.dumps({"pairs": pairs, "stages": {"d": STAGES}}))
+    report_ncu(tmp_path / "run", tmp_path / "r")
+    kernels = pd.read_csv(tmp_path / "r" / "ncu_kernels.csv")
+    assert dict(zip(kernels["workload"], kernels["tokens"])) == {"W16": 4, "W256": 2}
+    for pair in pairs:
+        del pair["token_axis"]  # a profile made before families declared it: the guess
+    (profile / "meta.json").write_text(json.dumps({"pairs": pairs, "stages": {"d": STAGES}}))
+    report_ncu(tmp_path / "run", tmp_path / "r2")
+    kernels = pd.read_csv(tmp_path / "r2" / "ncu_kernels.csv")
+    assert dict(zip(kernels["workload"], kernels["tokens"])) == {"W16": 16, "W256": 256}

@@ -79,6 +79,10 @@ def test_cluster_profile_per_kind_matches_a_local_profile(ray_cluster, tmp_path)
         # node paths are rewritten to the driver's: what meta.json names exists here
         assert meta["trace"] == str((shipped / "trace.json").resolve()) and Path(meta["trace"]).is_file()
         assert where["node_run_dir"] not in json.dumps({k: v for k, v in meta.items() if k != "cluster"})
+        # the shipped CPU profile has no device kernels: `fib report stages` says so instead of failing
+        from fib.report.stages import report_stages
+        report = report_stages([run_dir], tmp_path / f"report-{kind}").read_text()
+        assert "## No device kernels were captured" in report and f"(GPU kind {kind})" in report
 
 
 def test_node_without_the_profiler_is_named(ray_cluster, tmp_path, monkeypatch):

@@ -113,3 +113,94 @@ def test_nsys_rep_without_nsys_is_a_clear_error(tmp_path, monkeypatch):
     app.add_typer(report_app, name="report")
     result = CliRunner().invoke(app, ["report", "stages", str(rep)])
     assert result.exit_code == 1 and "nsys was not found" in result.output and ".sqlite" in result.output
+
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e8_h512_i256"
+
+
+@pytest.fixture(scope="module")
+def cpu_profile(tmp_path_factory):
+    """A real `fib profile --backend torch --device cpu` of torch_eager on two workloads: CPU operators
+    only, so kernels.csv has its header and no rows."""
+    pytest.importorskip("torch")
+    from fib.cli.app import app, expand_list_args
+    run = tmp_path_factory.mktemp("cpu") / "run"
+    result = CliRunner().invoke(app, expand_list_args([
+        "profile", "-d", SMALL, "-s", "torch_eager", "-w", "seq_len=1", "seq_len=3", "--backend", "torch",
+        "--device", "cpu", "--iterations", "2", "--warmup", "1", "--local", str(REPO), "-o", str(run)]))
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(run / "profile" / "kernels.csv").empty
+    return run
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("which", ["run", "trace"])
+def test_a_profile_without_device_kernels_gets_a_report_that_says_so(cpu_profile, tmp_path, which):
+    source = cpu_profile if which == "run" else cpu_profile / "profile" / "trace.json"
+    app = typer.Typer()
+    app.add_typer(report_app, name="report")
+    result = CliRunner().invoke(app, ["report", "stages", str(source), "-o", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output  # was KeyError: 'tile'
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "## No device kernels were captured" in text and "no device (GPU) kernels at all" in text
+    assert "`kernels.csv` (per-stage kernels) is empty" in text and "## Pipeline summary" not in text
+    kernels = pd.read_csv(tmp_path / "rep" / "kernels.csv")
+    assert kernels.empty and {"solution", "stage", "kernel", "tile", "per_call_us"} <= set(kernels.columns)
+    # the timed calls the capture holds: both workloads, 2 calls each (from calls.csv or the trace's ranges)
+    calls = pd.read_csv(tmp_path / "rep" / "calls.csv", dtype={"workload": str})
+    assert sorted(calls["workload"].str[:8]) == ["3717ec7d", "d67599a2"] and calls["calls"].tolist() == [2, 2]
+    assert "| torch_eager | 3717ec7d-fa0e-50c5-9cb9-ee1bf283971a | 2 |" in text
+    if which == "run":  # the run's meta says where the calls ran
+        assert "(the calls ran on cpu)" in text and "device cpu;" in text and "smNone" not in text
+
+
+def test_pipeline_kernels_absent_but_harness_kernels_present_are_named(tmp_path):
+    # kernels captured, all outside the calls: the report names how many and lists them
+    instances, calls = load_torch_trace(FIX / "h200_demo_torch_trace.json.gz", StageRules.from_stages(DEMO_STAGES))
+    instances = instances.assign(category="outside")
+    write_tables(tmp_path / "run" / "profile", instances, calls, {})
+    (tmp_path / "run" / "profile" / "meta.json").write_text(json.dumps({"backend": "torch",
+                                                                         "kernels_total": len(instances)}))
+    text = report_stages([tmp_path / "run"], tmp_path / "rep").read_text()
+    assert f"The sources hold {len(instances)} device kernels, but none was launched inside a timed call" in text
+    assert "## Left out of the pipelines" in text and "(outside calls)" in text
+
+
+# W16 and W256 of the synthetic capture, with a second axis whose order is the other way round
+TWO_AXES = {"W16": {"seq_len": 16, "batch": 4}, "W256": {"seq_len": 256, "batch": 2}}
+
+
+@pytest.mark.parametrize("family_axis, axis, tokens", [
+    ("batch", "batch", {"W16": 4, "W256": 2}),          # the family's TOKEN_AXIS
+    (None, "seq_len", {"W16": 16, "W256": 256}),        # no family covers the op_type: the guess
+])
+def test_the_token_axis_is_the_familys_else_the_guess(tmp_path, family_axis, axis, tokens):
+    from tinydata import two_axis_definition
+    stages = json.loads(DEF.read_text())["stages"]
+    definition = two_axis_definition(tmp_path / "ds", "toy_two_axes", stages, family_axis=family_axis)
+    workloads = tmp_path / "w.jsonl"
+    workloads.write_text("\n".join(json.dumps({"uuid": w, "axes": a}) for w, a in TWO_AXES.items()))
+    text = report_stages([FIX / "synthetic.sqlite"], tmp_path / "rep", definition=definition,
+                         workloads=[workloads]).read_text()
+    assert f"## Breakdown by {axis}\n" in text
+    kernels = pd.read_csv(tmp_path / "rep" / "kernels.csv")
+    assert dict(zip(kernels["workload"], kernels["tokens"])) == tokens
+    assert sorted(pd.read_csv(tmp_path / "rep" / "dispatch.csv")["tokens"]) == sorted(tokens.values())
+
+
+def test_a_family_whose_token_axis_the_definition_lacks_is_named(tmp_path):
+    from tinydata import two_axis_definition
+    definition = two_axis_definition(tmp_path / "ds", "toy_bad_axis", [], family_axis="experts")
+    result = CliRunner().invoke(report_app, ["stages", str(FIX / "synthetic.sqlite"), "--definition", str(definition),
+                                             "-o", str(tmp_path / "rep")])
+    family = (tmp_path / "ds" / "families" / "toy" / "family.py").resolve()
+    assert result.exit_code == 1 and str(family) in result.output and "'experts' is not a var axis" in result.output
+
+
+def test_a_profile_records_each_pairs_token_axis(cpu_profile, tmp_path):
+    # the moe family declares seq_len; the report of the run dir takes it from meta.json's pairs
+    meta = json.loads((cpu_profile / "profile" / "meta.json").read_text())
+    assert [p["token_axis"] for p in meta["pairs"]] == ["seq_len", "seq_len"]
+    from fib.report.sources import load_source
+    assert load_source(cpu_profile).token_axes == {p["workload"]: "seq_len" for p in meta["pairs"]}

@@ -82,3 +82,19 @@ def make_dataset(root: Path, solutions: list[str] | None = None, workloads: list
         entry, spec, files = (value, None, None) if isinstance(value, str) else (tuple(value) + (None,))[:3]
         write_solution(root, "scale_add", name, entry, spec, files)
     return root
+
+
+def two_axis_definition(root: Path, op_type: str, stages: list[dict], *, family_axis: str | None = None) -> Path:
+    """ROOT/definitions/<op_type>/toy_moe.json with two var axes, seq_len and batch, and where
+    family_axis is given a family (ROOT/families/toy/family.py) covering op_type that declares it
+    as TOKEN_AXIS. The token-axis guess picks seq_len; a family declaring batch must win over it."""
+    path = root / "definitions" / op_type / "toy_moe.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": "toy_moe", "op_type": op_type, "inputs": {}, "outputs": {},
+                                "axes": {"seq_len": {"type": "var"}, "batch": {"type": "var"}},
+                                "reference": "def run():\n    pass\n", "stages": stages}))
+    if family_axis is not None:
+        family = root / "families" / "toy" / "family.py"
+        family.parent.mkdir(parents=True, exist_ok=True)
+        family.write_text(f"OP_TYPES = ({op_type!r},)\nTOKEN_AXIS = {family_axis!r}\n")
+    return path

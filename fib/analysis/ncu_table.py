@@ -89,8 +89,10 @@ def _one_or_varies(series: pd.Series):
 
 
 def kernel_table(instances: pd.DataFrame, calls: pd.DataFrame, axes_by_workload: dict[str, dict] | None = None,
-                 *, rules: BoundRules = BoundRules(), sm_count: int | None = None) -> pd.DataFrame:
-    """One row per (solution, workload, stage, kernel) of the pipeline kernels ncu profiled."""
+                 *, rules: BoundRules = BoundRules(), sm_count: int | None = None,
+                 declared: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per (solution, workload, stage, kernel) of the pipeline kernels ncu profiled;
+    `declared`: workload -> its family's TOKEN_AXIS (else the token axis is guessed)."""
     pipe = instances[instances["category"] == PIPELINE]
     rows = []
     for key, group in pipe.groupby(KEYS, dropna=False, sort=False):
@@ -120,7 +122,7 @@ def kernel_table(instances: pd.DataFrame, calls: pd.DataFrame, axes_by_workload:
         table["dram_gbps"] = table["dram_bytes"] / table["total_ns"]  # bytes/ns = GB/s
         table["dram_mb_per_call"] = table["dram_bytes"] / 1e6 / per_call
     table["bound_by"] = [bound_by(r, rules, sm_count) for r in table.to_dict("records")]
-    table = add_axes(table, axes_by_workload or {})
+    table = add_axes(table, axes_by_workload or {}, declared)
     axis = table.attrs.get("token_axis")
     table = table.sort_values(["solution", "tokens", "workload", "total_ns"], ascending=[True, True, True, False],
                               na_position="last", ignore_index=True)
@@ -229,9 +231,9 @@ def markdown(kernels: pd.DataFrame, workloads: pd.DataFrame, *, stage_order: lis
 def write_report(out_dir: Path, instances: pd.DataFrame, calls: pd.DataFrame, axes_by_workload: dict,
                  *, floor: pd.DataFrame | None = None, stage_order: list[str] | None = None,
                  sm_count: int | None = None, notes: list[str] | None = None,
-                 rules: BoundRules = BoundRules()) -> dict[str, Path]:
-    """ncu_kernels.csv, ncu_workloads.csv, ncu.md under out_dir."""
-    kernels = kernel_table(instances, calls, axes_by_workload, rules=rules, sm_count=sm_count)
+                 rules: BoundRules = BoundRules(), declared: dict[str, str] | None = None) -> dict[str, Path]:
+    """ncu_kernels.csv, ncu_workloads.csv, ncu.md under out_dir; `declared` as for kernel_table."""
+    kernels = kernel_table(instances, calls, axes_by_workload, rules=rules, sm_count=sm_count, declared=declared)
     workloads = workload_table(kernels, floor)
     paths = {"ncu_kernels": out_dir / "ncu_kernels.csv", "ncu_workloads": out_dir / "ncu_workloads.csv",
              "ncu_md": out_dir / "ncu.md"}

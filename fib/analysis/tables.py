@@ -19,8 +19,9 @@ KERNEL_KEYS = ["solution", "workload", "stage", "kernel", "tile", "kernel_full"]
 TOKEN_AXIS_PREFERENCE = ("seq_len", "num_tokens", "tokens", "batch_size", "num_seqs", "m", "M", "T")
 
 
-def token_axis(axes_by_workload: dict[str, dict]) -> str | None:
-    """The var axis that reports plot against: a known token-count name, else the first one."""
+def guess_token_axis(axes_by_workload: dict[str, dict]) -> str | None:
+    """The axis that counts tokens where no family declares one: a known token-count name, else the
+    first axis."""
     names: list[str] = []
     for axes in axes_by_workload.values():
         names.extend(a for a in axes if a not in names)
@@ -28,6 +29,28 @@ def token_axis(axes_by_workload: dict[str, dict]) -> str | None:
         if preferred in names:
             return preferred
     return names[0] if names else None
+
+
+def workload_token_axes(axes_by_workload: dict[str, dict],
+                        declared: dict[str, str] | None = None) -> dict[str, str | None]:
+    """workload -> the axis that counts its tokens: the TOKEN_AXIS its definition's family declares
+    (`declared`, workload -> axis; fib.families), else the guess over all the workloads."""
+    declared = declared or {}
+    guess = guess_token_axis(axes_by_workload) if set(axes_by_workload) - set(declared) else None
+    return {w: declared.get(w) or guess for w in axes_by_workload}
+
+
+def declared_token_axes(pairs) -> dict[str, str]:
+    """workload -> its family's token axis, from the pairs a profile recorded (meta.json `pairs`;
+    older profiles recorded none)."""
+    return {p["workload"]: p["token_axis"] for p in pairs or [] if p.get("token_axis")}
+
+
+def token_axis(axes_by_workload: dict[str, dict], declared: dict[str, str] | None = None) -> str | None:
+    """The var axis that reports plot against (and name): the workloads' token axis where they all
+    have the same one; None where they differ (workloads of families with different axes) or have none."""
+    names = set(workload_token_axes(axes_by_workload, declared).values()) - {None}
+    return names.pop() if len(names) == 1 else None
 
 
 def infer_calls(instances: pd.DataFrame) -> pd.DataFrame:
@@ -41,8 +64,10 @@ def infer_calls(instances: pd.DataFrame) -> pd.DataFrame:
     return counts.groupby(["solution", "workload"])["n"].max().reset_index(name="calls")
 
 
-def kernel_table(instances: pd.DataFrame, calls: pd.DataFrame,
-                 axes_by_workload: dict[str, dict] | None = None) -> pd.DataFrame:
+def kernel_table(instances: pd.DataFrame, calls: pd.DataFrame, axes_by_workload: dict[str, dict] | None = None,
+                 declared: dict[str, str] | None = None) -> pd.DataFrame:
+    """Pipeline kernels per (solution, workload, stage, kernel); `tokens` is each workload's value
+    of its token axis (`declared`: workload -> its family's TOKEN_AXIS; else the guess)."""
     pipe = instances[instances["category"] == PIPELINE].copy()
     pipe["tile"] = pipe["tile"].fillna("")
     agg = {"instances": ("duration_ns", "size"), "total_ns": ("duration_ns", "sum"),
@@ -61,7 +86,7 @@ def kernel_table(instances: pd.DataFrame, calls: pd.DataFrame,
     table["avg_us"] = table["total_ns"] / 1e3 / table["instances"]
     table["min_us"] = table["min_ns"] / 1e3
     table["max_us"] = table["max_ns"] / 1e3
-    table = add_axes(table, axes_by_workload or {})
+    table = add_axes(table, axes_by_workload or {}, declared)
     cols = ["solution", "workload", "axes", "tokens", "stage", "stage_source", "kernel", "tile",
             "instances", "calls", "per_call", "total_ms", "per_call_us", "avg_us", "min_us", "max_us"]
     cols += [c for c in ("block", "registers") if c in table] + ["kernel_full"]
@@ -70,13 +95,16 @@ def kernel_table(instances: pd.DataFrame, calls: pd.DataFrame,
                                    ignore_index=True)
 
 
-def add_axes(table: pd.DataFrame, axes_by_workload: dict[str, dict]) -> pd.DataFrame:
-    axis = token_axis(axes_by_workload)
+def add_axes(table: pd.DataFrame, axes_by_workload: dict[str, dict],
+             declared: dict[str, str] | None = None) -> pd.DataFrame:
+    """`axes` (JSON) and `tokens` columns per workload; attrs["token_axis"] names the token axis."""
+    per_workload = workload_token_axes(axes_by_workload, declared)
     table = table.copy()
     table["axes"] = [json.dumps(axes_by_workload.get(w, {}), sort_keys=True) for w in table["workload"]]
-    table["tokens"] = [axes_by_workload.get(w, {}).get(axis) if axis else None for w in table["workload"]]
+    table["tokens"] = [axes_by_workload.get(w, {}).get(per_workload[w]) if per_workload.get(w) else None
+                       for w in table["workload"]]
     table["tokens"] = pd.to_numeric(table["tokens"], errors="coerce")
-    table.attrs["token_axis"] = axis
+    table.attrs["token_axis"] = token_axis(axes_by_workload, declared)
     return table
 
 
@@ -104,10 +132,10 @@ def leftout_table(instances: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_tables(out_dir: Path, instances: pd.DataFrame, calls: pd.DataFrame,
-                 axes_by_workload: dict[str, dict]) -> dict[str, pd.DataFrame]:
+                 axes_by_workload: dict[str, dict], declared: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
     """Write kernels.csv, stages.csv, leftout.csv, calls.csv under out_dir; return them."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    kernels = kernel_table(instances, calls, axes_by_workload)
+    kernels = kernel_table(instances, calls, axes_by_workload, declared)
     tables = {"kernels": kernels, "stages": stage_table(kernels), "leftout": leftout_table(instances),
               "calls": calls}
     for name, table in tables.items():

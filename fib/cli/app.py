@@ -468,8 +468,11 @@ def list_(
 
 @app.command()
 def validate(local: Optional[List[str]] = LocalOpt):
-    """Check a dataset and list every problem found (not only the first). Exit code 1 if any."""
+    """Check a dataset and its family modules; list every problem found (not only the first). Exit code 1 if any."""
+    from ..families import family_problems
     data = _load(local)
+    # the family modules (families/*/family.py) the definitions are matched against, loaded as `fib run` does
+    data.problems.extend(family_problems(data.definitions.values(), data.roots))
     for warning in data.warnings:
         console.print(f"[yellow]warning[/yellow] {warning}", highlight=False, soft_wrap=True)
     _print_problems(data)

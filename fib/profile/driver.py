@@ -23,7 +23,7 @@ from . import ncu as ncu_mod
 from . import nsys as nsys_mod
 from ..analysis.attribution import StageRules
 from ..analysis.nsys_sqlite import load_sqlite
-from ..analysis.tables import write_tables
+from ..analysis.tables import declared_token_axes, write_tables
 from ..analysis.torch_trace import load_torch_trace
 
 
@@ -176,9 +176,9 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
         order = [s["name"] for stages in result.get("stages", {}).values() for s in stages]
         sm_count = (result.get("device") or {}).get("sm_count")
         axes = {p["workload"]: p["axes"] for p in result["pairs"]}
-        notes = list(meta["ncu_metric_notes"]) + facts_notes(facts)
+        notes = list(meta["ncu_metric_notes"]) + facts_notes(facts) + list(result.get("notes", []))
         ncu_paths = write_report(profile_dir, instances, calls, axes, floor=floor_table, stage_order=order,
-                                 sm_count=sm_count, notes=notes)
+                                 sm_count=sm_count, notes=notes, declared=declared_token_axes(result["pairs"]))
         meta.update(ncu_facts=facts, floor=str(floor) if floor else None,
                     ncu_report={k: str(v) for k, v in ncu_paths.items()})
     elif backend == "nsys":
@@ -190,10 +190,11 @@ def profile(*, definitions, solutions, workloads=None, backend="auto", iteration
         instances, calls = load_torch_trace(spec["trace"], rules)
         meta.update(trace=spec["trace"])
     axes = {p["workload"]: p["axes"] for p in result["pairs"]}
-    tables = write_tables(profile_dir, instances, calls, axes)
+    tables = write_tables(profile_dir, instances, calls, axes, declared_token_axes(result["pairs"]))
     meta.update(command=shlex.join(cmd), calls_per_pair={f"{p['solution']}/{p['workload']}": p["calls"]
                                                           for p in result["pairs"]},
                 pairs=result["pairs"], skipped=result.get("skipped", []), stages=result.get("stages", {}),
+                notes=list(result.get("notes", [])),
                 device=result.get("device"), finished=_dt.datetime.now().isoformat(timespec="seconds"),
                 kernels_total=int(len(instances)),
                 kernels_unlaunched=int(instances["category"].eq("outside").sum()),

@@ -14,3 +14,4 @@ class Job:
     axes: dict
     definition: str = ""
     in_call: bool = True  # False: harness work captured beside the calls, in no call range
+    token_axis: str | None = None  # the TOKEN_AXIS of the definition's family (fib/families.py), if any

@@ -3,7 +3,8 @@
 A run directory of `fib profile --backend ncu` carries its stages, calls, axes and device in
 profile/meta.json; a bare `ncu --csv --page raw` file needs `--definition` (stage regexes and
 order) and `--workloads` (axes) from the user, and its calls per workload are inferred (the largest
-instance count of one kernel, as for raw nsys captures).
+instance count of one kernel, as for raw nsys captures). The token axis is each pair's family's
+TOKEN_AXIS as the profile recorded it, else that of `--definition`'s family, else a guess.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from ..errors import FibError
 from ..analysis.attribution import StageRules
 from ..analysis.ncu_csv import facts_notes, load_ncu_csv
 from ..analysis.ncu_table import BoundRules, load_floor, write_report
-from ..analysis.tables import infer_calls
-from .sources import definition_rules, workload_axes
+from ..analysis.tables import declared_token_axes, infer_calls
+from .sources import definition_rules, definition_token_axis, workload_axes
 
 
 def _run_meta(source: Path) -> tuple[Path, dict]:
@@ -53,6 +54,11 @@ def report_ncu(source: Path, output: Path | None = None, *, floor: Path | None =
         notes.append("calls per workload inferred as the largest instance count of one kernel")
     if meta.get("pairs") and workloads:
         axes.update(workload_axes(workloads))
+    # the token axis: each pair's family's, as the profile recorded it, else the --definition's family's
+    declared = declared_token_axes(meta.get("pairs"))
+    axis = definition_token_axis(definition)
+    if axis:
+        declared = {w: declared.get(w, axis) for w in axes}
     sm_count = sm_count or (meta.get("device") or {}).get("sm_count")
     defaults = BoundRules()
     bound = BoundRules(busy_pct=defaults.busy_pct if busy_pct is None else busy_pct,
@@ -60,5 +66,5 @@ def report_ncu(source: Path, output: Path | None = None, *, floor: Path | None =
     out_dir = Path(output) if output else Path("reports") / f"ncu-{source.stem if source.is_file() else source.name}"
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = write_report(out_dir, instances, calls, axes, floor=load_floor(floor) if floor else None,
-                         stage_order=rules.order, sm_count=sm_count, notes=notes, rules=bound)
+                         stage_order=rules.order, sm_count=sm_count, notes=notes, rules=bound, declared=declared)
     return paths["ncu_md"]

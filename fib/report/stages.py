@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis as an
-from .sources import Source, combine, definition_rules, load_source, workload_axes
+from ..analysis.tables import token_axis as common_token_axis
+from .sources import Source, combine, definition_rules, definition_token_axis, load_source, workload_axes
 
 
 def _fmt(value, spec: str) -> str:
@@ -48,7 +49,9 @@ def _environment(sources: list[Source]) -> list[str]:
         device = meta.get("device") or run_env.get("gpu") or {}
         parts = [f"source `{src.path}` ({src.kind})"]
         if device:
-            parts.append(f"device {device.get('name', device)} (sm{device.get('sm', '?')})")
+            sm = device.get("sm", "?") if isinstance(device, dict) else "?"
+            name = device.get("name", device) if isinstance(device, dict) else device
+            parts.append(f"device {name}" + (f" (sm{sm})" if sm is not None else ""))
         if run_env.get("hardware"):
             parts.append(f"hardware {run_env['hardware']}")
         for key in ("torch", "cuda", "driver", "host", "platform"):
@@ -101,7 +104,7 @@ def build(sources: list[Source], out_dir: Path, *, baseline: str | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     kernels, leftout, notes = combine(sources)
     if kernels.empty:
-        raise ValueError("no pipeline kernels in the sources")
+        return _build_without_kernels(sources, out_dir, kernels, leftout, notes, title)
     preferred = list(stage_names or [])
     for src in sources:
         for stages in src.meta.get("stages", {}).values():
@@ -116,7 +119,7 @@ def build(sources: list[Source], out_dir: Path, *, baseline: str | None = None,
     tokens = an.by_tokens(kernels)
     per_tokens, buckets = an.dispatch(tokens)
     left_ranges, left_ms, left_share = an.leftout_summary(leftout, kernels)
-    token_axis = _token_axis(kernels)
+    token_axis = _token_axis(kernels, {w: a for src in sources for w, a in src.token_axes.items()})
 
     tables = {"kernels": kernels, "pipeline": summary, "head_to_head": h2h, "amdahl": amd,
               "by_tokens": tokens, "dispatch": per_tokens, "dispatch_buckets": buckets,
@@ -199,25 +202,92 @@ def build(sources: list[Source], out_dir: Path, *, baseline: str | None = None,
     return report
 
 
-def _token_axis(kernels: pd.DataFrame) -> str | None:
-    for axes in kernels.get("axes", pd.Series(dtype=str)).dropna().unique():
+def _devices(sources: list[Source]) -> list[str]:
+    """The devices the sources' calls ran on, as their meta records them ("cpu", "NVIDIA H200")."""
+    names = []
+    for src in sources:
+        device = src.meta.get("device") or {}
+        spec_device = (src.meta.get("spec") or {}).get("device")
+        name = device.get("name") if isinstance(device, dict) else device
+        for value in (spec_device, name):
+            if value and str(value) not in names:
+                names.append(str(value))
+    return names
+
+
+def _build_without_kernels(sources: list[Source], out_dir: Path, kernels: pd.DataFrame, leftout: pd.DataFrame,
+                           notes: list[str], title: str | None) -> Path:
+    """The report of sources that hold no GPU kernel inside a timed call (a CPU-only profile, or
+    calls that launched nothing): what was captured, and why the stage tables have no rows."""
+    captured = sum(int(src.meta.get("kernels_total") or 0) for src in sources)
+    frames = [src.calls.assign(source=str(src.path)) for src in sources if src.calls is not None and len(src.calls)]
+    calls = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["solution", "workload",
+                                                                                       "calls", "source"])
+    tables = {"kernels": kernels, "leftout": leftout, "calls": calls}
+    for name, table in tables.items():
+        table.to_csv(out_dir / f"{name}.csv", index=False)
+    devices = _devices(sources)
+    on = f" (the calls ran on {', '.join(devices)})" if devices else ""
+    if captured:
+        what = (f"The sources hold {captured} device kernels, but none was launched inside a timed call "
+                f"(`fib.call/<solution>/<workload>` range){on}: all of them are fib's own work or ran outside "
+                "the calls (listed below).")
+    else:
+        what = f"The sources hold no device (GPU) kernels at all{on}."
+        if any(d == "cpu" or d.startswith("cpu") for d in devices):
+            what += (" On a CPU torch.profiler records CPU operators only, and stage attribution counts GPU "
+                     "kernels only.")
+    md = [f"# {title or 'Pipeline stage report'}\n",
+          f"Generated {_dt.datetime.now().isoformat(timespec='seconds')} by `fib report stages`.\n",
+          "## Environment and sources\n", *_environment(sources), "",
+          "## No device kernels were captured\n",
+          what + "\n",
+          "The stage tables therefore have their columns and no rows: `kernels.csv` (per-stage kernels) is "
+          "empty, and there is no pipeline summary, head-to-head, Amdahl, token breakdown, dispatch table or "
+          "plot. Stage times here would be GPU kernel time, which this profile does not have; CPU operator "
+          "time is not attributed to stages. Profile on a CUDA device (`fib profile --device cuda:0`) for "
+          "the stage tables.\n"]
+    if notes:
+        md += ["Notes:\n", *[f"- {n}" for n in notes], ""]
+    md += ["## Timed calls captured\n"]
+    if calls.empty:
+        md += ["The sources hold no `fib.call` ranges either.\n"]
+    else:
+        md += ["The `fib.call` ranges the capture holds, per (solution, workload): the calls were made and "
+               "recorded, without device kernels.\n",
+               md_table(calls[["solution", "workload", "calls"]], {"calls": "int"}) + "\n"]
+    if not leftout.empty:
+        md += ["## Left out of the pipelines\n",
+               md_table(leftout[["range", "kernel", "instances", "total_ms"]], {"instances": "int",
+                                                                                 "total_ms": ".3f"}) + "\n"]
+    md += ["## Files\n", *[f"- `{name}.csv`" for name in tables], ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(md))
+    (out_dir / "sources.json").write_text(json.dumps(
+        {"sources": [str(s.path.resolve()) for s in sources], "device_kernels": 0, "notes": notes,
+         "meta": [s.meta for s in sources]}, indent=1, default=str))
+    return report
+
+
+def _token_axis(kernels: pd.DataFrame, declared: dict[str, str]) -> str | None:
+    """The axis the token tables are named by: the workloads' family's TOKEN_AXIS where the
+    sources recorded one (`declared`, workload -> axis), else the guess from the axis names."""
+    axes_by_workload = {}
+    for workload, axes in kernels[["workload", "axes"]].dropna().drop_duplicates().itertuples(index=False):
         try:
-            names = list(json.loads(axes))
+            axes_by_workload[workload] = dict(json.loads(axes))
         except (TypeError, ValueError):
             continue
-        from ..analysis.tables import token_axis
-        name = token_axis({"_": {n: 0 for n in names}})
-        if name:
-            return name
-    return None
+    return common_token_axis(axes_by_workload, declared)
 
 
 def report_stages(paths: list[Path], output: Path | None = None, *, baseline: str | None = None,
                   definition: Path | None = None, workloads: list[Path] | None = None,
                   title: str | None = None) -> Path:
     rules = definition_rules(definition)
+    token_axis = definition_token_axis(definition)
     axes = workload_axes(workloads)
-    sources = [load_source(Path(p), rules=rules, axes=axes) for p in paths]
+    sources = [load_source(Path(p), rules=rules, axes=axes, token_axis=token_axis) for p in paths]
     if output is None:
         first = Path(paths[0])
         name = first.name if first.is_dir() else first.stem.split(".")[0]
