@@ -58,7 +58,11 @@ def recorded_command_line(run_json: Path) -> str:
 def write_tables(output: Path, walls: dict[str, float], command: str) -> str:
     rows = [{"run": label, **split(trace_totals(output / f"run_{label}"), walls[label])} for label in LABELS]
     table = pd.DataFrame(rows).set_index("run")
-    shares = table.drop(columns=["wall_s", "references_computed"]).div(table["wall_s"], axis=0) * 100
+    if not table["reference_beside_s"].any():  # runs whose worker made the reference: all on the wall's path
+        table = table.drop(columns=["reference_beside_s"])
+    # the judge's reference (reference_beside_s) ran beside the worker: not a share of the wall
+    shares = table.drop(columns=["wall_s", "references_computed", "reference_beside_s"], errors="ignore") \
+        .div(table["wall_s"], axis=0) * 100
     table.to_csv(output / "harness_overhead.csv")
     md = ["# Harness overhead: where `fib run`'s wall time goes", "", f"`{command}`", "",
           "## seconds", "", table.to_markdown(floatfmt=".2f"), "", "## % of wall time", "",

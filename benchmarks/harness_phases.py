@@ -25,8 +25,10 @@ from pathlib import Path
 
 # The worker's phases, per trace (evaluation.phases_s).
 PHASES = ("build", "inputs", "first_call", "check", "timing", "fresh_check")
-# Once per workload, in the first trace of it (evaluation.workload_prepare_s, the 2026-11-22 runs' layout).
-PREPARED = ("inputs", "reference", "fresh_inputs_and_reference")
+# Once per workload, in the first trace of it (evaluation.workload_prepare_s): the 2026-11-22 runs' layout
+# (the worker made inputs and reference), then reference_s, the 2026-12-02 layout (the judge's reference
+# time, beside the worker: not on the wall's path, so `split` shows it but does not subtract it).
+PREPARED = ("inputs", "reference", "fresh_inputs_and_reference", "reference_s")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -143,18 +145,22 @@ def breakdown(run_dir: Path) -> dict:
 def split(totals: TraceTotals, wall_s: float) -> dict:
     """harness_overhead.py's row: wall_s (measured outside the run) into what the traces cover, and other.
 
-    inputs / reference / fresh_inputs_and_reference are workload_prepare_s's (the 2026-11-22 layout). In the
-    2026-12-02 runs the worker's inputs are phases_s.inputs, which this split leaves in `other` (as the committed
-    summaries have it), and the judge computes the reference beside the worker, off the wall's path.
+    inputs: workload_prepare_s's (the 2026-11-22 layout) plus the worker's phases_s.inputs (2026-12-02);
+    reference / fresh_inputs_and_reference: the 2026-11-22 layout's, on the wall's path. In the 2026-12-02
+    runs the judge computes the reference beside the worker: `reference_beside_s` reports it, outside the sum.
     """
-    parts = {**totals.prepared}
+    prepared = dict(totals.prepared)
+    beside = prepared.pop("reference_s", 0.0)
+    parts = {**prepared}
+    parts["inputs"] = prepared["inputs"] + totals.phases["inputs"]
     for key in ("build", "first_call", "check"):
         parts[key] = totals.phases[key]
     parts["timing_loop"] = totals.timing_loop
     parts["timed_calls"] = totals.timed_calls
     parts["fresh_check"] = totals.phases["fresh_check"]
     parts["other"] = max(0.0, wall_s - math.fsum(parts.values()))
-    return {"wall_s": wall_s, "references_computed": totals.references_computed, **parts}
+    return {"wall_s": wall_s, "references_computed": totals.references_computed, **parts,
+            "reference_beside_s": beside}
 
 
 def speed_columns(run_dir: Path, wall_s: float) -> dict:
@@ -164,7 +170,7 @@ def speed_columns(run_dir: Path, wall_s: float) -> dict:
     run_json = run_dir / "run.json"
     config = json.loads(run_json.read_text()).get("config", {}) if run_json.is_file() else {}
     return {"pairs": totals.pairs, "timed": totals.passed,
-            "reference_s": parts["reference"] + parts["fresh_inputs_and_reference"],
+            "reference_s": parts["reference"] + parts["fresh_inputs_and_reference"] + parts["reference_beside_s"],
             "first_calls_s": parts["first_call"], "checks_s": parts["check"] + parts["fresh_check"],
             "timing_s": parts["timing_loop"] + parts["timed_calls"], "timed_calls_s": parts["timed_calls"],
             "other_s": parts["other"], "timer": config.get("timer")}

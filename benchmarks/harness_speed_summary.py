@@ -67,7 +67,9 @@ def main(argv=None) -> int:
     print("# Harness wall time: fib and flashinfer-bench 0.1.2 on the same workloads\n")
     print(table.to_markdown(floatfmt=".1f"))
     print(f"\ntimed: pairs with a PASSED trace. fib's *_s columns come from its traces' phases_s;"
-          f" flashinfer-bench's timed_calls_s are estimated as mean latency x {calls} calls per workload.")
+          f" flashinfer-bench's timed_calls_s are estimated as mean latency x {calls} calls per workload."
+          " fib's reference_s: since 2026-12-02 computed by its judge beside the worker, so not part of"
+          " its wall time's path (other_s is the wall less the worker's phases).")
     return 0
 
 

@@ -85,10 +85,17 @@ def test_speed_summary_matches_walls_traces_and_csv(capsys):
     assert warm["first_calls_s"] == pytest.approx(sum(t["evaluation"]["phases_s"]["first_call"] for t in traces))
     assert warm["checks_s"] == pytest.approx(sum(t["evaluation"]["phases_s"]["check"]
                                                  + t["evaluation"]["phases_s"]["fresh_check"] for t in traces))
-    # these traces keep the worker's inputs in phases_s, which the split leaves in other_s
-    covered = sum(t["evaluation"]["phases_s"][k] for t in traces for k in ("build", "first_call", "check", "fresh_check"))
+    # these traces keep the worker's inputs in phases_s (counted) and the judge's reference time in
+    # workload_prepare_s.reference_s (shown as reference_s, but beside the worker: not taken from the wall)
+    covered = sum(t["evaluation"]["phases_s"][k] for t in traces
+                  for k in ("build", "inputs", "first_call", "check", "fresh_check"))
     covered += sum(max(t["evaluation"]["phases_s"]["timing"], _samples_s(t)) for t in traces)
     assert warm["other_s"] == pytest.approx(walls["fib_warm"] - covered)
+    cold = _jsonl(CALL4 / "fib_cold" / "traces.jsonl")
+    firsts = {}
+    for t in cold:
+        firsts.setdefault(t["workload"]["uuid"], t["evaluation"]["workload_prepare_s"]["reference_s"])
+    assert table.loc["fib_cold", "reference_s"] == pytest.approx(sum(firsts.values())) and sum(firsts.values()) > 0.5
     assert warm["timer"] == "auto"
     fi = pd.read_csv(CALL4 / "fi_cli_verify.csv")
     assert table.loc["fi_cli", "timed_calls_s"] == pytest.approx(fi["latency_ms"].sum() * 150 / 1e3)
@@ -142,7 +149,7 @@ def test_split_counts_preparation_once_per_workload_and_clamps_the_timing_loop(t
         ""]))
     totals = phases.trace_totals(tmp_path)
     assert (totals.pairs, totals.passed, totals.references_computed) == (3, 2, 1)
-    assert totals.prepared == {"inputs": 1.0, "reference": 2.0, "fresh_inputs_and_reference": 0.5}
+    assert totals.prepared == {"inputs": 1.0, "reference": 2.0, "fresh_inputs_and_reference": 0.5, "reference_s": 0.0}
     assert totals.timed_calls == pytest.approx(0.6)
     assert totals.timing_loop == pytest.approx(0.6)  # 1.0 - 0.4, then max(0, 0.1 - 0.2)
     row = phases.split(totals, 20.0)
