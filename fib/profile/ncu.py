@@ -21,16 +21,14 @@ whole run). Every failure raises NcuError naming the command and the tail of ncu
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 from ..errors import FibError
 from ..analysis.ncu_metrics import CORE_METRICS, MULTI_CANDIDATE_ROLES, OPTIONAL_METRICS
-from .nsys import failure as _failure
+from .nsys import failure as _failure, find_tool, installed
 
 CLOCK_CONTROL = "none"
 FIXED_FLAGS = ["--clock-control", CLOCK_CONTROL, "--profile-from-start", "off", "--nvtx",
@@ -55,15 +53,9 @@ class NcuError(FibError):
 
 def _search_paths() -> list[str]:
     """Install folders, newest version first within each pattern."""
-    patterns = ["/usr/local/cuda/bin/ncu", "/usr/local/cuda-*/bin/ncu", "/opt/nvidia/nsight-compute/*/ncu",
-                "/usr/local/cuda*/nsight-compute*/ncu", "/usr/local/NVIDIA-Nsight-Compute*/ncu",
-                "/opt/nvidia/nsight-compute*/ncu"]
-    found: list[str] = []
-    for pattern in patterns:
-        for path in sorted(glob.glob(pattern), reverse=True):
-            if path not in found:
-                found.append(path)
-    return found
+    return installed(["/usr/local/cuda/bin/ncu", "/usr/local/cuda-*/bin/ncu", "/opt/nvidia/nsight-compute/*/ncu",
+                      "/usr/local/cuda*/nsight-compute*/ncu", "/usr/local/NVIDIA-Nsight-Compute*/ncu",
+                      "/opt/nvidia/nsight-compute*/ncu"])
 
 
 SEARCHED = "$FIB_NCU, PATH, /usr/local/cuda*/bin/ncu, /opt/nvidia/nsight-compute/*/ncu, " \
@@ -72,16 +64,7 @@ SEARCHED = "$FIB_NCU, PATH, /usr/local/cuda*/bin/ncu, /opt/nvidia/nsight-compute
 
 def find_ncu() -> str | None:
     """$FIB_NCU, then PATH, then the usual install folders."""
-    env = os.environ.get("FIB_NCU")
-    if env and Path(env).is_file():
-        return env
-    on_path = shutil.which("ncu")
-    if on_path:
-        return on_path
-    for path in _search_paths():
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
+    return find_tool("FIB_NCU", "ncu", _search_paths)
 
 
 def require_ncu() -> str:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 from ..errors import FibError
 
@@ -28,25 +29,41 @@ class NsysError(FibError):
     """An nsys step that failed: the message carries the command, exit code and stderr tail."""
 
 
-def find_nsys() -> str | None:
-    """$FIB_NSYS, then PATH, then the usual install folders (the newest version first)."""
-    env = os.environ.get("FIB_NSYS")
+NSYS_PATTERNS = ("/opt/nvidia/nsight-systems*/**/nsys", "/opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys",
+                 "/usr/local/cuda*/bin/nsys")
+SEARCHED = ", ".join(("$FIB_NSYS", "PATH") + NSYS_PATTERNS)
+
+
+def installed(patterns) -> list[str]:
+    """The files matching each glob pattern (`**` recurses), newest version first within a pattern,
+    without repeats."""
+    found: list[str] = []
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern, recursive=True), reverse=True):
+            if path not in found:
+                found.append(path)
+    return found
+
+
+def find_tool(variable: str, name: str, candidates: Callable[[], list[str]]) -> str | None:
+    """A profiler's binary: $variable (a file), then `name` on PATH, then the first executable of
+    `candidates()` (install folders, listed only when needed); None when none is there."""
+    env = os.environ.get(variable)
     if env and Path(env).is_file():
         return env
-    on_path = shutil.which("nsys")
+    on_path = shutil.which(name)
     if on_path:
         return on_path
-    candidates = sorted(glob.glob("/opt/nvidia/nsight-systems*/**/nsys", recursive=True), reverse=True)
-    candidates += sorted(glob.glob("/opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys"), reverse=True)
-    candidates += sorted(glob.glob("/usr/local/cuda*/bin/nsys"), reverse=True)
-    for path in candidates:
+    for path in candidates():
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None
 
 
-SEARCHED = "$FIB_NSYS, PATH, /opt/nvidia/nsight-systems*/**/nsys, " \
-           "/opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys, /usr/local/cuda*/bin/nsys"
+def find_nsys() -> str | None:
+    """$FIB_NSYS, then PATH, then the usual install folders (the newest version first)."""
+    return find_tool("FIB_NSYS", "nsys", lambda: installed(NSYS_PATTERNS))
+
 
 
 def require_nsys() -> str:

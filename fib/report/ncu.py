@@ -8,7 +8,6 @@ TOKEN_AXIS as the profile recorded it, else that of `--definition`'s family, els
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import FibError
@@ -16,17 +15,16 @@ from ..analysis.attribution import StageRules
 from ..analysis.ncu_csv import facts_notes, load_ncu_csv
 from ..analysis.ncu_table import BoundRules, load_floor, write_report
 from ..analysis.tables import declared_token_axes, infer_calls
-from .sources import definition_rules, definition_token_axis, workload_axes
+from .sources import definition_rules, definition_token_axis, profile_folder, workload_axes
 
 
 def _run_meta(source: Path) -> tuple[Path, dict]:
-    profile_dir = source / "profile" if (source / "profile").is_dir() else source
+    profile_dir, meta = profile_folder(source)
     csv_path = profile_dir / "ncu_raw.csv"
     if not csv_path.exists():
         raise FibError("no profile/ncu_raw.csv in the run directory", where=source,
                        fix="profile with `fib profile --backend ncu`, or pass the raw ncu CSV itself")
-    meta_path = profile_dir / "meta.json"
-    return csv_path, (json.loads(meta_path.read_text()) if meta_path.exists() else {})
+    return csv_path, meta
 
 
 def report_ncu(source: Path, output: Path | None = None, *, floor: Path | None = None,

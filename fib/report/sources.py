@@ -103,6 +103,14 @@ def _from_capture(path: Path, kind: str, instances, calls, axes, notes, token_ax
                   calls=calls, token_axes=declared)
 
 
+def profile_folder(path: Path) -> tuple[Path, dict]:
+    """What `fib profile --output RUN` wrote: RUN/profile (or RUN itself when given that folder) and its
+    meta.json ({} where there is none)."""
+    profile_dir = path / "profile" if (path / "profile").is_dir() else path
+    meta_path = profile_dir / "meta.json"
+    return profile_dir, (json.loads(meta_path.read_text()) if meta_path.exists() else {})
+
+
 def load_source(path: Path, *, rules: StageRules | None = None, axes: dict | None = None,
                 token_axis: str | None = None) -> Source:
     """One source; `token_axis` (the --definition's family's, definition_token_axis) is for raw
@@ -110,13 +118,11 @@ def load_source(path: Path, *, rules: StageRules | None = None, axes: dict | Non
     path = Path(path)
     axes = dict(axes or {})
     if path.is_dir():
-        profile_dir = path / "profile" if (path / "profile").is_dir() else path
+        profile_dir, meta = profile_folder(path)
         kernels_csv = profile_dir / "kernels.csv"
         if not kernels_csv.exists():
             raise FibError("no profile/kernels.csv in the run directory", where=path,
                            fix="run `fib profile ... --output RUN_DIR` first, or pass an .nsys-rep/.sqlite")
-        meta_path = profile_dir / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         run_json = profile_dir.parent / "run.json"
         if run_json.exists():
             meta["run"] = json.loads(run_json.read_text())
