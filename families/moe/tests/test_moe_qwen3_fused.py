@@ -189,12 +189,13 @@ def interpreted(*argv):
 
 
 @pytest.mark.parametrize("T,E,H,I,seed,config,bucket", [
-    (1, 10, 256, 128, 0, None, "tiny: 32-column gemm1, fp8 C in 32-wide groups (4 dots per gemm2 step), one-warp routing"),
-    (2, 10, 256, 128, 1, {"c_dtype": "bf16"}, "tiny, 'rq': bf16 C from 32-wide tiles, re-quantized per 1x128 in gemm2"),
+    (1, 10, 256, 128, 0, None, "tiny: 32-column gemm1, bf16 C re-quantized per 1x128 in gemm2 (128 columns), one-warp routing"),
+    (2, 10, 256, 128, 1, {"c_dtype": "fp8", "BN2": 64}, "tiny, 'fp8c_bn64': fp8 C in 32-wide groups (4 dots per gemm2 step)"),
     (3, 12, 384, 128, 2, None, "decode: BM 16, bf16 C, 3 K blocks and 3 gemm2 column tiles, 12 experts (16 in routing)"),
-    (12, 10, 256, 256, 3, None, "mid: BM 32, fp8 C in 64-wide groups (2 per gemm2 step, 2 steps), one-program routing"),
-    (12, 10, 256, 128, 4, {"route_tile": 4}, "one-program routing over 3 tiles (ids reloaded)"),
-    (20, 16, 256, 128, 5, None, "mid with 4-token routing tiles, scan, scatter"),
+    (24, 10, 256, 256, 3, None, "mid: BM 32, fp8 C in 64-wide groups (2 per gemm2 step, 2 steps), 4-token routing tiles"),
+    (12, 10, 256, 128, 4, {"route": "single", "route_tile": 4}, "one-program routing over 3 tiles (ids reloaded)"),
+    (20, 16, 256, 128, 5, None, "decode with 4-token routing tiles, scan, scatter"),
+    (14, 10, 256, 128, 9, None, "decode with 2-token routing tiles (9-16 tokens)"),
     (40, 9, 256, 128, 6, None, "large: BM 64"),
     (24, 9, 256, 256, 7, PREFILL, "prefill tiles (BM 128, BN 128)"),
 ])
@@ -211,14 +212,15 @@ def test_buckets_reached_by_the_cases_above():
     pytest.importorskip("triton")
     module = _solution()[1].__globals__
     config = module["_config"]
-    assert config(1, 10)["BN1"] == 32 and config(2, 10)["c_dtype"] == "fp8"
-    assert config(3, 10)["BM"] == 16 and config(3, 10)["c_dtype"] == "bf16"
-    assert config(12, 10)["BM"] == 32 and config(12, 10)["route"] == "single"
-    assert config(20, 16)["BM"] == 32 and config(20, 16)["route"] == "tiles"
+    assert config(1, 10)["BN1"] == 32 and config(2, 10)["c_dtype"] == "bf16" and config(2, 10)["BN2"] == 128
+    assert config(3, 10)["BM"] == 16 and config(3, 10)["c_dtype"] == "bf16" and config(3, 10)["route"] == "single"
+    assert config(24, 10)["BM"] == 32 and config(24, 10)["route"] == "tiles" and config(24, 10)["route_tile"] == 4
+    assert config(14, 10)["BM"] == 16 and config(14, 10)["route"] == "tiles" and config(14, 10)["route_tile"] == 2
+    assert config(12, 10)["route"] == "tiles" and config(20, 16)["BM"] == 16 and config(20, 16)["route_tile"] == 4
     assert config(40, 9)["BM"] == 64
     assert config(170, 10)["BM"] == 128 and config(8192, 128)["BM"] == 128
     # the dataset's sizes at 128 experts
-    assert [config(T)["BM"] for T in (1, 4, 16, 64, 256, 1024, 4096, 8192)] == [16, 16, 16, 16, 32, 64, 128, 128]
+    assert [config(T)["BM"] for T in (1, 4, 16, 64, 256, 1024, 4096, 8192)] == [16, 16, 16, 16, 16, 64, 128, 128]
 
 
 def test_corrupted_outputs_fail_interpreted():

@@ -321,17 +321,20 @@ def _finalize_kernel(y_ptr, out_ptr, T, H, n_entries, TOPK: tl.constexpr, BT: tl
 
 
 def _config(T):
-    """The default configuration of T's bucket (every key of CONFIG_DOC). Reasoned, not measured
+    """The default configuration of T's bucket (every key of CONFIG_DOC). Reasoned first
     (benchmarks/NOTES.md, "Mixtral"): decode streams 352 MB of bf16 weights per hit expert and
     wants many programs with ~90 KB of loads in flight per SM (2-3 programs per SM, 16 KB weight
-    tile per stage); prefill wants 128-row wgmma tiles, 256 output columns per program."""
+    tile per stage); prefill wants 128-row wgmma tiles, 256 output columns per program. Then
+    corrected by the H200 sweep of 2026-12-02 (`fib run --sweep triton_fused`,
+    reports/moe_mixtral_h200/sweep): 32 x 128 gemm1 weight tiles at 9-32 tokens (-3.3% at 16),
+    BK1 128 with 3 stages at 33-128 (-1.9% at 64), group_m 16 at prefill (-1.0/-1.4% at 1024/4096)."""
     if T <= SINGLE_ROUTE_MAX:
         route = dict(route="single", route_tile=SINGLE_ROUTE_MAX)
     else:
         route = dict(route="tiles", route_tile=128)
     if T > DECODE_MAX:  # compute-bound: 128 x (2 x 128) gemm1 tiles, 128 x 256 gemm2 tiles
         return dict(BM=128, BN1=128, BK1=64, warps1=8, stages1=4,
-                    BN2=256, BK2=64, warps2=8, stages2=4, split2=1, group_m=8, **route)
+                    BN2=256, BK2=64, warps2=8, stages2=4, split2=1, group_m=16, **route)
     if T <= TINY_MAX:
         # 2-8 experts hit: gemm1 with 32-column tiles (448 programs per expert: 6.8 per SM at
         # T=1, so the busiest SMs stream 3% more than the average; 18% with 64-column tiles);
@@ -339,10 +342,10 @@ def _config(T):
         return dict(BM=16, BN1=32, BK1=128, warps1=4, stages1=4,
                     BN2=64, BK2=128, warps2=4, stages2=4, split2=4, group_m=8, **route)
     if T <= SMALL_MAX:
-        return dict(BM=16, BN1=64, BK1=64, warps1=4, stages1=5,
+        return dict(BM=16, BN1=32, BK1=128, warps1=4, stages1=4,
                     BN2=64, BK2=128, warps2=4, stages2=4, split2=2, group_m=8, **route)
     if T <= MID_MAX:
-        return dict(BM=32, BN1=64, BK1=64, warps1=4, stages1=5,
+        return dict(BM=32, BN1=64, BK1=128, warps1=4, stages1=3,
                     BN2=64, BK2=128, warps2=4, stages2=4, split2=2, group_m=8, **route)
     return dict(BM=64, BN1=64, BK1=64, warps1=4, stages1=4,
                 BN2=128, BK2=64, warps2=4, stages2=4, split2=2, group_m=8, **route)
@@ -355,13 +358,13 @@ def _variants(T):
         return {"stages3": dict(stages1=3, stages2=3), "bn2_128": dict(BN2=128, stages2=3),
                 "split2_3": dict(split2=3), "bm64": dict(BM=64, BN1=64, warps1=4, warps2=4, BN2=128),
                 "bm64_w8": dict(BM=64),  # 64 x 256 tiles over two warpgroups: less padding at 1024
-                "bn1_64": dict(BN1=64), "group16": dict(group_m=16),
+                "bn1_64": dict(BN1=64), "group8": dict(group_m=8),
                 "route_single": dict(route="single", route_tile=256)}
     if T <= TINY_MAX:
         return {**split, "bn1_64": dict(BN1=64, BK1=64, stages1=5), "stages1_3": dict(stages1=3),
                 "bk2_64": dict(BK2=64, stages2=6), "route_tiles": dict(route="tiles", route_tile=2)}
     decode = {**split, "bn1_32": dict(BN1=32, BK1=128, stages1=4), "bk1_128": dict(BK1=128, stages1=3),
-              "bk2_64": dict(BK2=64, stages2=6)}
+              "bk2_64": dict(BK2=64, stages2=6), "bn1_64_bk64": dict(BN1=64, BK1=64, stages1=5)}
     if T <= SMALL_MAX:
         return {**decode, "bm32": dict(BM=32)}
     if T <= MID_MAX:

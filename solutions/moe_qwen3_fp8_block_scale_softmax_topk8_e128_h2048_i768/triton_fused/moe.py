@@ -56,8 +56,8 @@ TOPK = 8            # experts per token (topk8)
 NUM_EXPERTS = 128   # the definition's; _config takes E from the weights' shape
 # Buckets of the default configuration (see _config)
 TINY_MAX = 2        # up to this many tokens: 32-column gemm1 tiles, 64-column gemm2 tiles
-SINGLE_ROUTE_MAX = 16   # up to this many tokens: routing + align in one program
-DECODE_RPE = 8      # expected rows per expert (T * TOPK / E) up to this: BM 16, bf16 C
+SINGLE_ROUTE_MAX = 8    # up to this many tokens: routing + align in one program
+DECODE_RPE = 16     # expected rows per expert (T * TOPK / E) up to this: BM 16, bf16 C
 MID_RPE = 32        # ... up to this: BM 32, fp8 C in 64-wide groups
 LARGE_RPE = 128     # ... up to this: BM 64; above it the prefill tiles (BM 128, 8 warps)
 SCAN_ROWS = 64      # routing tiles' counts per step of the align scan ([64, 128] int32, 8 warps)
@@ -379,41 +379,49 @@ def _finalize_kernel(y_ptr, out_ptr, out_stride, H, TOPK: tl.constexpr, BH: tl.c
 def _config(T, E=NUM_EXPERTS):
     """The default configuration of T's bucket (every key of CONFIG_DOC); E = number of experts.
 
-    Unmeasured on this definition (benchmarks/NOTES.md, Qwen3: predictions); each choice follows
-    what the DeepSeek kernel's H200 sweeps found in the same regime of rows per expert:
+    First reasoned from what the DeepSeek kernel's H200 sweeps found in the same regime of rows
+    per expert (below), then corrected by this definition's H200 sweep of 2026-12-02 (`fib run
+    --sweep triton_fused`, reports/moe_qwen3_h200/sweep; benchmarks/NOTES.md, Qwen3): the decode
+    tiles up to 16 rows per expert (-7.4% at 256 tokens against BM 32 with an fp8 C), 3 stages in
+    both GEMMs at <= 128 rows per expert (-8.9% at 1024), 5 gemm2 stages at prefill (-1.0 to
+    -1.5%), routing tiles of 2 tokens at 9-16 tokens (-5.6% at 16 against the one program), and
+    at 1-2 tokens a bf16 C re-quantized in gemm2 with 128 columns (-6.1% at 1 token against the
+    fp8 C with 64 columns that DeepSeek preferred).
     - tiny (T <= 2: 8-16 experts hit, one live row each): with 64 columns gemm1 would have only
       12 programs per expert (96 at T=1 on 132 SMs); 32 columns give 192, each 16 steps of 8 KB of
       weights with 6 stages in flight. fp8 C (32-wide groups, 4 dots per gemm2 step): at T=1 the
       DeepSeek re-quantizing gemm2 cost +3 us over an fp8 C. gemm2 64 columns: 256 programs.
-    - decode (<= 8 rows per expert, T <= 128): BM 16, 64-column gemm1 tiles (12 programs per
+    - decode (<= 16 rows per expert, T <= 256): BM 16, 64-column gemm1 tiles (12 programs per
       expert), bf16 C re-quantized in gemm2 with 128 columns: DeepSeek's winner at 9..128 tokens.
-    - mid (<= 32, T <= 512): BM 32, fp8 C in 64-wide groups (DeepSeek's 129..1024 winner).
+    - mid (<= 32, T <= 512): BM 32, fp8 C in 64-wide groups (DeepSeek's 129..1024 winner; not
+      measured here: no workload falls in it).
     - large (<= 128, T <= 2048): BM 64 (T=1024: 64 rows per expert on average, where BM 32 would
       take twice the tiles and wgmma wants 64 rows per warp group), 64-column gemm1 tiles (96 KB
       of shared memory at 4 stages: two programs per SM).
     - prefill: DeepSeek's prefill tiles (BM 128, 128 columns, 8 warps), fp8 C in 1x128 groups.
-    Routing: one program up to 16 tokens (8 int64 max passes over [16, 128]); one warp for 1-2
-    tokens (shuffles only: DeepSeek's 6.5 -> 4.7 us at T=1), 4 up to 8 tokens, 8 above (4 spill
-    624 bytes at 16 tokens on sm_90a); above, routing tiles of 4 tokens up to 256 (DeepSeek v7b:
+    Routing: one program up to 8 tokens (8 int64 max passes over [16, 128]); one warp for 1-2
+    tokens (shuffles only: DeepSeek's 6.5 -> 4.7 us at T=1), 4 up to 8 tokens; above, routing
+    tiles of 2 tokens up to 16 (the one program with 8 warps was 5.6% slower end to end at 16
+    tokens), 4 up to 256 (DeepSeek v7b:
     more programs, shorter serial top-k chains), 8 up to 1024 and 16 beyond, so the one-program
     align scan takes few serial steps of 64 tiles (1, 2, 8 at 256, 1024, 8192 tokens)."""
     if T <= SINGLE_ROUTE_MAX:
         route = dict(route="single", route_tile=16, route_one_tile=True,
                      route_warps=1 if T <= 2 else 4 if T <= 8 else 8)
     else:
-        route = dict(route="tiles", route_tile=4 if T <= 256 else 8 if T <= 1024 else 16,
+        route = dict(route="tiles", route_tile=2 if T <= 16 else 4 if T <= 256 else 8 if T <= 1024 else 16,
                      route_one_tile=True, route_warps=4)
     rpe = T * TOPK / E
     if T <= TINY_MAX:
-        tiles = dict(BM=16, BN1=32, BN2=64, warps=4, stages1=6, stages2=4, c_dtype="fp8")
+        tiles = dict(BM=16, BN1=32, BN2=128, warps=4, stages1=6, stages2=4, c_dtype="bf16")
     elif rpe <= DECODE_RPE:
         tiles = dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="bf16")
     elif rpe <= MID_RPE:
         tiles = dict(BM=32, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="fp8")
     elif rpe <= LARGE_RPE:
-        tiles = dict(BM=64, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="fp8")
+        tiles = dict(BM=64, BN1=64, BN2=128, warps=4, stages1=3, stages2=3, c_dtype="fp8")
     else:
-        tiles = dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=4, c_dtype="fp8")
+        tiles = dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, c_dtype="fp8")
     return {**tiles, **route}
 
 
@@ -422,8 +430,8 @@ def _variants(T, E=NUM_EXPERTS):
     choices _config's docstring argues for, each against its nearest rival."""
     rpe = T * TOPK / E
     if T <= TINY_MAX:
-        return {"bn1_64": dict(BN1=64, stages1=4), "rq": dict(c_dtype="bf16"),
-                "bn2_128": dict(BN2=128), "s4": dict(stages1=4), "rq_bn2_128": dict(c_dtype="bf16", BN2=128)}
+        return {"bn1_64": dict(BN1=64, stages1=4), "fp8c": dict(c_dtype="fp8"),
+                "bn2_64": dict(BN2=64), "s4": dict(stages1=4), "fp8c_bn64": dict(c_dtype="fp8", BN2=64)}
     if rpe <= DECODE_RPE:
         out = {"fp8c": dict(c_dtype="fp8"), "fp8c_bn64": dict(c_dtype="fp8", BN2=64),
                "bn1_32": dict(BN1=32), "bm32": dict(BM=32)}
@@ -431,14 +439,16 @@ def _variants(T, E=NUM_EXPERTS):
             warps = 4 if _config(T, E)["route_warps"] == 8 else 8
             out.update({"route_tiles": dict(route="tiles", route_tile=2), f"route_w{warps}": dict(route_warps=warps),
                         "route_reload": dict(route_one_tile=False)})
+        elif T <= 16:  # the one program the sweep beat here
+            out["route_single"] = dict(route="single", route_tile=16, route_one_tile=True, route_warps=8)
         return out
     if rpe <= MID_RPE:
         return {"rq": dict(c_dtype="bf16"), "bm16": dict(BM=16, c_dtype="bf16"), "bm64": dict(BM=64),
                 "bn1_128": dict(BN1=128)}
     if rpe <= LARGE_RPE:
         return {"bm32": dict(BM=32), "bn1_128": dict(BN1=128),
-                "bm128_w8": dict(BM=128, BN1=128, warps=8), "s3": dict(stages1=3, stages2=3)}
-    return {"s34": dict(stages1=3, stages2=4), "s45": dict(stages1=4, stages2=5),
+                "bm128_w8": dict(BM=128, BN1=128, warps=8), "s44": dict(stages1=4, stages2=4)}
+    return {"s34": dict(stages1=3, stages2=4), "s44": dict(stages1=4, stages2=4),
             "bm64_w4": dict(BM=64, BN1=64, warps=4), "bn1_64": dict(BN1=64)}
 
 
