@@ -148,7 +148,7 @@ def main() -> None:
         out["warmup_runs"] = stats.warmup_runs
         out["measure_median_us"] = stats.median_ms * 1e3
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}), flush=True)
-        del inputs, bound, call
+        inputs = bound = call = rot = None
         torch.cuda.empty_cache()
 
 
