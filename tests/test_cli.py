@@ -177,6 +177,9 @@ def test_fib_run_on_cpu_demo(tmp_path):
     # the parent leaves `import torch` (seconds on a GPU machine) until its children are starting
     events = [json.loads(line) for line in (tmp_path / "run" / "timeline.jsonl").read_text().splitlines()]
     assert [e["torch_in_parent"] for e in events if e["event"] == "judge_start"] == [False]
+    # the judge and the first worker were standbys started before the dataset was loaded
+    assert [e.get("standby") for e in events if e["event"] in ("judge_start", "worker_start")][:2] == [True, True]
+    assert (tmp_path / "run" / "logs" / "torch_eager.log").read_text().count("== torch_eager on ") == 2
 
 
 def test_ctrl_c_keeps_measured_traces_and_resume_continues(tmp_path):

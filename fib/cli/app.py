@@ -1,6 +1,7 @@
 """fib's command line (typer + rich). Thin: parses, then calls the modules that do the work."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -73,7 +74,23 @@ def expand_list_args(argv: list[str]) -> list[str]:
     return result
 
 
+STANDBYS = 2  # children `fib run` starts before it knows their roles: the judge and the first worker
+
+
+def _closing_standbys(command):
+    """The command, then the standby children it started and did not use killed (fib/harness/standby.py)."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        finally:
+            from ..harness.standby import POOL
+            POOL.close()
+    return wrapper
+
+
 @app.command()
+@_closing_standbys
 def run(
     local: Optional[List[str]] = LocalOpt,
     definitions: Optional[List[str]] = DefsOpt,
@@ -134,6 +151,9 @@ def run(
     """Check every solution on every workload against the FP32 reference, time those that pass,
     and write a run directory (run.json, traces.jsonl, logs/) that reports and comparisons read.
     With --config or --sweep and no --solutions, only the solutions they name run."""
+    if cluster == "local":  # first of all: their imports overlap everything below (fib/harness/standby.py)
+        from ..harness.standby import POOL
+        POOL.start(STANDBYS)
     from ..harness.executor import executor_for
     from ..harness.runner import RunPlan
     from ..progress import RunProgress, print_summary, summary_rows

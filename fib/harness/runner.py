@@ -319,8 +319,11 @@ class Runner:
     def _start_judge(self) -> None:
         args = {"device": self._judge_device(), "cache_dir": self.plan.cache_dir}
         # the first children start here: whether the parent has paid for `import torch` by now (it should not)
-        self._mark("judge_start", torch_in_parent="torch" in sys.modules)
-        self.judge = Child.start("judge", args, self._log("judge"), self.config.prepare_timeout_s)
+        from .standby import POOL
+        self.judge = POOL.take("judge", args, self._log("judge"), self.config.prepare_timeout_s)
+        self._mark("judge_start", torch_in_parent="torch" in sys.modules, standby=self.judge is not None)
+        if self.judge is None:
+            self.judge = Child.start("judge", args, self._log("judge"), self.config.prepare_timeout_s)
         self.judge_outstanding = 0
 
     def _ask_judge(self, kind: str, **fields) -> None:
@@ -550,9 +553,11 @@ class Runner:
                 "solution_root": str(solution.root) if solution.root else None,
                 "solution_file": str(solution.file) if solution.file else None,
                 "solution_namespaced": solution.namespaced, "cache_dir": self.plan.cache_dir}
-        self._mark("worker_start", device=device, solution=s)
-        return Child.start("worker", args, self._log(s), self.config.prepare_timeout_s,
-                           env=solution.spec.worker_environment(dict(os.environ)))
+        from .standby import POOL
+        env = solution.spec.worker_environment(dict(os.environ))
+        child = POOL.take("worker", args, self._log(s), self.config.prepare_timeout_s, env=env)
+        self._mark("worker_start", device=device, solution=s, standby=child is not None)
+        return child or Child.start("worker", args, self._log(s), self.config.prepare_timeout_s, env=env)
 
     def _budget(self, slot: Slot, phase: str) -> float:
         pair = slot.pair
