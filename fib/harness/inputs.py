@@ -358,6 +358,32 @@ def compute_reference(definition: Definition, inputs: dict[str, Any],
     return [o.float() for o in _as_output_list(result, definition)], seconds
 
 
+_DIGEST_PERIOD = 65521  # the byte weights repeat with this period within each chunk
+
+
+def _byte_sums(data: torch.Tensor, chunk: int = 1 << 26) -> tuple[int, int]:
+    """(sum of the bytes, sum of byte i times ((i within its 64 MiB chunk) mod 65521 + 1)) of a 1-D
+    uint8 tensor, exactly (int64), on its device. The weighted sum folds each chunk into rows of
+    65521 bytes and weights the column sums, so no int64 copy of the data is ever made (the digest's
+    values are those of the plain formula: the reference cache's recorded digests stay valid)."""
+    total = torch.zeros((), dtype=torch.int64, device=data.device)
+    weighted = torch.zeros((), dtype=torch.int64, device=data.device)
+    period = _DIGEST_PERIOD
+    w_full = None
+    for start in range(0, data.numel(), chunk):
+        piece = data[start:start + chunk]
+        total += piece.sum(dtype=torch.int64)
+        full = (piece.numel() // period) * period
+        if full:
+            if w_full is None:
+                w_full = torch.arange(1, period + 1, device=data.device, dtype=torch.int64)
+            weighted += (piece[:full].view(-1, period).sum(0, dtype=torch.int64) * w_full).sum()
+        if piece.numel() > full:
+            tail = piece[full:].to(torch.int64)
+            weighted += (tail * torch.arange(1, tail.numel() + 1, device=data.device, dtype=torch.int64)).sum()
+    return int(total), int(weighted)
+
+
 def inputs_digest(inputs: dict[str, Any]) -> str:
     """A fingerprint of the inputs' bytes (tensors and scalars), computed on their device. The
     reference process and each worker make the same seeded inputs; equal digests show that a
@@ -370,13 +396,6 @@ def inputs_digest(inputs: dict[str, Any]) -> str:
             continue
         data = value.detach().contiguous().view(-1).view(torch.uint8) if value.numel() else value.new_empty(0,
                                                                                                    dtype=torch.uint8)
-        total, weighted, chunk = 0, 0, 1 << 26
-        weights = None
-        for start in range(0, data.numel(), chunk):
-            piece = data[start:start + chunk].to(torch.int64)
-            if weights is None or weights.numel() != piece.numel():
-                weights = torch.arange(piece.numel(), device=piece.device, dtype=torch.int64) % 65521 + 1
-            total += int(piece.sum())
-            weighted += int((piece * weights).sum())
+        total, weighted = _byte_sums(data)
         parts.append(f"{name}:{tuple(value.shape)}:{value.dtype}:{total}:{weighted}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
