@@ -10,8 +10,10 @@ before any judgement that needs it):
   (all zeros, the reference shifted by its std) that the tolerance would wrongly pass;
   With `floor` (the main input set), the reply also carries the workload's floor record from its
   family (fib/families.py), or `floor_error` naming what is wrong with the family module;
-- judge{id, which, definition, workload, ref_key, path, tolerance, also[]} -> verdict{id, which,
-  status, reason, correctness}: loads the outputs a worker wrote and compares them with the reference;
+- judge{id, which, definition, workload, ref_key, path | ipc[], tolerance, also[]} -> verdict{id, which,
+  status, reason, correctness}: loads the outputs a worker wrote (a file), or maps them from its
+  memory (CUDA IPC handles: plain fields, never pickles), and compares them with the reference;
+  `retry_file` in the verdict: the handles could not be opened here, send the outputs as a file;
 - ceilings{} -> ceilings{ok, ceilings | error}: the device's measured roofs (fib.timing.ceilings),
   asked for once the run's pairs are done and its GPUs are quiet.
 """
@@ -163,25 +165,37 @@ class Judge:
         from ..schema import Definition, Tolerance, Workload
         key = msg["ref_key"]
         base = {"id": msg["id"], "which": msg["which"]}
-        path = Path(msg["path"])
+        path = Path(msg["path"]) if msg.get("path") else None
+        outputs = None
         try:
             if key in self.failed or key not in self.refs:
                 return {**base, "status": None, "reason": f"no reference: {self.failed.get(key, 'not computed')}"}
             definition = Definition.model_validate(msg["definition"])
             workload = Workload.model_validate(msg["workload"])
             axes = definition.resolve_axes(workload.axes)
-            stored = load_file(str(path), device=self.device)
-            outputs = [stored[f"out{i}"] for i in range(len(stored))]
+            if msg.get("ipc") is not None:
+                from .worker import open_cuda_tensor
+                try:
+                    outputs = [open_cuda_tensor(h).to(self.device) for h in msg["ipc"]]
+                except Exception as exc:  # e.g. no IPC between these processes: the worker sends a file
+                    traceback.print_exc()
+                    return {**base, "status": None, "retry_file": True,
+                            "reason": f"could not map the outputs over CUDA IPC: {type(exc).__name__}: {exc}"}
+            else:
+                stored = load_file(str(path), device=self.device)
+                outputs = [stored[f"out{i}"] for i in range(len(stored))]
             tol = Tolerance.model_validate(msg["tolerance"])
             also = [Tolerance.model_validate(t) for t in msg.get("also", [])]
             result = check_outputs(definition, axes, outputs, self._refs(key), tol, also)
             correctness = result.correctness.model_dump(mode="json") if result.correctness else None
             return {**base, "status": result.status.value, "reason": result.reason, "correctness": correctness}
         finally:
-            try:
-                path.unlink()
-            except OSError:
-                pass
+            del outputs  # mapped outputs: released before the worker frees them
+            if path is not None:
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
 
     def serve(self) -> None:
         self.channel.send("ready", pid=os.getpid())

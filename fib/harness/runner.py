@@ -93,6 +93,7 @@ class Pair:
     fresh: dict | None = None
     waiting: str | None = None         # "check"/"fresh": outputs are with the judge
     wants_go: bool | None = None       # verdict known, `go` not yet sent
+    resend: bool = False               # the judge could not map the outputs: ask the worker for a file
     remaining_s: float = 0.0           # the pair's budget left when it began to wait for the judge
     pair_deadline: float = float("inf")
     digests: dict = field(default_factory=dict)   # which -> digest of the inputs the worker made
@@ -148,6 +149,8 @@ class Runner:
         self._ids = 0
         self.floor_errors: set[str] = set()          # definitions whose family could not count a floor
         self.ceilings: dict | None = None            # the judge's answer to `ceilings`
+        # outputs reach the judge as CUDA IPC handles (worker.share_cuda_tensor) until it once cannot map them
+        self.outputs_ipc = os.environ.get("FIB_OUTPUTS_VIA_FILES", "") in ("", "0")
 
     # ---- small helpers ----------------------------------------------------------------------
     def _mark(self, event: str, **fields) -> None:
@@ -403,6 +406,12 @@ class Runner:
                            "reason": "the inputs built in the solution's process differ from the reference "
                                      "process's (same seed): the solution changed how its process makes tensors "
                                      "(patched torch's generators or factories?)"}
+            if message.get("retry_file"):  # CUDA IPC does not work between these processes: files from now on
+                if self.outputs_ipc:
+                    self.outputs_ipc = False
+                    self.on_warning(f"outputs go to the judge as files, not over CUDA IPC: {message.get('reason')}")
+                pair.resend = True
+                return
             setattr(pair, which, message)
             pair.wants_go = message.get("status") == Status.PASSED.value
 
@@ -550,6 +559,7 @@ class Runner:
             dumped["sources"] = [{"path": src["path"]} for src in dumped["sources"]]
         args = {"device": device, "config": self.config.model_dump(mode="json"),
                 "solution": dumped, "out_dir": str(out_dir),
+                "outputs_ipc": self.outputs_ipc and device.startswith("cuda") and self._judge_device().startswith("cuda"),
                 "solution_root": str(solution.root) if solution.root else None,
                 "solution_file": str(solution.file) if solution.file else None,
                 "solution_namespaced": solution.namespaced, "cache_dir": self.plan.cache_dir}
@@ -587,6 +597,14 @@ class Runner:
 
     def _maybe_go(self, slot: Slot) -> None:
         pair = slot.pair
+        if pair is not None and pair.resend:
+            pair.resend = False
+            self._mark("resend", device=slot.device, workload=pair.workload, which=pair.waiting)
+            try:
+                slot.worker.channel.send("verdict", go=False, resend=True)
+            except OSError:
+                pass
+            return
         if pair is None or pair.wants_go is None:
             return
         if pair.wants_go and slot.device == self._judge_device() and self.judge_outstanding > 0:
@@ -639,7 +657,8 @@ class Runner:
         pair.digests[which] = message.get("inputs_digest")
         self._ids += 1
         self.verdict_waiters[self._ids] = slot
-        self._ask_judge("judge", id=self._ids, which=which, ref_key=key, path=message["path"],
+        self._ask_judge("judge", id=self._ids, which=which, ref_key=key, path=message.get("path"),
+                        ipc=message.get("ipc"),
                         definition=definition.model_dump(mode="json"), workload=workload.model_dump(mode="json"),
                         tolerance=self.config.tolerance(definition).model_dump(mode="json"),
                         also=[t.model_dump(mode="json") for t in self.config.also_tolerances(definition)])

@@ -7,7 +7,8 @@ run here, beside the solution; a solution that wants to fake its own latency can
 isolation protects against faults, not adversaries (see README, "What fib trusts").
 
 Messages to the parent: ready{pid}; phase{phase} before each step (the parent applies the budgets);
-outputs{which: "check"|"fresh", path} then waits for verdict{go}; result{status?, reason?, timing?,
+outputs{which: "check"|"fresh", path | ipc} then waits for verdict{go} (verdict{resend} asks for the
+same outputs again as a file: the judge could not open the CUDA IPC handles); result{status?, reason?, timing?,
 phases_s, workload_prepare_s, solution_config?}; after a lost CUDA context the result carries fatal=true and the
 worker exits. From the parent: job{...}, verdict{go}, stop.
 """
@@ -48,16 +49,20 @@ class SolutionWorker:
         self.function = None
         self.build_error: tuple[str, str] | None = None
         self.pair = 0
+        # CUDA outputs go to the judge as CUDA IPC handles (no host copy, no file) unless the parent
+        # says no or the judge once could not open them
+        self.ipc = bool(args.get("outputs_ipc")) and str(self.device).startswith("cuda")
+        self._shared: list = []  # the outputs the judge maps, alive until its verdict
 
     # ---- protocol ---------------------------------------------------------------------------
     def phase(self, name: str) -> None:
         self.channel.send("phase", phase=name)
 
-    def wait_verdict(self) -> bool:
+    def wait_verdict(self) -> dict:
         while True:
             message = self.channel.recv()
             if message["kind"] == "verdict":
-                return bool(message["go"])
+                return message
             if message["kind"] == "stop":
                 raise Stop()
 
@@ -86,10 +91,10 @@ class SolutionWorker:
         return ("UNSUPPORTED", reason) if reason else None
 
     def save_outputs(self, outputs: list, which: str) -> dict:
-        """Write the outputs for the judge; structural faults (not a tensor, wrong device) are
-        answered here, since a file cannot carry them."""
+        """Hand the outputs to the judge: CUDA IPC handles where allowed (`ipc`: the judge maps this
+        process's memory, which stays alive until the verdict), else a safetensors file; structural
+        faults (not a tensor, wrong device) are answered here, since neither can carry them."""
         import torch
-        from safetensors.torch import save_file
         expected = torch.device(self.device)
         tensors = {}
         for i, (name, out) in enumerate(zip(self.definition.outputs, outputs)):
@@ -99,9 +104,19 @@ class SolutionWorker:
             if out.device.type != expected.type or (expected.index is not None and out.device != expected):
                 return {"status": "RUNTIME_ERROR",
                         "reason": f"output '{name}' is on {out.device}, expected {self.device}"}
-            tensors[f"out{i}"] = out.detach().contiguous().cpu()
+            tensors[f"out{i}"] = out.detach().contiguous()
+        if self.ipc:
+            try:
+                handles = [share_cuda_tensor(tensors[f"out{i}"]) for i in range(len(tensors))]
+                self._shared = list(tensors.values())
+                return {"ipc": handles}
+            except Exception as exc:  # this process cannot export them: files from now on
+                print(f"fib: CUDA IPC export failed ({type(exc).__name__}: {exc}); outputs go through files",
+                      flush=True)
+                self.ipc = False
+        from safetensors.torch import save_file
         path = self.out_dir / f"{os.getpid()}-{self.pair}-{which}.safetensors"
-        save_file(tensors, str(path))
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(path))
         return {"path": str(path)}
 
     def checked_call(self, call, inputs: dict, snapshot: dict, which: str) -> dict | None:
@@ -119,9 +134,18 @@ class SolutionWorker:
         saved = self.save_outputs(outputs, which)
         if "status" in saved:
             return saved
-        del outputs
-        self.channel.send("outputs", which=which, path=saved["path"], inputs_digest=inputs_digest(snapshot))
-        return None if self.wait_verdict() else {"status": "JUDGED"}
+        digest = inputs_digest(snapshot)
+        try:
+            while True:
+                self.channel.send("outputs", which=which, inputs_digest=digest, **saved)
+                verdict = self.wait_verdict()
+                if not verdict.get("resend"):
+                    return None if verdict.get("go") else {"status": "JUDGED"}
+                self.ipc = False  # the judge could not map them: the same outputs again, as a file
+                saved = self.save_outputs(outputs, which)
+        finally:
+            self._shared = []
+            del outputs
 
     def run_job(self, job: dict) -> dict:
         import torch
@@ -250,6 +274,51 @@ class SolutionWorker:
             self.channel.send("result", **result)
             if fatal:
                 return
+
+
+def share_cuda_tensor(tensor) -> dict:
+    """A plain CUDA tensor as a CUDA IPC handle another process on this machine can map: the fields
+    of torch's own reduction (torch.multiprocessing.reductions), as JSON (bytes in base64). No pickle:
+    the judge must not run anything a solution's process sends it; `open_cuda_tensor` rebuilds from
+    these fields alone, with classes and dtypes from fixed lists."""
+    import base64
+    import torch
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
+    if type(tensor) is not torch.Tensor:
+        raise TypeError(f"a {type(tensor).__name__} is not shared over IPC (plain tensors only)")
+    rebuild, fields = reduce_tensor(tensor)
+    if rebuild is not rebuild_cuda_tensor:
+        raise TypeError("not a CUDA tensor")
+    (_, size, stride, offset, storage_cls, dtype, device, handle, size_bytes, offset_bytes, _grad,
+     counter_handle, counter_offset, event_handle, event_sync) = fields
+
+    def b64(value):
+        return None if value is None else base64.b64encode(bytes(value)).decode("ascii")
+    return {"size": list(size), "stride": list(stride), "offset": int(offset), "storage": storage_cls.__name__,
+            "dtype": str(dtype).removeprefix("torch."), "device": int(device), "handle": b64(handle),
+            "size_bytes": int(size_bytes), "offset_bytes": int(offset_bytes),
+            "counter_handle": b64(counter_handle), "counter_offset": int(counter_offset),
+            "event_handle": b64(event_handle), "event_sync": bool(event_sync)}
+
+
+def open_cuda_tensor(shared: dict):
+    """The tensor a `share_cuda_tensor` handle names, mapped into this process (no copy)."""
+    import base64
+    import torch
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+    storages = {"TypedStorage": torch.storage.TypedStorage, "UntypedStorage": torch.UntypedStorage}
+    dtype = getattr(torch, str(shared["dtype"]), None)
+    if not isinstance(dtype, torch.dtype) or shared["storage"] not in storages:
+        raise ValueError(f"not a tensor handle: dtype {shared['dtype']!r}, storage {shared['storage']!r}")
+
+    def raw(value):
+        return None if value is None else base64.b64decode(str(value))
+    return rebuild_cuda_tensor(torch.Tensor, torch.Size([int(x) for x in shared["size"]]),
+                               tuple(int(x) for x in shared["stride"]), int(shared["offset"]),
+                               storages[shared["storage"]], dtype, int(shared["device"]), raw(shared["handle"]),
+                               int(shared["size_bytes"]), int(shared["offset_bytes"]), False,
+                               raw(shared["counter_handle"]), int(shared["counter_offset"]),
+                               raw(shared["event_handle"]), bool(shared["event_sync"]))
 
 
 def worker_main(channel: Channel, args: dict) -> None:
