@@ -55,13 +55,13 @@ def load_hybrid(data, definition):
     return solution, function, sys.modules[function.__module__]
 
 
-def call_config(module, solution, definition, axes, config):
+def call_config(module, solution, definition, axes, config, device="cpu"):
     """The call fib's worker makes for the variant hybrid@NAME (or a configuration dict, or None)."""
     from fib.harness.call import SolutionCall, choose_config
     if isinstance(config, str):
         config, reason = choose_config(module, "hybrid", config, axes)
         assert reason is None, reason
-    return SolutionCall(module.run, solution, definition, axes, "cpu", config=config)
+    return SolutionCall(module.run, solution, definition, axes, device, config=config)
 
 
 def verdict(definition, axes, out, ref):
@@ -433,3 +433,33 @@ def test_hybrids_share_their_siblings_sources(data):
     ds = data.solutions[DS_FULL]["hybrid"]
     assert {"torch_cublaslt/moe_cublaslt.py", "peer_common/pipeline.py", "triton_staged/moe.py"} <= \
         {s.path for s in ds.sources}
+
+
+@pytest.mark.parametrize("T", [1024, 4096])
+def test_mixtral_library_kernels_compile_for_sm90(data, T):
+    """Code generation for sm_90a on the CPU (the interpreter never generates code): the library
+    path's launches at the full size, recorded on meta tensors through fib's SolutionCall (as
+    test_moe_mixtral_fused.compile_sm90 does), each compiled with the installed Triton's ptxas."""
+    from benchmark_module import load
+    from triton.runtime.jit import JITFunction
+    import test_moe_mixtral_fused as fused_test
+    tool = load("compile_sm90")
+    solution, _, module = load_hybrid(data, MIXTRAL)
+    module._GROUPED[("meta", None)] = None  # meta tensors cannot be probed: take the grouped GEMM
+    launches = []
+
+    def fake_run(self, *args, grid, warmup, **kwargs):
+        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "num_ctas") if k in kwargs}
+        launches.append((self, *tool._signature(self, args, kwargs), options))
+    definition = data.definitions[MIXTRAL]
+    call = call_config(module, solution, definition, definition.resolve_axes({"seq_len": T}), None, "meta")
+    real_run = JITFunction.run
+    try:
+        JITFunction.run = fake_run
+        call(fused_test.meta_inputs(T))
+    finally:
+        JITFunction.run = real_run
+    rows = [tool.compile_launch(*launch) for launch in launches]
+    assert [r["kernel"] for r in rows][-3:] == ["_dispatch_rows_kernel", "_swiglu_kernel", "_combine_kernel"]
+    for r in rows:
+        assert r.get("reg", 0) > 0 and r.get("stack", 0) == 0 and r["shared_bytes"] <= 227 * 1024, r
