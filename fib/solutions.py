@@ -159,9 +159,24 @@ def source_dir(solution: Solution) -> Path:
     return target
 
 
+def _imported_from(module, folder: str) -> bool:
+    """Whether `module` came from `folder`: its file, or for a namespace package (a sibling folder
+    without __init__.py, imported as `from helpers import kernels`) one of its paths. The package
+    must be forgotten too: it keeps its submodules as attributes, and `from helpers import kernels`
+    answers from those before sys.modules."""
+    file = getattr(module, "__file__", None)
+    if file:
+        return str(file).startswith(folder)
+    try:
+        return any(str(p).startswith(folder) for p in (getattr(module, "__path__", None) or ()))
+    except Exception:  # noqa: BLE001 - a module whose __path__ cannot be read is not ours
+        return False
+
+
 def _forget_other_solutions(keep: str) -> None:
-    """Drop modules imported from other solutions' folders, so two solutions with a `kernels.py`
-    each never share one by accident within a worker."""
+    """Drop modules (and namespace packages) imported from other solutions' folders, so two
+    solutions with a `kernels.py` (or a `helpers/kernels.py`) each never share one by accident
+    within a process."""
     for folder, names in list(_LOADED_DIRS.items()):
         if folder != keep:
             for name in names:
@@ -190,8 +205,7 @@ def import_entry_module(solution: Solution):
                                 where=solution.file, field="sources") from exc
     finally:
         sys.path.remove(str(folder))
-    added = {n for n in set(sys.modules) - before
-             if str(getattr(sys.modules[n], "__file__", "") or "").startswith(str(folder))}
+    added = {n for n in set(sys.modules) - before if _imported_from(sys.modules[n], str(folder))}
     _LOADED_DIRS.setdefault(str(folder), set()).update(added | {module_name})
     return module
 
