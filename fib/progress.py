@@ -53,6 +53,9 @@ def summary_rows(traces: list[Trace]) -> list[dict]:
                      "max_rel_error": c.max_relative_error if c else None,
                      "matched_ratio": c.matched_ratio if c else None,
                      "relative_l2": getattr(c, "relative_l2_error", None) if c else None,
+                     # the GPU idled most of the call: its back-to-back time by CUDA events (fib.timing.measure)
+                     "event_ms": (p.timing.model_extra or {}).get("event_median_ms") if p and p.timing else None,
+                     "gpu_idle_share": (p.timing.model_extra or {}).get("gpu_idle_share") if p and p.timing else None,
                      "vacuous_tolerance": (ev.model_extra or {}).get("vacuous_tolerance"), "device": ev.device,
                      "gpu_kind": (ev.model_extra or {}).get("gpu_kind"), "host": (ev.model_extra or {}).get("host")})
     return rows
@@ -91,5 +94,15 @@ def print_summary(console: Console, rows: list[dict]) -> None:
         for (solution, status, reason), where in sorted(reasons.items()):
             console.print(f"  [bold]{solution}[/bold] {status} on {len(where)} workload(s): {reason}",
                           highlight=False)
+        idle = [r for r in items if r.get("event_ms") is not None]
+        if idle:
+            console.print("  [yellow]the GPU idles most of these calls[/yellow] (host syncs or launch-bound host "
+                          "code): latency is their kernel sum; a call back to back takes longer by CUDA events:",
+                          highlight=False)
+            for r in sorted(idle, key=lambda r: (r["solution"], tuple(r["axes"].values()))):
+                axes = ",".join(f"{k}={v}" for k, v in r["axes"].items())
+                console.print(f"    {r['solution']} {axes}: kernels {r['latency_ms']:.4f} ms, back to back "
+                              f"{r['event_ms']:.4f} ms (GPU idle {100 * r['gpu_idle_share']:.0f}% of the span)",
+                              highlight=False)
     tally = Counter(r["status"] for r in rows)
     console.print("  ".join(f"{k}: {v}" for k, v in sorted(tally.items())) or "no results")

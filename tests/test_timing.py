@@ -341,6 +341,33 @@ def test_auto_does_not_report_a_cupti_sum_that_misses_kernels(monkeypatch):
     assert plausible.timer == "cupti" and plausible.median_ms == pytest.approx(0.07)
 
 
+def test_a_mostly_idle_gpu_gets_its_back_to_back_time_too(monkeypatch):
+    # the DeepSeek hybrid's cuBLASLt path on an H200: 1.66 ms of kernels in a 9.67 ms device span
+    # (one host sync and a host loop over the experts between them)
+    stats = _fake_cuda_measure(monkeypatch, 0.3, 0.9, "auto")
+    assert stats.timer == "cupti" and stats.median_ms == pytest.approx(0.3)  # the latency stays the kernel sum
+    extra = stats.model_extra
+    assert extra["event_median_ms"] == pytest.approx(0.5) and extra["gpu_idle_share"] == pytest.approx(2 / 3)
+    assert "GPU idles 67%" in stats.timer_note and "back to back 0.5 ms" in stats.timer_note
+    busy = _fake_cuda_measure(monkeypatch, 0.6, 0.9, "auto")  # kernels cover two thirds: nothing more to say
+    assert "event_median_ms" not in busy.model_extra and "idles" not in busy.timer_note
+
+
+def test_the_summary_lists_the_calls_whose_gpu_mostly_idles():
+    from rich.console import Console
+    from fib.progress import print_summary
+    rows = [{"definition": "d", "solution": s, "workload": "w", "axes": {"n": 3}, "status": "PASSED", "reason": None,
+             "latency_ms": 0.3, "ci95_ms": [0.29, 0.31], "speedup_vs_reference": 2.0, "max_abs_error": 0.0,
+             "max_rel_error": 0.0, "matched_ratio": 1.0, "relative_l2": 0.0, "event_ms": ev, "gpu_idle_share": idle}
+            for s, ev, idle in (("syncs", 1.25, 0.7), ("busy", None, None))]
+    console = Console(record=True, width=200)
+    print_summary(console, rows)
+    text = console.export_text()
+    assert "GPU idles most of these calls" in text
+    assert "syncs n=3: kernels 0.3000 ms, back to back 1.2500 ms (GPU idle 70% of the span)" in text
+    assert "busy n=3: kernels" not in text
+
+
 def test_explicit_cupti_keeps_its_number_but_warns(monkeypatch):
     stats = _fake_cuda_measure(monkeypatch, 0.0015, 0.079, "cupti")
     assert stats.timer == "cupti" and stats.median_ms == pytest.approx(0.0015)

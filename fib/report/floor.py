@@ -149,12 +149,16 @@ def floor_table(traces: list[Trace], run_info: dict, *, ceilings: dict | None = 
         hardware = ev.environment.hardware
         roofs = ceilings or (recorded if recorded and recorded.get("device") == hardware else None)
         latency_ms = ev.performance.latency_ms
+        timing = ev.performance.timing
+        event_ms = (timing.model_extra or {}).get("event_median_ms") if timing is not None else None
         row = {"definition": trace.definition, "solution": trace.solution, "workload": trace.workload.uuid,
                "token_axis": work.token_axis, "tokens": work.tokens, "latency_ms": latency_ms,
                "latency_us": latency_ms * 1e3, "floor_ms": math.nan, "floor_us": math.nan, "of_floor": math.nan,
                "bound": None, "bytes_mb": work.bytes / 1e6, "gflop": work.flops / 1e9, "compute": work.compute,
                "achieved_gbps": work.bytes / latency_ms / 1e6 if latency_ms else math.nan,
-               "achieved_tflops": work.flops / latency_ms / 1e9 if latency_ms else math.nan, **work.detail}
+               "achieved_tflops": work.flops / latency_ms / 1e9 if latency_ms else math.nan,
+               # the GPU idled most of the call: its back-to-back time by CUDA events (fib.timing.measure)
+               "back_to_back_us": event_ms * 1e3 if event_ms is not None else math.nan, **work.detail}
         if roofs is None:
             no_ceilings.add(hardware)
         else:
@@ -195,12 +199,18 @@ def markdown(table: pd.DataFrame, notes: list[str], run_dir: Path, run_info: dic
         out.append(ceilings_line + "\n")
     out.append("floor = max(bytes / copy bandwidth, FLOPs / matmul rate) of the workload's least work (its "
                "family's count); % of floor = floor / latency (100% = at the floor).\n")
+    if not table.empty and table["back_to_back_us"].notna().any():
+        out.append("latency is the call's kernel time; *back to back µs*, where given, is the call's time by CUDA "
+                   "events when its kernels cover under half of its device span (host syncs or launch-bound "
+                   "host code: the GPU waits for most of the call).\n")
     for definition, group in table.groupby("definition", sort=True) if not table.empty else []:
         axis = group["token_axis"].iloc[0]
         details = [c for c in group.columns if c not in _BASE_COLUMNS and group[c].notna().any()]
         shown = group.assign(workload=group["workload"].str[:8])
         columns = ["tokens", "solution", "workload", "latency_us"]
-        formats = {"tokens": "int", "latency_us": ".2f", "bytes_mb": ".3f", "gflop": ".3f"}
+        formats = {"tokens": "int", "latency_us": ".2f", "bytes_mb": ".3f", "gflop": ".3f", "back_to_back_us": ".2f"}
+        if shown["back_to_back_us"].notna().any():
+            columns.append("back_to_back_us")
         if shown["floor_us"].notna().any():
             columns += ["floor_us", "of_floor", "bound"]
             formats.update(floor_us=".2f", of_floor="pct")
@@ -210,7 +220,7 @@ def markdown(table: pd.DataFrame, notes: list[str], run_dir: Path, run_info: dic
             if values.notna().all():
                 formats[column] = "int" if (values == values.round()).all() else ".4g"
         titles = {"tokens": axis, "latency_us": "latency µs", "floor_us": "floor µs", "of_floor": "% of floor",
-                  "bytes_mb": "MB", "gflop": "GFLOP"}
+                  "bytes_mb": "MB", "gflop": "GFLOP", "back_to_back_us": "back to back µs"}
         frame = shown[columns].rename(columns=titles)
         out += [f"## {definition}\n", md_table(frame, {titles.get(k, k): v for k, v in formats.items()}) + "\n"]
     if notes:
@@ -219,7 +229,8 @@ def markdown(table: pd.DataFrame, notes: list[str], run_dir: Path, run_info: dic
 
 
 _BASE_COLUMNS = {"definition", "solution", "workload", "token_axis", "tokens", "latency_ms", "latency_us", "floor_ms",
-                 "floor_us", "of_floor", "bound", "bytes_mb", "gflop", "compute", "achieved_gbps", "achieved_tflops"}
+                 "floor_us", "of_floor", "bound", "bytes_mb", "gflop", "compute", "achieved_gbps", "achieved_tflops",
+                 "back_to_back_us"}
 
 
 def report_floor(run_dir: Path, output: Path | None = None, *, ceilings: Path | None = None,
