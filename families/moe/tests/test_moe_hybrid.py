@@ -288,7 +288,7 @@ MIXTRAL_CASES = [
     ({"T": 9, "seed": 2, "config": "library", "grouped_fails": True}, {"per_expert": 2},
      "per_expert (forced by the configuration (path='library'); torch._grouped_mm fails on cpu"),
     # the default dispatch above the real cut (triton_fused's 128-token routing tiles, 5 of them)
-    ({"T": 520, "seed": 3, "config": "default"}, {"grouped_mm": 2}, "grouped_mm (seq_len 520 > 512)"),
+    ({"T": 520, "seed": 3, "config": "default"}, {"per_expert": 2}, "per_expert (seq_len 520 > 512)"),
 ]
 
 
@@ -369,12 +369,13 @@ def test_mixtral_default_dispatch_per_dataset_token_count(mixtral, monkeypatch):
     cpu = torch.device("cpu")
     paths = {T: mixtral.choose(T, cpu)[0] for T in MIXTRAL_DATASET_T}
     assert paths == {1: "triton", 4: "triton", 16: "triton", 64: "triton", 256: "triton",
-                     1024: "grouped_mm", 4096: "grouped_mm"}
+                     1024: "per_expert", 4096: "per_expert"}
     assert mixtral.LIBRARY_ABOVE == 512 and mixtral.choose(512, cpu)[0] == "triton"
-    assert mixtral.choose(513, cpu) == ("grouped_mm", "seq_len 513 > 512")
+    assert mixtral.choose(513, cpu) == ("per_expert", "seq_len 513 > 512")
     assert mixtral.choose(4096, cpu, mixtral.resolve({"path": "per_expert"}))[0] == "per_expert"
     assert mixtral.choose(1, cpu, mixtral.resolve({"path": "library"}))[0] == "grouped_mm"
-    assert probes == [cpu]  # probed once for the process and device, then cached
+    assert mixtral.choose(2, cpu, mixtral.resolve({"path": "library"}))[0] == "grouped_mm"
+    assert probes == [cpu]  # probed once for the process and device (only the library path asks), then cached
 
 
 def test_mixtral_grouped_mm_probe(mixtral, monkeypatch):
@@ -388,8 +389,9 @@ def test_mixtral_grouped_mm_probe(mixtral, monkeypatch):
     monkeypatch.delattr(torch, "_grouped_mm")
     assert "has no torch._grouped_mm" in mixtral._probe_grouped_mm(cpu)
     mixtral._GROUPED.clear()
-    assert mixtral.choose(4096, cpu) == ("per_expert", f"seq_len 4096 > 512; torch {torch.__version__} has no "
-                                                       "torch._grouped_mm")
+    assert mixtral.choose(4096, cpu, mixtral.resolve({"path": "library"})) == (
+        "per_expert", f"forced by the configuration (path='library'); torch {torch.__version__} has no "
+                      "torch._grouped_mm")
 
 
 @pytest.mark.parametrize("definition,names", [(DS_FULL, ["default", "triton", "cublaslt"]),
@@ -452,7 +454,8 @@ def test_mixtral_library_kernels_compile_for_sm90(data, T):
         options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "num_ctas") if k in kwargs}
         launches.append((self, *tool._signature(self, args, kwargs), options))
     definition = data.definitions[MIXTRAL]
-    call = call_config(module, solution, definition, definition.resolve_axes({"seq_len": T}), None, "meta")
+    # the grouped GEMM path: the default's per-expert GEMMs read the offsets on the host, which meta tensors lack
+    call = call_config(module, solution, definition, definition.resolve_axes({"seq_len": T}), "library", "meta")
     real_run = JITFunction.run
     try:
         JITFunction.run = fake_run
