@@ -14,6 +14,11 @@ source .device/activate.sh
 F=$OUT/s3c
 mkdir -p $F
 export FIB_CACHE_DIR=/tmp/s3c/fib-cache TRITON_CACHE_DIR=/tmp/s3c/triton-cache
+# the bytecode cache gpu_harness_speed.sh writes (the machine runs with PYTHONDONTWRITEBYTECODE=1)
+export PYTHONPYCACHEPREFIX=/tmp/fib-device/pycache
+SITES=$(python3 -c "import os, torch, triton, scipy, numpy, pydantic, sympy; print(' '.join(os.path.dirname(m.__file__) for m in (torch, triton, scipy, numpy, pydantic, sympy)))")
+s=$(date +%s); env -u PYTHONDONTWRITEBYTECODE timeout 240 python3 -m compileall -q -j 16 $SITES fib > /dev/null 2>&1
+echo "bytecode cache written in $(( $(date +%s) - s )) s" | tee $F/bytecode.txt
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > $F/nvidia-smi.csv 2>&1
 DS=moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048
 MX=moe_mixtral_bf16_softmax_topk2_e8_h4096_i14336
