@@ -241,8 +241,8 @@ FAILS = "INCORRECT_NUMERICAL"
 # ---- DeepSeek: interpreted ---------------------------------------------------------------------
 DS_CASES = [
     # (case, expected triton_fused calls, expected fake-cuBLASLt GEMMs > 0, printed path)
-    ({"T": 16, "config": "default"}, 1, False, "triton (seq_len 16 <= 1024)"),
-    ({"T": 16, "config": "triton"}, 1, False, "triton (forced by the configuration (path='triton'))"),
+    ({"T": 16, "config": "default"}, 1, False, "triton (path='triton', the default"),
+    ({"T": 16, "config": "auto"}, 1, False, "triton (seq_len 16 <= 1024)"),
     ({"T": 16, "config": "cublaslt", "gate_open": True}, 0, True, "cublaslt (forced by the configuration"),
     # the default dispatch above a (lowered) cut: cuBLASLt where its gate passes ...
     ({"T": 16, "config": {"path": "auto", "library_above": 8}, "gate_open": True}, 0, True,
@@ -333,22 +333,27 @@ CUDA = torch.device("cuda", 0)  # a device object only: nothing runs on it
 
 def test_deepseek_default_dispatch_per_dataset_token_count(ds, monkeypatch):
     """An SM90 GPU where torch has scaled_mm's BlockWise recipes (torch_cublaslt's real gate,
-    asked with the device facts patched): triton_fused up to 1024 tokens, torch_cublaslt above."""
+    asked with the device facts patched): the default takes triton_fused at every size (torch_cublaslt
+    waits 4-18x its kernel time end to end); "auto" triton_fused up to 1024 tokens, torch_cublaslt above."""
     asked = []
     monkeypatch.setattr(ds, "_device_info", lambda device: asked.append(device) or {"type": "cuda", "sm": 90})
-    paths = {T: ds.choose(T, CUDA, 7168, 2048)[0] for T in DS_DATASET_T}
+    assert {T: ds.choose(T, CUDA, 7168, 2048)[0] for T in DS_DATASET_T} == {T: "triton" for T in DS_DATASET_T}
+    assert asked == []  # the default never asks the gate
+    auto = ds.resolve({"path": "auto"})
+    paths = {T: ds.choose(T, CUDA, 7168, 2048, auto)[0] for T in DS_DATASET_T}
     assert paths == {T: "triton" if T <= 901 else "cublaslt" for T in DS_DATASET_T}
-    assert ds.LIBRARY_ABOVE == 1024 and ds.choose(1024, CUDA, 7168, 2048)[0] == "triton"
-    assert ds.choose(1025, CUDA, 7168, 2048) == ("cublaslt", "seq_len 1025 > 1024")
+    assert ds.LIBRARY_ABOVE == 1024 and ds.choose(1024, CUDA, 7168, 2048, auto)[0] == "triton"
+    assert ds.choose(1025, CUDA, 7168, 2048, auto) == ("cublaslt", "seq_len 1025 > 1024")
     assert len(asked) == 1  # the gate is asked once per device and size
 
 
 def test_deepseek_falls_back_to_triton_where_cublaslt_cannot_run(ds, monkeypatch):
     # on this CPU, through the real device facts
-    path, why = ds.choose(11948, torch.device("cpu"), 7168, 2048)
+    auto = ds.resolve({"path": "auto"})
+    path, why = ds.choose(11948, torch.device("cpu"), 7168, 2048, auto)
     assert path == "triton" and "this device is a CPU" in why
     monkeypatch.setattr(ds, "_device_info", lambda device: {"type": "cuda", "sm": 80, "name": "A100"})
-    path, why = ds.choose(14107, CUDA, 7168, 2048)
+    path, why = ds.choose(14107, CUDA, 7168, 2048, auto)
     assert path == "triton" and "seq_len 14107 > 1024, but torch_cublaslt cannot run here" in why
     assert "needs SM90 or newer; this GPU is sm80" in why
     assert ds.choose(14107, CUDA, 7168, 2048, ds.resolve({"path": "triton"}))[0] == "triton"
@@ -358,7 +363,7 @@ def test_deepseek_falls_back_to_triton_where_cublaslt_cannot_run(ds, monkeypatch
     ds._GATE.clear()
     monkeypatch.setattr(ds, "_device_info", lambda device: {"type": "cuda", "sm": 90})
     monkeypatch.setattr(ds.cublaslt, "_scaling_types", lambda: None)
-    path, why = ds.choose(11948, CUDA, 7168, 2048)
+    path, why = ds.choose(11948, CUDA, 7168, 2048, auto)
     assert path == "triton" and "has no torch.nn.functional.scaled_mm with ScalingType.BlockWise1x128" in why
 
 
@@ -394,14 +399,14 @@ def test_mixtral_grouped_mm_probe(mixtral, monkeypatch):
                       "torch._grouped_mm")
 
 
-@pytest.mark.parametrize("definition,names", [(DS_FULL, ["default", "triton", "cublaslt"]),
+@pytest.mark.parametrize("definition,names", [(DS_FULL, ["default", "triton", "cublaslt", "auto"]),
                                               (MIXTRAL, ["default", "triton", "library", "per_expert"])])
 def test_configurations_and_their_errors(data, definition, names):
     module = load_hybrid(data, definition)[2]
     declared = module.fib_configs({"seq_len": 7})
     assert list(declared) == names and declared["default"] == module.DEFAULT
     for name, cfg in declared.items():
-        assert module.resolve(cfg)["path"] == ("auto" if name == "default" else name)
+        assert module.resolve(cfg)["path"] == (module.DEFAULT["path"] if name == "default" else name)
     with pytest.raises(ValueError, match="unknown configuration key.*BM"):
         module.fib_with_config({"BM": 64})
     with pytest.raises(ValueError, match="path='fast' is not one of"):
@@ -410,8 +415,8 @@ def test_configurations_and_their_errors(data, definition, names):
         module.resolve({"library_above": -1})
 
 
-@pytest.mark.parametrize("definition,names", [(DS_FULL, ["default", "triton", "cublaslt"]),
-                                              (DS_SMALL, ["default", "triton", "cublaslt"]),
+@pytest.mark.parametrize("definition,names", [(DS_FULL, ["default", "triton", "cublaslt", "auto"]),
+                                              (DS_SMALL, ["default", "triton", "cublaslt", "auto"]),
                                               (MIXTRAL, ["default", "triton", "library", "per_expert"])])
 def test_sweep_probe_lists_the_configurations(data, definition, names):
     """What `fib run --sweep hybrid` asks before it plans (fib.harness.variants.probe_configs, a

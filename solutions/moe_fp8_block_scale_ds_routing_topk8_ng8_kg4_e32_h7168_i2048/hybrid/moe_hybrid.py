@@ -1,11 +1,18 @@
-"""DeepSeek-V3 FP8 block-scale MoE: per token count, the one of two of our solutions that was faster
-on an H200, each imported from its own folder (never copied).
+"""DeepSeek-V3 FP8 block-scale MoE: a per-token-count dispatch between two of our solutions, each
+imported from its own folder (never copied). By default it takes triton_fused at every size: the
+kernel-sum "win" of torch_cublaslt at prefill is not one end to end (below).
 
-- up to LIBRARY_ABOVE tokens: triton_fused's `run` (its own tile configuration of T's bucket);
-- above: torch_cublaslt's `run` (cuBLASLt's block-scaled FP8 GEMMs through torch, one host sync),
-  where its own gate (`moe_cublaslt.fib_supported`: torch with scaled_mm's BlockWise recipes, SM90
-  or newer, 128-multiple sizes) passes on the tensors' device; where it does not, triton_fused's
-  `run` at every T.
+- path "auto" (configuration `auto`): up to LIBRARY_ABOVE tokens triton_fused's `run`; above,
+  torch_cublaslt's `run` (cuBLASLt's block-scaled FP8 GEMMs through torch, one host sync), where
+  its own gate (`moe_cublaslt.fib_supported`: torch with scaled_mm's BlockWise recipes, SM90 or
+  newer, 128-multiple sizes) passes on the tensors' device, else triton_fused's;
+- path "triton" (the default): triton_fused's `run` at every T.
+
+Measured on an H200 (2026-12-02, reports/latency_vs_kernels_h200/table.md): at 11948 / 14107 tokens
+torch_cublaslt's kernels sum to 1.66 / 2.15 ms against triton_fused's 2.09 / 3.06, but its calls take
+8.7 / 9.1 ms from start to end by CUDA events (its host loop over the experts and one sync leave the
+GPU idle ~85-90% of the call), against triton_fused's 2.06 / 3.03. So "auto" wins by kernel time
+and loses by a factor 3-4 in the time a caller waits; the default follows the latter.
 
 Which path a call took, and why, is printed once per (device, token count, path): fib keeps what a
 solution prints in the pair's trace (`evaluation.log`) and in logs/<solution>.log, and the first
@@ -13,9 +20,9 @@ call of every pair is untimed, so the line never lands in a timed call. The gate
 device and size (cached).
 
 Configurations (`fib_configs`, `fib_with_config`; `fib run --sweep hybrid`): "default" (path
-"auto": the dispatch above), "triton" (triton_fused at every T) and "cublaslt" (torch_cublaslt at
-every T; where its gate fails the call raises with the gate's reason rather than run something
-else under that name). `library_above` moves the cut.
+"triton"), "triton", "cublaslt" (torch_cublaslt at every T; where its gate fails the call raises
+with the gate's reason rather than run something else under that name) and "auto" (the dispatch
+by kernel time above). `library_above` moves auto's cut.
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ CONFIG_DOC = {
             "'triton' (triton_fused at every T) or 'cublaslt' (torch_cublaslt at every T)",
     "library_above": "auto: token counts above this go to torch_cublaslt",
 }
-DEFAULT = {"path": "auto", "library_above": LIBRARY_ABOVE}
+DEFAULT = {"path": "triton", "library_above": LIBRARY_ABOVE}
 
 _GATE: dict = {}      # (device type, index, H, I) -> why torch_cublaslt cannot run there, or None
 _NOTED: set = set()   # (device, T, path, why) already printed
@@ -83,7 +90,7 @@ def choose(T: int, device: torch.device, H: int, I: int, cfg: dict = DEFAULT) ->
     RuntimeError with the gate's reason."""
     path, cut = cfg["path"], cfg["library_above"]
     if path == "triton":
-        return "triton", "forced by the configuration (path='triton')"
+        return "triton", "path='triton', the default: torch_cublaslt's calls wait 4-18x their kernel time"
     reason = None if path == "auto" and T <= cut else cublaslt_unsupported(device, H, I)
     if path == "cublaslt":
         if reason:
@@ -115,7 +122,8 @@ def run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_
 
 def fib_configs(axes):
     """fib's configuration hook: {name: configuration}, "default" first (what run uses)."""
-    return {"default": dict(DEFAULT), "triton": {"path": "triton"}, "cublaslt": {"path": "cublaslt"}}
+    return {"default": dict(DEFAULT), "triton": {"path": "triton"}, "cublaslt": {"path": "cublaslt"},
+            "auto": {"path": "auto"}}
 
 
 def fib_with_config(config):
