@@ -392,7 +392,7 @@ def completed_pairs(run_dir: str | Path, *, repair: bool = True) -> set[tuple[st
 # checked without editing this list.
 IGNORED_ON_RESUME = frozenset({"definitions", "solutions", "workloads", "devices", "timeout_s",
                                "build_timeout_s", "prepare_timeout_s", "jit_timeout_s", "max_failures", "cache_dir",
-                               "log_cap_bytes", "variants", "sweep"})
+                               "log_cap_bytes", "variants", "sweep", "jit_workers"})
 _TOLERANCE_KEYS = {"atol", "rtol", "required_matched_ratio"}
 _MISSING = object()
 

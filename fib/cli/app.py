@@ -108,6 +108,10 @@ def run(
                                   "check, timing and fresh check."),
     build_timeout: Optional[float] = typer.Option(None, "--build-timeout", help="Seconds for a solution's import "
                                                   "and build hook (default: its spec.build_timeout_s)."),
+    jit_workers: Optional[int] = typer.Option(None, "--jit-workers", help="Processes that make each workload's "
+                                              "first call before a solution's first pair on a GPU, so its JIT "
+                                              "compilations run in parallel (0: none; default: chosen from the "
+                                              "GPU's memory, the CPUs and the workloads; never on a CPU)."),
     jit_timeout: float = typer.Option(180.0, "--jit-timeout", help="Seconds for a solution's very first call in "
                                       "the run, where JIT compilation happens; later first calls get --timeout."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the definition's)."),
@@ -164,7 +168,7 @@ def run(
                          cpu_timing_budget_s=cpu_timing_budget or None,
                          any_hardware=any_hardware,
                          also_check=split_list(also_check), timeout_s=timeout, build_timeout_s=build_timeout,
-                         jit_timeout_s=jit_timeout, max_failures=max_failures)
+                         jit_timeout_s=jit_timeout, jit_workers=jit_workers, max_failures=max_failures)
     marks = {"cli_imported": _IMPORTED}
     started = _process_start_time()
     if started is not None:

@@ -27,7 +27,7 @@ from typing import Any
 from .logs import CappedLog
 
 ROLES = {"worker": "fib.harness.worker:worker_main", "judge": "fib.harness.judge:judge_main",
-         "standby": "fib.harness.standby:standby_main"}  # standby: imports first, its role later (standby.py)
+         "standby": "fib.harness.standby:standby_main", "prewarm": "fib.harness.prewarm:prewarm_main"}  # standby: imports first, its role later (standby.py)
 
 
 class Channel:

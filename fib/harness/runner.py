@@ -116,6 +116,8 @@ class Slot:
     pair: Pair | None = None
     spare: Child | None = None           # the next solution's worker, started early (imports only)
     spare_key: tuple[str, str] | None = None
+    held: dict | None = None             # a first job kept back while the JIT pre-warm runs (prewarm.py)
+    held_done: threading.Event | None = None
 
 
 class Runner:
@@ -151,6 +153,7 @@ class Runner:
         self.ceilings: dict | None = None            # the judge's answer to `ceilings`
         # outputs reach the judge as CUDA IPC handles (worker.share_cuda_tensor) until it once cannot map them
         self.outputs_ipc = os.environ.get("FIB_OUTPUTS_VIA_FILES", "") in ("", "0")
+        self.prewarmed: set[tuple[str, str, str]] = set()  # (definition, solution, device) pre-warmed (prewarm.py)
 
     # ---- small helpers ----------------------------------------------------------------------
     def _mark(self, event: str, **fields) -> None:
@@ -424,6 +427,8 @@ class Runner:
             self._start_judge()
         while queue or any(s.pair for s in slots):
             for slot in slots:
+                if slot.held is not None and slot.held_done is not None and slot.held_done.is_set():
+                    self._release_held(slot)
                 if slot.pair is None and queue:
                     self._dispatch(slot, queue, out_dir)
                 self._maybe_go(slot)
@@ -507,12 +512,84 @@ class Runner:
             slot.pair = pair
             pair.log_mark = slot.worker.log.mark()
             definition = self.data.definitions[d]
-            self._mark("job", device=slot.device, solution=s, workload=w)
-            slot.worker.channel.send("job", definition=definition.model_dump(mode="json"),
-                                     workload=workload.model_dump(mode="json"), root=str(self.data.root_for(d)),
-                                     seed=pair.seed, fresh_seed=pair.fresh_seed)
-            self._set_phase(slot, "queued")
+            job = dict(definition=definition.model_dump(mode="json"), workload=workload.model_dump(mode="json"),
+                       root=str(self.data.root_for(d)), seed=pair.seed, fresh_seed=pair.fresh_seed)
+            if self._start_prewarm(slot, pair, queue, out_dir):
+                slot.held = job  # sent once the pre-warm processes are done (_release_held)
+                slot.worker.deadline = float("inf")
+                return
+            self._send_job(slot, job)
             return
+
+    def _send_job(self, slot: Slot, job: dict) -> None:
+        pair = slot.pair
+        self._mark("job", device=slot.device, solution=pair.solution, workload=pair.workload)
+        slot.worker.channel.send("job", **job)
+        self._set_phase(slot, "queued")
+
+    def _release_held(self, slot: Slot) -> None:
+        """The pre-warm of the held job's solution is over: send the job (unless its worker is gone)."""
+        job, slot.held, slot.held_done = slot.held, None, None
+        if slot.pair is None or slot.worker is None or not slot.worker.alive():
+            return  # the worker died meanwhile: _worker_died has answered the pair
+        self._send_job(slot, job)
+
+    def _start_prewarm(self, slot: Slot, pair: Pair, queue: deque, out_dir: Path) -> bool:
+        """Before a solution's first pair on a GPU: its remaining workloads' first calls in a few extra
+        processes at once (fib/harness/prewarm.py), in a thread; True when the job must wait for them."""
+        from .prewarm import split, worker_count
+        d, s = pair.definition, pair.solution
+        key = (d, s, slot.device)
+        if key in self.prewarmed:
+            return False
+        self.prewarmed.add(key)
+        todo = [pair.workload] + [w for dd, ss, w in queue if dd == d and ss == s]
+        info = self._device_infos.get(slot.device) or {}
+        count = worker_count(self.config.jit_workers, len(todo), slot.device, device_gib=info.get("memory_gb"),
+                             n_devices=len(self.plan.devices))
+        if count <= 0:
+            return False
+        workloads = sorted((self._workload(d, w) for w in todo), key=lambda x: tuple(x.axes.values()))
+        args, env = self._worker_args(slot.device, d, s, out_dir)
+        definition = self.data.definitions[d].model_dump(mode="json")
+        root = str(self.data.root_for(d))
+        chunks = [[{"definition": definition, "workload": w.model_dump(mode="json"), "root": root,
+                    "seed": workload_seed(self.config.seed, w)} for w in chunk] for chunk in split(workloads, count)]
+        budget = self.config.jit_timeout_s + self.config.timeout_s / 10 * max(len(c) for c in chunks)
+        self._mark("prewarm_start", device=slot.device, solution=s, processes=len(chunks), workloads=len(todo))
+        self.on_phase(slot.device, s, "jit_prewarm")
+        done = threading.Event()
+        slot.held_done = done
+        log = self._log(f"{s}.prewarm")
+
+        def pool() -> None:
+            started, answers = time.monotonic(), []
+            children = [Child.start("prewarm", {**args, "jobs": chunk}, log, budget, env=env) for chunk in chunks]
+            deadline = started + budget
+            try:
+                for child in children:
+                    while time.monotonic() < deadline:
+                        alive = child.alive()  # before the poll: a child that answered and exited is read too
+                        if child.channel.conn.poll(0.2 if alive else 0):
+                            try:
+                                message = child.channel.recv()
+                            except (EOFError, OSError):
+                                break
+                            if message.get("kind") == "prewarmed":
+                                answers.append(message)
+                                break
+                        elif not alive:
+                            break
+            finally:
+                for child in children:
+                    child.kill()
+                failed = {k: v for a in answers for k, v in (a.get("failed") or {}).items()}
+                self._mark("prewarm_end", device=slot.device, solution=s, seconds=round(time.monotonic() - started, 3),
+                           answered=len(answers), processes=len(children),
+                           workloads=sum(len(a.get("done") or []) for a in answers), failed=len(failed) or None)
+                done.set()
+        threading.Thread(target=pool, name=f"fib-prewarm-{s}", daemon=True).start()
+        return True
 
     def _unsupported_here(self, d: str, s: str, workload, device: str) -> str | None:
         """The solution's declared needs (target hardware, packages, shape constraints) against this
@@ -552,7 +629,8 @@ class Runner:
             slot.spare.kill()
         slot.spare, slot.spare_key = self._start_worker(slot.device, *upcoming, out_dir), upcoming
 
-    def _start_worker(self, device: str, d: str, s: str, out_dir: Path) -> Child:
+    def _worker_args(self, device: str, d: str, s: str, out_dir: Path) -> tuple[dict, dict]:
+        """A worker's (or pre-warm process's) arguments and its solution's own environment variables."""
         solution = self.data.solutions[d][s]
         dumped = solution.model_dump(mode="json")
         if solution.root is not None:  # the worker reads the files itself (and meets their errors itself)
@@ -563,8 +641,11 @@ class Runner:
                 "solution_root": str(solution.root) if solution.root else None,
                 "solution_file": str(solution.file) if solution.file else None,
                 "solution_namespaced": solution.namespaced, "cache_dir": self.plan.cache_dir}
+        return args, solution.spec.worker_environment(dict(os.environ))
+
+    def _start_worker(self, device: str, d: str, s: str, out_dir: Path) -> Child:
         from .standby import POOL
-        env = solution.spec.worker_environment(dict(os.environ))
+        args, env = self._worker_args(device, d, s, out_dir)
         child = POOL.take("worker", args, self._log(s), self.config.prepare_timeout_s, env=env)
         self._mark("worker_start", device=device, solution=s, standby=child is not None)
         return child or Child.start("worker", args, self._log(s), self.config.prepare_timeout_s, env=env)

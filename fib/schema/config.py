@@ -97,6 +97,9 @@ class RunConfig(BaseModel):
     timeout_s: float = Field(default=300.0, gt=0)      # a workload's calls: first call, check, timing, fresh check
     build_timeout_s: Optional[float] = Field(default=None, gt=0)  # import + build hook; None: the solution's own
     jit_timeout_s: float = Field(default=180.0, gt=0)  # a solution's very first call in the run (JIT compiles)
+    # processes that make each workload's first call before a solution's first pair on a GPU, so its JIT
+    # compilations run in parallel (fib/harness/prewarm.py); None: chosen from the GPU, CPUs and workloads
+    jit_workers: Optional[int] = Field(default=None, ge=0)
     prepare_timeout_s: float = Field(default=600.0, gt=0)  # a worker's start, inputs, the reference
     max_failures: int = Field(default=3, ge=1)
     log_cap_bytes: int = Field(default=2 * 2**20, ge=4096)  # per solution log: head and tail kept
@@ -142,6 +145,7 @@ class RunConfig(BaseModel):
 
 
 OPTION_NAMES = {"timeout_s": "--timeout", "build_timeout_s": "--build-timeout", "jit_timeout_s": "--jit-timeout",
+                "jit_workers": "--jit-workers",
                 "prepare_timeout_s": "--prepare-timeout", "log_cap_bytes": "--log-cap", "flush_l2": "--no-flush-l2",
                 "fresh_check": "--no-fresh-check", "variants": "--config", "sweep": "--sweep"}
 

@@ -1,0 +1,68 @@
+"""JIT pre-warming (fib/harness/prewarm.py): how many processes, which workloads each, and a run with
+pre-warm processes gives the same verdicts, holds the first job until they are done, and survives a
+solution that fails in them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fib.dataset import load_dataset
+from fib.harness.prewarm import split, worker_count
+from fib.harness.runner import Runner, RunPlan
+from fib.schema.config import RunConfig
+from tinydata import make_dataset
+
+FAST = dict(warmup_runs=1, iterations=3, num_trials=1, timer="wall")
+
+
+def test_worker_count():
+    assert worker_count(None, 19, "cpu", cpus=16) == 0            # never by default on a CPU
+    assert worker_count(None, 19, "cuda:0", cpus=16, device_gib=139.8) == 8
+    assert worker_count(None, 19, "cuda:0", cpus=4, device_gib=139.8) == 2   # half the CPUs
+    assert worker_count(None, 19, "cuda:0", cpus=16, device_gib=40) == 2     # 16 GiB each
+    assert worker_count(None, 3, "cuda:0", cpus=16) == 0                      # too few workloads to share
+    assert worker_count(None, 19, "cuda:0", cpus=16, device_gib=139.8, n_devices=4) == 2
+    assert worker_count(0, 19, "cuda:0", cpus=16) == 0 and worker_count(3, 19, "cpu") == 3
+    assert worker_count(5, 2, "cuda:0") == 2
+
+
+def test_split_keeps_neighbours_together():
+    assert split(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split([1, 2], 5) == [[1], [2]]
+    assert sum(split(list(range(19)), 8), []) == list(range(19))
+
+
+def _run(root: Path, run_dir: Path, solutions: list[str], **config):
+    data = load_dataset([root])
+    plan = RunPlan(config=RunConfig(**{**FAST, **config}), definitions=["scale_add"],
+                   solutions={"scale_add": solutions},
+                   workloads={"scale_add": [w.uuid for w in data.workloads["scale_add"]]}, devices=["cpu"])
+    return Runner(data, plan, run_dir).run()
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FIB_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_a_prewarmed_run_gives_the_same_verdicts_and_holds_the_first_job(tmp_path):
+    root = make_dataset(tmp_path / "ds", solutions=["good", "raises"])
+    result = _run(root, tmp_path / "run", ["good", "raises"], jit_workers=2)
+    statuses = {(t.solution, t.workload.uuid): t.evaluation.status.value for t in result.traces}
+    assert statuses == {("good", "w-n3"): "PASSED", ("good", "w-n8"): "PASSED",
+                        ("raises", "w-n3"): "RUNTIME_ERROR", ("raises", "w-n8"): "RUNTIME_ERROR"}
+    events = [json.loads(line) for line in (tmp_path / "run" / "timeline.jsonl").read_text().splitlines()]
+    ends = {e["solution"]: e for e in events if e["event"] == "prewarm_end"}
+    assert ends["good"]["answered"] == 2 and ends["good"]["workloads"] == 2 and "failed" not in ends["good"]
+    assert ends["raises"]["answered"] == 2 and ends["raises"]["failed"] == 2 and ends["raises"]["workloads"] == 0
+    for solution in ("good", "raises"):  # each solution's first job went out only after its pre-warm ended
+        end = ends[solution]["t"]
+        first_job = min(e["t"] for e in events if e["event"] == "job" and e["solution"] == solution)
+        assert first_job >= end
+    assert "deliberate failure in solution" in (tmp_path / "run" / "logs" / "raises.prewarm.log").read_text()
+    plain = _run(root, tmp_path / "plain", ["good"])
+    assert not [e for e in (json.loads(x) for x in (tmp_path / "plain" / "timeline.jsonl").read_text().splitlines())
+                if e["event"].startswith("prewarm")]  # none by default on a CPU
+    assert {t.evaluation.status.value for t in plain.traces} == {"PASSED"}
