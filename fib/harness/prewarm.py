@@ -1,5 +1,6 @@
-"""JIT pre-warming: before a solution's first pair on a GPU, a few extra processes make each workload's
-inputs and call the solution once, so the JIT compilations its first calls trigger (Triton: one per
+"""JIT pre-warming: once a solution's first pair on a GPU showed that its first calls compile (or from
+the first pair, with --jit-workers N), a few extra processes make each remaining workload's inputs and
+call the solution once, so the JIT compilations its first calls trigger (Triton: one per
 kernel specialization, ~0.5 s each, 55 of them for triton_fused on the 19 DeepSeek workloads) run in
 parallel and land in the on-disk caches; the solution's own worker then finds them there.
 
@@ -25,6 +26,11 @@ from .child import Channel
 MAX_WORKERS = 8
 MIN_WORKLOADS_EACH = 2
 GIB_PER_WORKER = 16  # device memory a pre-warm process may hold (inputs, outputs, compile scratch)
+# By default (no --jit-workers) a solution is pre-warmed only when its first pair's first call took
+# longer than this: it compiled, so the rest will too. A warm run's first calls load kernels from the
+# cache (triton_fused: 0.5 s for the first, ~30 ms later), and pre-warm processes would only cost
+# their start-up there.
+SLOW_FIRST_CALL_S = 1.5
 
 
 def worker_count(setting: int | None, n_workloads: int, device: str, *, cpus: int | None = None,

@@ -154,6 +154,7 @@ class Runner:
         # outputs reach the judge as CUDA IPC handles (worker.share_cuda_tensor) until it once cannot map them
         self.outputs_ipc = os.environ.get("FIB_OUTPUTS_VIA_FILES", "") in ("", "0")
         self.prewarmed: set[tuple[str, str, str]] = set()  # (definition, solution, device) pre-warmed (prewarm.py)
+        self.first_calls: dict[tuple[str, str, str], float] = {}  # ... -> seconds of the first pair's first call
 
     # ---- small helpers ----------------------------------------------------------------------
     def _mark(self, event: str, **fields) -> None:
@@ -537,11 +538,17 @@ class Runner:
     def _start_prewarm(self, slot: Slot, pair: Pair, queue: deque, out_dir: Path) -> bool:
         """Before a solution's first pair on a GPU: its remaining workloads' first calls in a few extra
         processes at once (fib/harness/prewarm.py), in a thread; True when the job must wait for them."""
-        from .prewarm import split, worker_count
+        from .prewarm import SLOW_FIRST_CALL_S, split, worker_count
         d, s = pair.definition, pair.solution
         key = (d, s, slot.device)
         if key in self.prewarmed:
             return False
+        if self.config.jit_workers is None:  # auto: only after a first call that compiled (prewarm.SLOW_FIRST_CALL_S)
+            if key not in self.first_calls:
+                return False  # the solution's first pair here runs first: its first call tells
+            if self.first_calls[key] <= SLOW_FIRST_CALL_S:
+                self.prewarmed.add(key)  # warm caches: nothing to gain
+                return False
         self.prewarmed.add(key)
         todo = [pair.workload] + [w for dd, ss, w in queue if dd == d and ss == s]
         info = self._device_infos.get(slot.device) or {}
@@ -750,6 +757,9 @@ class Runner:
     def _finish(self, slot: Slot, message: dict) -> None:
         pair = slot.pair
         device = slot.device
+        first_call = (message.get("phases_s") or {}).get("first_call")
+        if first_call is not None:
+            self.first_calls.setdefault((pair.definition, pair.solution, device), float(first_call))
         extra = {"worker": f"{device}/pid{slot.worker.pid}", "phases_s": {k: round(v, 6) for k, v in
                                                                           (message.get("phases_s") or {}).items()}}
         ref = self.refs.get(pair.ref_key()) or {}
