@@ -17,17 +17,8 @@ mkdir -p $F
 MX=moe_mixtral_bf16_softmax_topk2_e8_h4096_i14336
 QW=moe_qwen3_fp8_block_scale_softmax_topk8_e128_h2048_i768
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > $F/nvidia-smi.csv 2>&1
-step() {  # step NAME MIN_SECONDS CMD...
-  local name=$1 need=$2; shift 2
-  local left=$(( 560 - ($(date +%s) - T0) ))
-  echo "== $name: ${left} s left"
-  if [ $left -lt $need ]; then echo "skipped $name: ${left} s left" | tee -a $F/skipped.txt; return; fi
-  local s=$(date +%s)
-  timeout $left "$@" > $F/$name.log 2>&1
-  echo "$name rc=$? wall $(( $(date +%s) - s )) s" | tee -a $F/steps.txt
-  grep -v "^import time" $F/$name.log | tail -24
-  tar czf $OUT/mixtral.tar.gz -C $OUT mixtral
-}
+BUDGET_S=560
+source benchmarks/device_steps.sh
 step run 60 python3 -m fib run -d $MX -s triton_fused torch_eager --output $F/run
 step floor 5 python3 -m fib report floor $F/run -o $F/floor
 step profile 60 python3 -m fib profile -d $MX -s triton_fused torch_eager --output $F/profile

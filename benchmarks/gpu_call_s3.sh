@@ -14,17 +14,8 @@ export PYTHONPYCACHEPREFIX=/tmp/fib-device/pycache
 F=$OUT/s3
 mkdir -p $F
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > $F/nvidia-smi.csv 2>&1
-step() {  # step NAME MIN_SECONDS CMD...
-  local name=$1 need=$2; shift 2
-  local left=$(( 570 - ($(date +%s) - T0) ))
-  echo "== $name: ${left} s left"
-  if [ $left -lt $need ]; then echo "skipped $name: ${left} s left" | tee -a $F/skipped.txt; return; fi
-  local s=$(date +%s)
-  timeout $left "$@" > $F/$name.log 2>&1
-  echo "$name rc=$? wall $(( $(date +%s) - s )) s" | tee -a $F/steps.txt
-  grep -v "^import time" $F/$name.log | tail -14
-  tar czf $OUT/s3.tar.gz -C $OUT s3
-}
+BUDGET_S=570
+source benchmarks/device_steps.sh
 step call_overhead 40 python3 benchmarks/call_overhead.py
 step mixtral 40 python3 -m fib run -d moe_mixtral_bf16_softmax_topk2_e8_h4096_i14336 -s triton_fused --output $F/mixtral
 step qwen3 40 python3 -m fib run -d moe_qwen3_fp8_block_scale_softmax_topk8_e128_h2048_i768 -s triton_fused --output $F/qwen3

@@ -20,17 +20,9 @@ mkdir -p $F
 DS=moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048
 MX=moe_mixtral_bf16_softmax_topk2_e8_h4096_i14336
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > $F/nvidia-smi.csv 2>&1
-step() {  # step NAME MIN_SECONDS CMD...
-  local name=$1 need=$2; shift 2
-  local left=$(( 575 - ($(date +%s) - T0) ))
-  echo "== $name: ${left} s left"
-  if [ $left -lt $need ]; then echo "skipped $name: ${left} s left" | tee -a $F/skipped.txt; return; fi
-  local s=$(date +%s)
-  timeout $left "$@" > $F/$name.log 2>&1
-  echo "$name rc=$? wall $(( $(date +%s) - s )) s" | tee -a $F/steps.txt
-  grep -v "^import time" $F/$name.log | grep -v "^│.*PASSED" | tail -8
-  tar czf $OUT/s3b.tar.gz -C $OUT s3b
-}
+BUDGET_S=575
+STEP_SHOW='^(==|sweep|run dir|PASSED|profile)'
+source benchmarks/device_steps.sh
 step ds_hybrid 40 python3 -m fib run -d $DS -s hybrid --output $F/ds_hybrid
 grep -E "seq_len|^│" $F/ds_hybrid.log | grep -E "hybrid " | tail -21
 step mx_sweep 60 python3 -m fib run -d $MX --sweep hybrid --output $F/mx_sweep

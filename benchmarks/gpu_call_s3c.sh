@@ -22,17 +22,9 @@ echo "bytecode cache written in $(( $(date +%s) - s )) s" | tee $F/bytecode.txt
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > $F/nvidia-smi.csv 2>&1
 DS=moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048
 MX=moe_mixtral_bf16_softmax_topk2_e8_h4096_i14336
-step() {  # step NAME MIN_SECONDS CMD...
-  local name=$1 need=$2; shift 2
-  local left=$(( 570 - ($(date +%s) - T0) ))
-  echo "== $name: ${left} s left"
-  if [ $left -lt $need ]; then echo "skipped $name: ${left} s left" | tee -a $F/skipped.txt; return; fi
-  local s=$(date +%s.%N)
-  timeout $left "$@" > $F/$name.log 2>&1
-  echo "$name rc=$? wall_s=$(python3 -c "print(round($(date +%s.%N) - $s, 2))")" | tee -a $F/steps.txt
-  grep -v "^import time" $F/$name.log | grep -E "back to back|idles|^│.*(seq_len=(1|901|1024|4096|11948|14107) )" | tail -16
-  tar czf $OUT/s3c.tar.gz -C $OUT s3c
-}
+BUDGET_S=570
+STEP_SHOW='back to back|idles|^│.*(seq_len=(1|901|1024|4096|11948|14107) )'
+source benchmarks/device_steps.sh
 step fib_cold 60 python3 -m fib run -d $DS -s triton_fused --output $F/fib_cold
 step fib_warm 30 python3 -m fib run -d $DS -s triton_fused --output $F/fib_warm
 W="-w seq_len=1 seq_len=901 seq_len=11948 seq_len=14107"

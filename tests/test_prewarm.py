@@ -4,17 +4,11 @@ solution that fails in them."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from fib.dataset import load_dataset
 from fib.harness.prewarm import split, worker_count
-from fib.harness.runner import Runner, RunPlan
-from fib.schema.config import RunConfig
-from tinydata import make_dataset
-
-FAST = dict(warmup_runs=1, iterations=3, num_trials=1, timer="wall")
+from tinydata import make_dataset, run_scale_add
 
 
 def test_worker_count():
@@ -34,12 +28,7 @@ def test_split_keeps_neighbours_together():
     assert sum(split(list(range(19)), 8), []) == list(range(19))
 
 
-def _run(root: Path, run_dir: Path, solutions: list[str], **config):
-    data = load_dataset([root])
-    plan = RunPlan(config=RunConfig(**{**FAST, **config}), definitions=["scale_add"],
-                   solutions={"scale_add": solutions},
-                   workloads={"scale_add": [w.uuid for w in data.workloads["scale_add"]]}, devices=["cpu"])
-    return Runner(data, plan, run_dir).run()
+_run = run_scale_add
 
 
 @pytest.fixture(autouse=True)

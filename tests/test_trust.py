@@ -14,22 +14,13 @@ import pytest
 from typer.testing import CliRunner
 
 from fib.cli.app import app
-from fib.dataset import load_dataset
-from fib.harness.runner import Runner, RunPlan
 from fib.schema import Status
-from fib.schema.config import RunConfig
-from tinydata import DEFINITION, make_dataset, write_solution
+from tinydata import DEFINITION, make_dataset, run_scale_add, write_solution
 
-FAST = dict(warmup_runs=1, iterations=3, num_trials=1, timer="wall")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run(root: Path, run_dir: Path, solutions: list[str], **config):
-    data = load_dataset([root])
-    plan = RunPlan(config=RunConfig(**{**FAST, **config}), definitions=["scale_add"],
-                   solutions={"scale_add": solutions},
-                   workloads={"scale_add": [w.uuid for w in data.workloads["scale_add"]]}, devices=["cpu"])
-    return Runner(data, plan, run_dir).run()
+run = run_scale_add
 
 
 @pytest.fixture(autouse=True)

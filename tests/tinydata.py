@@ -98,3 +98,18 @@ def two_axis_definition(root: Path, op_type: str, stages: list[dict], *, family_
         family.parent.mkdir(parents=True, exist_ok=True)
         family.write_text(f"OP_TYPES = ({op_type!r},)\nTOKEN_AXIS = {family_axis!r}\n")
     return path
+
+
+FAST_TIMING = dict(warmup_runs=1, iterations=3, num_trials=1, timer="wall")
+
+
+def run_scale_add(root: Path, run_dir: Path, solutions: list[str], **config):
+    """A Runner over every workload of the tiny definition on the CPU, fast timing unless `config` says."""
+    from fib.dataset import load_dataset
+    from fib.harness.runner import Runner, RunPlan
+    from fib.schema.config import RunConfig
+    data = load_dataset([root])
+    plan = RunPlan(config=RunConfig(**{**FAST_TIMING, **config}), definitions=["scale_add"],
+                   solutions={"scale_add": solutions},
+                   workloads={"scale_add": [w.uuid for w in data.workloads["scale_add"]]}, devices=["cpu"])
+    return Runner(data, plan, run_dir).run()
