@@ -179,6 +179,23 @@ def test_the_floor_report_puts_latency_against_the_floor(floor_run, tmp_path):
     assert "the ceilings were measured on TestGPU" in text  # the run ran on the CPU
 
 
+def test_the_floor_report_gives_the_back_to_back_time_where_the_gpu_idled(floor_run, tmp_path):
+    """A trace whose timing carries event_median_ms (fib.timing.measure: the GPU idled most of the call)
+    gets a 'back to back µs' cell, the others none, and the table says what the column means."""
+    from fib.report.floor import floor_table, markdown
+    base, root, traces = floor_run
+    idle = traces[0].model_copy(deep=True)
+    idle.evaluation.performance.timing = idle.evaluation.performance.timing.model_copy(
+        update={"event_median_ms": 0.75, "gpu_idle_share": 0.8})
+    table, notes = floor_table([idle, traces[1]], {}, ceilings=CEILINGS)
+    by = table.set_index("workload")["back_to_back_us"]
+    assert by[idle.workload.uuid] == pytest.approx(750.0) and by[traces[1].workload.uuid] != by[traces[1].workload.uuid]
+    text = markdown(table, notes, base / "run", {}, None)
+    assert "back to back µs" in text and "750.00" in text and "kernels cover under half" in text
+    plain, notes = floor_table(traces, {}, ceilings=CEILINGS)
+    assert "back to back" not in markdown(plain, notes, base / "run", {}, None)
+
+
 def test_the_floor_report_without_ceilings_gives_work_only(floor_run, tmp_path):
     base, root, traces = floor_run
     table, notes = floor_table(passed_traces(base / "run"), {})
