@@ -171,3 +171,18 @@ def test_rows_timed_by_different_timers_are_not_compared():
     assert "timer differs: cuda_event -> cupti" in row.note
     allowed = compare_results(base, cand, CompareSettings(allow_env_mismatch=True), env_mismatch=False)
     assert allowed.verdict == "improved"
+
+
+def test_a_comparison_says_when_the_gpu_idled_most_of_the_call():
+    """Kernel sums compared, and where either side's GPU idled most of the call (its trace carries the
+    back-to-back time), the row says what a caller waited for on each side."""
+    from fib.results.compare import CompareSettings, compare_results
+    from fib.results.history import Result
+    common = dict(definition="d", solution="s", workload_uuid="w", workload_axes={"n": 1}, status="PASSED",
+                  timer="cupti")
+    base = Result(samples_ms=[1.0, 1.01, 0.99, 1.0] * 5, event_median_ms=2.5, **common)
+    cand = Result(samples_ms=[1.0, 1.01, 0.99, 1.0] * 5, **common)
+    row = compare_results(base, cand, CompareSettings(), env_mismatch=False)
+    assert row.verdict == "unchanged" and "back to back 2.5 -> - ms by CUDA events" in row.note
+    plain = compare_results(cand, cand, CompareSettings(), env_mismatch=False)
+    assert "back to back" not in plain.note

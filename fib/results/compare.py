@@ -187,6 +187,11 @@ def compare_results(base: Optional[Result], cand: Optional[Result], s: CompareSe
         return row
     row.timing_verdict = _timing_verdict(row, base, cand, s)
     row.verdict = ENV_MISMATCH if env_mismatch else row.timing_verdict
+    if base.event_median_ms is not None or cand.event_median_ms is not None:
+        # the samples are kernel sums; where the GPU idles most of the call a caller waits for more
+        idle = (f"GPU idle most of the call: back to back {_fmt(base.event_median_ms)} -> "
+                f"{_fmt(cand.event_median_ms)} ms by CUDA events")
+        row.note = f"{row.note}; {idle}" if row.note else idle
     if base.timer and cand.timer and base.timer != cand.timer:
         # Different timers measure different things (kernel time vs launch-inclusive time).
         row.note = f"timer differs: {base.timer} -> {cand.timer}" + (f"; {row.note}" if row.note else "")

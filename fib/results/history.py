@@ -54,6 +54,8 @@ class Result:
     timer: Optional[str] = None  # which fib timer produced the samples (cupti, cuda_event, ...)
     gpu_kind: Optional[str] = None  # a cluster run's GPU kind (evaluation.gpu_kind); None on one host
     trace_environment: Optional[dict] = None  # the node's environment, for a cluster run's kinds
+    # the GPU idled most of the call: its back-to-back time by CUDA events (fib.timing.measure); not stored
+    event_median_ms: Optional[float] = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -130,6 +132,8 @@ def _result_from_trace(trace: Trace) -> Result:
         if ev.performance.timing is not None:
             result.samples_ms = [float(x) for x in ev.performance.timing.samples_ms]
             result.timer = ev.performance.timing.timer
+            event = (ev.performance.timing.model_extra or {}).get("event_median_ms")
+            result.event_median_ms = float(event) if event is not None else None
     return result
 
 
