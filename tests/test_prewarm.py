@@ -55,3 +55,29 @@ def test_a_prewarmed_run_gives_the_same_verdicts_and_holds_the_first_job(tmp_pat
     assert not [e for e in (json.loads(x) for x in (tmp_path / "plain" / "timeline.jsonl").read_text().splitlines())
                 if e["event"].startswith("prewarm")]  # none by default on a CPU
     assert {t.evaluation.status.value for t in plain.traces} == {"PASSED"}
+
+
+def test_by_default_a_solution_is_prewarmed_only_after_a_first_call_that_compiled(tmp_path, monkeypatch):
+    """Auto mode: the first pair runs alone; its first call took over SLOW_FIRST_CALL_S (here a
+    solution that sleeps in its process's first call, as a JIT compile would), so the rest of the
+    solution's workloads are pre-warmed before its next job; a fast first call starts nothing."""
+    import fib.harness.prewarm as prewarm
+    from tinydata import write_solution, WORKLOADS
+    monkeypatch.setattr(prewarm, "worker_count", lambda setting, n, device, **kw: min(2, n))  # as on a GPU
+    monkeypatch.setattr(prewarm, "SLOW_FIRST_CALL_S", 0.5)
+    root = make_dataset(tmp_path / "ds", solutions=["good"],
+                        workloads=WORKLOADS + [{"uuid": f"w-x{n}", "axes": {"n": n},
+                                                "inputs": {"x": {"type": "random"},
+                                                           "alpha": {"type": "scalar", "value": 1.5}}}
+                                               for n in (2, 5)])
+    write_solution(root, "scale_add", "compiles", "import time\nFIRST = [True]\n\ndef run(x, alpha, y):\n"
+                   "    if FIRST[0]:\n        FIRST[0] = False\n        time.sleep(1.0)\n    y.copy_(x * alpha + 1.0)\n")
+    result = run_scale_add(root, tmp_path / "run", ["good", "compiles"])
+    assert {t.evaluation.status.value for t in result.traces} == {"PASSED"} and len(result.traces) == 8
+    events = [json.loads(line) for line in (tmp_path / "run" / "timeline.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "prewarm_start"]
+    assert [e["solution"] for e in starts] == ["compiles"] and starts[0]["workloads"] == 3
+    jobs = [e["t"] for e in events if e["event"] == "job" and e["solution"] == "compiles"]
+    traces = [e["t"] for e in events if e["event"] == "trace" and e["solution"] == "compiles"]
+    end = next(e["t"] for e in events if e["event"] == "prewarm_end")
+    assert jobs[0] < traces[0] <= starts[0]["t"] <= end <= jobs[1]  # after the first pair, before the next job
