@@ -54,8 +54,8 @@ def summary_rows(traces: list[Trace]) -> list[dict]:
                      "matched_ratio": c.matched_ratio if c else None,
                      "relative_l2": getattr(c, "relative_l2_error", None) if c else None,
                      # the GPU idled most of the call: its back-to-back time by CUDA events (fib.timing.measure)
-                     "event_ms": (p.timing.model_extra or {}).get("event_median_ms") if p and p.timing else None,
-                     "gpu_idle_share": (p.timing.model_extra or {}).get("gpu_idle_share") if p and p.timing else None,
+                     "event_ms": p.timing.event_median_ms if p and p.timing else None,
+                     "gpu_idle_share": p.timing.gpu_idle_share if p and p.timing else None,
                      "vacuous_tolerance": (ev.model_extra or {}).get("vacuous_tolerance"), "device": ev.device,
                      "gpu_kind": (ev.model_extra or {}).get("gpu_kind"), "host": (ev.model_extra or {}).get("host")})
     return rows

@@ -1,4 +1,4 @@
-"""Outputs to the judge over CUDA IPC (fib.harness.worker.share_cuda_tensor / open_cuda_tensor): the
+"""Outputs to the judge over CUDA IPC (fib.harness.ipc.share_cuda_tensor / open_cuda_tensor): the
 handle is plain JSON the judge rebuilds from fixed classes (never a pickle a solution's process could
 craft), a handle the judge cannot open asks for a file instead of failing the pair, and the worker then
 sends the same outputs again as a file. The mapping itself needs a GPU (benchmarks/gpu_call_*.sh)."""
@@ -9,9 +9,10 @@ import json
 import pytest
 import torch
 
-from fib.harness import worker as worker_mod
+from fib.harness import ipc as ipc_mod
 from fib.harness.judge import Judge
-from fib.harness.worker import SolutionWorker, open_cuda_tensor, share_cuda_tensor
+from fib.harness.ipc import open_cuda_tensor, share_cuda_tensor
+from fib.harness.worker import SolutionWorker
 from fib.schema import Definition, Workload
 from tinydata import DEFINITION
 
@@ -65,7 +66,7 @@ def test_the_worker_resends_the_same_outputs_as_a_file(tmp_path, monkeypatch):
     worker.device, worker.out_dir, worker.pair, worker._shared = "cpu", tmp_path, 1, []
     worker.ipc = True  # as on a GPU: the first hand-over is IPC handles
     worker.definition = Definition.model_validate(DEFINITION)
-    monkeypatch.setattr(worker_mod, "share_cuda_tensor", lambda t: {"fake_handle_of": list(t.shape)})
+    monkeypatch.setattr(ipc_mod, "share_cuda_tensor", lambda t: {"fake_handle_of": list(t.shape)})
     worker.channel = FakeChannel([{"kind": "verdict", "go": False, "resend": True},
                                   {"kind": "verdict", "go": True}])
     x = torch.ones(3, 4)

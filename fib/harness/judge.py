@@ -166,7 +166,6 @@ class Judge:
         key = msg["ref_key"]
         base = {"id": msg["id"], "which": msg["which"]}
         path = Path(msg["path"]) if msg.get("path") else None
-        outputs = None
         try:
             if key in self.failed or key not in self.refs:
                 return {**base, "status": None, "reason": f"no reference: {self.failed.get(key, 'not computed')}"}
@@ -174,7 +173,7 @@ class Judge:
             workload = Workload.model_validate(msg["workload"])
             axes = definition.resolve_axes(workload.axes)
             if msg.get("ipc") is not None:
-                from .worker import open_cuda_tensor
+                from .ipc import open_cuda_tensor
                 try:
                     outputs = [open_cuda_tensor(h).to(self.device) for h in msg["ipc"]]
                 except Exception as exc:  # e.g. no IPC between these processes: the worker sends a file
@@ -190,7 +189,6 @@ class Judge:
             correctness = result.correctness.model_dump(mode="json") if result.correctness else None
             return {**base, "status": result.status.value, "reason": result.reason, "correctness": correctness}
         finally:
-            del outputs  # mapped outputs: released before the worker frees them
             if path is not None:
                 try:
                     path.unlink()

@@ -151,7 +151,7 @@ class Runner:
         self._ids = 0
         self.floor_errors: set[str] = set()          # definitions whose family could not count a floor
         self.ceilings: dict | None = None            # the judge's answer to `ceilings`
-        # outputs reach the judge as CUDA IPC handles (worker.share_cuda_tensor) until it once cannot map them
+        # outputs reach the judge as CUDA IPC handles (fib/harness/ipc.py) until it once cannot map them
         self.outputs_ipc = os.environ.get("FIB_OUTPUTS_VIA_FILES", "") in ("", "0")
         self.prewarmed: set[tuple[str, str, str]] = set()  # (definition, solution, device) pre-warmed (prewarm.py)
         self.first_calls: dict[tuple[str, str, str], float] = {}  # ... -> seconds of the first pair's first call
@@ -536,8 +536,10 @@ class Runner:
         self._send_job(slot, job)
 
     def _start_prewarm(self, slot: Slot, pair: Pair, queue: deque, out_dir: Path) -> bool:
-        """Before a solution's first pair on a GPU: its remaining workloads' first calls in a few extra
-        processes at once (fib/harness/prewarm.py), in a thread; True when the job must wait for them."""
+        """The JIT pre-warm of `pair`'s solution on this device (fib/harness/prewarm.py): with --jit-workers
+        at its first pair, by default at the pair after a first call over SLOW_FIRST_CALL_S; the remaining
+        workloads' first calls in a few extra processes at once, watched from a thread. True when the job
+        must wait for them."""
         from .prewarm import SLOW_FIRST_CALL_S, split, worker_count
         d, s = pair.definition, pair.solution
         key = (d, s, slot.device)

@@ -107,6 +107,7 @@ class SolutionWorker:
             tensors[f"out{i}"] = out.detach().contiguous()
         if self.ipc:
             try:
+                from .ipc import share_cuda_tensor
                 handles = [share_cuda_tensor(tensors[f"out{i}"]) for i in range(len(tensors))]
                 self._shared = list(tensors.values())
                 return {"ipc": handles}
@@ -145,7 +146,6 @@ class SolutionWorker:
                 saved = self.save_outputs(outputs, which)
         finally:
             self._shared = []
-            del outputs
 
     def run_job(self, job: dict) -> dict:
         import torch
@@ -274,51 +274,6 @@ class SolutionWorker:
             self.channel.send("result", **result)
             if fatal:
                 return
-
-
-def share_cuda_tensor(tensor) -> dict:
-    """A plain CUDA tensor as a CUDA IPC handle another process on this machine can map: the fields
-    of torch's own reduction (torch.multiprocessing.reductions), as JSON (bytes in base64). No pickle:
-    the judge must not run anything a solution's process sends it; `open_cuda_tensor` rebuilds from
-    these fields alone, with classes and dtypes from fixed lists."""
-    import base64
-    import torch
-    from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
-    if type(tensor) is not torch.Tensor:
-        raise TypeError(f"a {type(tensor).__name__} is not shared over IPC (plain tensors only)")
-    rebuild, fields = reduce_tensor(tensor)
-    if rebuild is not rebuild_cuda_tensor:
-        raise TypeError("not a CUDA tensor")
-    (_, size, stride, offset, storage_cls, dtype, device, handle, size_bytes, offset_bytes, _grad,
-     counter_handle, counter_offset, event_handle, event_sync) = fields
-
-    def b64(value):
-        return None if value is None else base64.b64encode(bytes(value)).decode("ascii")
-    return {"size": list(size), "stride": list(stride), "offset": int(offset), "storage": storage_cls.__name__,
-            "dtype": str(dtype).removeprefix("torch."), "device": int(device), "handle": b64(handle),
-            "size_bytes": int(size_bytes), "offset_bytes": int(offset_bytes),
-            "counter_handle": b64(counter_handle), "counter_offset": int(counter_offset),
-            "event_handle": b64(event_handle), "event_sync": bool(event_sync)}
-
-
-def open_cuda_tensor(shared: dict):
-    """The tensor a `share_cuda_tensor` handle names, mapped into this process (no copy)."""
-    import base64
-    import torch
-    from torch.multiprocessing.reductions import rebuild_cuda_tensor
-    storages = {"TypedStorage": torch.storage.TypedStorage, "UntypedStorage": torch.UntypedStorage}
-    dtype = getattr(torch, str(shared["dtype"]), None)
-    if not isinstance(dtype, torch.dtype) or shared["storage"] not in storages:
-        raise ValueError(f"not a tensor handle: dtype {shared['dtype']!r}, storage {shared['storage']!r}")
-
-    def raw(value):
-        return None if value is None else base64.b64decode(str(value))
-    return rebuild_cuda_tensor(torch.Tensor, torch.Size([int(x) for x in shared["size"]]),
-                               tuple(int(x) for x in shared["stride"]), int(shared["offset"]),
-                               storages[shared["storage"]], dtype, int(shared["device"]), raw(shared["handle"]),
-                               int(shared["size_bytes"]), int(shared["offset_bytes"]), False,
-                               raw(shared["counter_handle"]), int(shared["counter_offset"]),
-                               raw(shared["event_handle"]), bool(shared["event_sync"]))
 
 
 def worker_main(channel: Channel, args: dict) -> None:

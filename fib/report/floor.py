@@ -149,8 +149,7 @@ def floor_table(traces: list[Trace], run_info: dict, *, ceilings: dict | None = 
         hardware = ev.environment.hardware
         roofs = ceilings or (recorded if recorded and recorded.get("device") == hardware else None)
         latency_ms = ev.performance.latency_ms
-        timing = ev.performance.timing
-        event_ms = (timing.model_extra or {}).get("event_median_ms") if timing is not None else None
+        event_ms = ev.performance.timing.event_median_ms if ev.performance.timing is not None else None
         row = {"definition": trace.definition, "solution": trace.solution, "workload": trace.workload.uuid,
                "token_axis": work.token_axis, "tokens": work.tokens, "latency_ms": latency_ms,
                "latency_us": latency_ms * 1e3, "floor_ms": math.nan, "floor_us": math.nan, "of_floor": math.nan,

@@ -132,8 +132,7 @@ def _result_from_trace(trace: Trace) -> Result:
         if ev.performance.timing is not None:
             result.samples_ms = [float(x) for x in ev.performance.timing.samples_ms]
             result.timer = ev.performance.timing.timer
-            event = (ev.performance.timing.model_extra or {}).get("event_median_ms")
-            result.event_median_ms = float(event) if event is not None else None
+            result.event_median_ms = ev.performance.timing.event_median_ms
     return result
 
 

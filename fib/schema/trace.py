@@ -82,6 +82,18 @@ class TimingStats(BaseModel):
     l2_flush: bool = False
     input_copies: int = 1
 
+    @property
+    def event_median_ms(self) -> Optional[float]:
+        """Where the GPU idled most of the call (fib.timing.measure): its back-to-back time by CUDA
+        events, beside the kernel-sum median; None otherwise (kept as an extra field of the trace)."""
+        value = (self.model_extra or {}).get("event_median_ms")
+        return float(value) if value is not None else None
+
+    @property
+    def gpu_idle_share(self) -> Optional[float]:
+        value = (self.model_extra or {}).get("gpu_idle_share")
+        return float(value) if value is not None else None
+
 
 class Performance(BaseModel):
     model_config = ConfigDict(extra="allow")

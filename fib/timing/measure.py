@@ -111,17 +111,19 @@ def measure(call: Callable[[int], None], *, n_copies: int, device, timer: str = 
                      num_trials=num_trials, trial_medians_ms=_trial_medians(samples, iterations), ci=ci)
 
 
-def gpu_mostly_idle(kernel_ms: float, span_ms: float | None) -> bool:
-    """The call's kernels cover under IDLE_SPAN_SHARE of its device span (first kernel start to last
-    kernel end): the GPU waits on the host for most of the call (host syncs, launch-bound code), so
+def kernel_share(kernel_ms: float, span_ms: float | None) -> float | None:
+    """The share of a call's device span (first kernel start to last kernel end) its kernels cover, or
+    None without a span. Under SPARSE_SPAN_WARNING launches are missing from the profile; under
+    IDLE_SPAN_SHARE the GPU waits on the host for most of the call (host syncs, launch-bound code), so
     the kernel sum says what the kernels cost, not what a caller waits for."""
-    return bool(span_ms) and kernel_ms / span_ms < IDLE_SPAN_SHARE
+    return kernel_ms / span_ms if span_ms else None
 
 
 def kernels_may_be_missing(kernel_ms: float, span_ms: float | None) -> bool:
     """The cupti kernel sum covers under SPARSE_SPAN_WARNING of the call's device span: launches may be
     missing from the profile (said in timer_note; the peers report replaces such rows by nsys)."""
-    return bool(span_ms) and kernel_ms / span_ms < SPARSE_SPAN_WARNING
+    share = kernel_share(kernel_ms, span_ms)
+    return share is not None and share < SPARSE_SPAN_WARNING
 
 
 def _wall_once(rot: Rotation, sync: Callable[[], None], flush) -> float:
@@ -190,9 +192,9 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
         try:
             # one profiler session for every trial: each session costs a Kineto start and stop
             samples, spans = cupti_times(rot, flush, iterations * num_trials)
-            extra["span_median_ms"] = float(np.median(spans))
-            if kernels_may_be_missing(float(np.median(samples)), extra["span_median_ms"]):
-                covered = float(np.median(samples)) / extra["span_median_ms"]
+            kernel_ms, extra["span_median_ms"] = float(np.median(samples)), float(np.median(spans))
+            covered = kernel_share(kernel_ms, extra["span_median_ms"])
+            if covered is not None and covered < SPARSE_SPAN_WARNING:
                 # Seen on an H200 (2026-12-02): in DeepGEMM's worker CUPTI recorded none of the decode
                 # GEMMs or Triton kernels, so the sum read 1.5 us for a call that nsys shows at 79 us.
                 missing = (f"the kernels cupti saw cover only {100 * covered:.1f}% of the call's device span, "
@@ -202,15 +204,15 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
                     extra = {}
                 else:
                     note = f"{note}; WARNING: {missing} (check with fib profile, or use --timer cuda_event)"
-            elif gpu_mostly_idle(float(np.median(samples)), extra["span_median_ms"]):
+            elif covered is not None and covered < IDLE_SPAN_SHARE:
                 # The kernel sum stays the latency (what the kernels cost, flashinfer-bench's measure too),
                 # but a caller waits for the whole device span: time that too, without the profiler (whose
                 # host overhead would stretch the gaps), so reports can say both.
                 events = event_times(rot, flush, iterations)
                 extra["event_median_ms"] = float(np.median(events))
-                extra["gpu_idle_share"] = 1.0 - float(np.median(samples)) / extra["span_median_ms"]
+                extra["gpu_idle_share"] = 1.0 - covered
                 note = (f"{note}; the GPU idles {100 * extra['gpu_idle_share']:.0f}% of the call's device span "
-                        f"(host syncs or launch-bound host code): kernel sum {float(np.median(samples)):.4g} ms, "
+                        f"(host syncs or launch-bound host code): kernel sum {kernel_ms:.4g} ms, "
                         f"a call back to back {extra['event_median_ms']:.4g} ms by CUDA events")
         except TimingError as exc:
             if not note.startswith("auto"):
