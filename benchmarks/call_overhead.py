@@ -10,15 +10,19 @@ Prints one JSON object per workload:
 - ``gpu_us``: the call's device time alone (CUDA events around N back-to-back calls, / N);
 - ``flush_us``: fib's L2 flush plus the marker kernel, per call;
 - ``record_function_us``: two empty record_function ranges (what the cupti loop wraps each call in);
-- ``session_*``: one Kineto session of N calls as fib's cupti timer runs it (enter, the calls, exit,
-  reading the events, attributing them), and ``session_calls_us``: µs per call inside the session;
-- ``measure_s``, ``warmup_runs``: fib's whole `measure` (warm-up and 3 x 50 calls) and its warm-up count;
+- ``full_*`` / ``device_*``: N calls through the cupti timer's full session (host ops, record_function
+  ranges) and its device-only session (CUDA activity, marker kernels): wall seconds, the session used,
+  its steps (start, the calls, stop, reading the events, attributing them), µs per call inside the
+  session, and the median kernel sum (the two must agree);
+- ``measure_s``, ``warmup_runs``, ``measure_steps_s``: fib's whole `measure` (warm-up and 3 x 50 calls), its
+  warm-up count and its steps;
 - ``launch_us``, ``empty_us``: one launch of a trivial Triton kernel, one `torch.empty`, as a scale.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -118,28 +122,17 @@ def main() -> None:
         out["record_function_us"] = (time.perf_counter() - t) / n * 1e6
 
         rot = Rotation(lambda _i: bound(), 1)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        session = cupti._kineto_session()
-        session.__enter__()
-        t1 = time.perf_counter()
-        for _ in range(n):
-            with record_function(cupti.FLUSH_RANGE):
-                flush()
-                marker.zero_()
-            with record_function(cupti.CALL_RANGE):
-                rot()
-        torch.cuda.synchronize()
-        t2 = time.perf_counter()
-        session.__exit__(None, None, None)
-        t3 = time.perf_counter()
-        records = cupti._kineto_records(session)
-        t4 = time.perf_counter()
-        kernel_ms, _ = cupti.attribute_device_time(records, n)
-        t5 = time.perf_counter()
-        out.update(session_enter_s=t1 - t0, session_calls_s=t2 - t1, session_calls_us=(t2 - t1) / n * 1e6,
-                   session_exit_s=t3 - t2, session_records_s=t4 - t3, session_events=len(records),
-                   session_attribute_s=t5 - t4, session_kernel_us=sorted(kernel_ms)[n // 2] * 1e3)
+        for mode in ("full", "device"):  # the cupti timer's two sessions on the same calls
+            os.environ[cupti.SESSION_ENV] = "full" if mode == "full" else ""
+            info: dict = {}
+            t = time.perf_counter()
+            kernel_ms, _ = cupti.cupti_times(rot, flush, n, info=info)
+            out[f"{mode}_s"] = time.perf_counter() - t
+            out[f"{mode}_session"] = info["session"]
+            out[f"{mode}_steps_s"] = info["steps_s"]
+            out[f"{mode}_calls_us"] = info["steps_s"]["calls"] / n * 1e6
+            out[f"{mode}_kernel_us"] = sorted(kernel_ms)[n // 2] * 1e3
+        os.environ.pop(cupti.SESSION_ENV, None)
 
         t = time.perf_counter()
         stats = measure(lambda i: bound(), n_copies=1, device=dev, timer="cupti", warmup_runs=10, iterations=50,
@@ -147,6 +140,8 @@ def main() -> None:
         out["measure_s"] = time.perf_counter() - t
         out["warmup_runs"] = stats.warmup_runs
         out["measure_median_us"] = stats.median_ms * 1e3
+        out["measure_steps_s"] = (stats.model_extra or {}).get("timing_steps_s")
+        out["measure_session"] = (stats.model_extra or {}).get("cupti_session")
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}), flush=True)
         inputs = bound = call = rot = None
         torch.cuda.empty_cache()

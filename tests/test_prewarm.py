@@ -58,9 +58,10 @@ def test_a_prewarmed_run_gives_the_same_verdicts_and_holds_the_first_job(tmp_pat
 
 
 def test_by_default_a_solution_is_prewarmed_only_after_a_first_call_that_compiled(tmp_path, monkeypatch):
-    """Auto mode: the first pair runs alone; its first call took over SLOW_FIRST_CALL_S (here a
-    solution that sleeps in its process's first call, as a JIT compile would), so the rest of the
-    solution's workloads are pre-warmed before its next job; a fast first call starts nothing."""
+    """Auto mode: the first pair's first call runs alone; once it has lasted SLOW_FIRST_CALL_S (here a
+    solution that sleeps in its process's first call, as a JIT compile would) the rest of the
+    solution's workloads are pre-warmed beside it, and its timing waits until they are done; a fast
+    first call starts nothing."""
     import fib.harness.prewarm as prewarm
     from tinydata import write_solution, WORKLOADS
     monkeypatch.setattr(prewarm, "worker_count", lambda setting, n, device, **kw: min(2, n))  # as on a GPU
@@ -76,8 +77,12 @@ def test_by_default_a_solution_is_prewarmed_only_after_a_first_call_that_compile
     assert {t.evaluation.status.value for t in result.traces} == {"PASSED"} and len(result.traces) == 8
     events = [json.loads(line) for line in (tmp_path / "run" / "timeline.jsonl").read_text().splitlines()]
     starts = [e for e in events if e["event"] == "prewarm_start"]
-    assert [e["solution"] for e in starts] == ["compiles"] and starts[0]["workloads"] == 3
-    jobs = [e["t"] for e in events if e["event"] == "job" and e["solution"] == "compiles"]
-    traces = [e["t"] for e in events if e["event"] == "trace" and e["solution"] == "compiles"]
+    assert [e["solution"] for e in starts] == ["compiles"] and starts[0]["workloads"] == 3  # not the first's
+    jobs = [e for e in events if e["event"] == "job" and e["solution"] == "compiles"]
+    mine = [e for e in events if e["t"] >= jobs[0]["t"] and e.get("workload") == jobs[0]["workload"]]
+    first_call = next(e["t"] for e in mine if e["event"] == "worker_phase" and e.get("phase") == "first_call")
+    check = next(e["t"] for e in mine if e["event"] == "worker_phase" and e.get("phase") == "check")
+    go = next(e["t"] for e in mine if e["event"] == "go" and e.get("which") == "check")
     end = next(e["t"] for e in events if e["event"] == "prewarm_end")
-    assert jobs[0] < traces[0] <= starts[0]["t"] <= end <= jobs[1]  # after the first pair, before the next job
+    assert first_call + 0.5 <= starts[0]["t"] < check  # during the slow first call
+    assert end <= go  # the first pair's timing waited for the pre-warm

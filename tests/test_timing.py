@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fib.errors import TimingError
-from fib.timing.cupti import CALL_RANGE, attribute_device_time
+from fib.timing.cupti import CALL_RANGE, attribute_by_markers, attribute_device_time
 from fib.timing.flush import l2_flush_bytes
 from fib.timing.measure import _warm_up, measure
 from fib.timing.stats import summarize
@@ -273,6 +273,62 @@ def test_attribution_splits_the_timeline_at_flushes_when_launches_are_unseen():
     assert span_ms == [160 / 1e6, 90 / 1e6]
 
 
+def _marked(calls, flush=("reduce", 30), gap=5, marker="at::cuda::(anonymous namespace)::spin_kernel(long)"):
+    """A device-only session's events: marker, flush, marker, the call's kernels, ..., a last marker.
+    `calls` lists each call's kernels as (name, duration ns)."""
+    out, t = [], 0
+    for kernels in calls:
+        for name, dur in ((marker, 2), flush, (marker, 2), *kernels):
+            out.append((name, t, t + dur))
+            t += dur + gap
+    out.append((marker, t, t + 2))
+    return out
+
+
+def test_marker_attribution_sums_each_calls_kernels_and_excludes_flush_and_markers():
+    records = _marked([[("gemm1", 100), ("gemm2", 50)], [("gemm1", 90)], [("memcpy HtoD", 7), ("k", 3)]])
+    kernel_ms, span_ms = attribute_by_markers(list(reversed(records)), 3)  # order does not matter
+    assert kernel_ms == [150 / 1e6, 90 / 1e6, 10 / 1e6]
+    assert span_ms == [155 / 1e6, 90 / 1e6, 15 / 1e6]  # the gap between a call's kernels counts in its span
+
+
+def test_marker_attribution_refuses_what_it_cannot_trust():
+    good = _marked([[("gemm", 100)], [("gemm", 100)]])
+    with pytest.raises(TimingError, match="marker kernels"):  # the solution launched the marker too
+        attribute_by_markers(_marked([[("gemm", 100), ("spin_kernel", 2)], [("gemm", 100)]]), 2)
+    with pytest.raises(TimingError, match="marker kernels"):
+        attribute_by_markers(good, 3)
+    with pytest.raises(TimingError, match="no device work"):
+        attribute_by_markers(_marked([[("gemm", 100)], []]), 2)
+    late = good + [("side_stream", good[-1][1] - 1, good[-1][1] + 50)]  # outlives the last call's window
+    with pytest.raises(TimingError, match="overlap"):
+        attribute_by_markers(late, 2)
+    with pytest.raises(TimingError, match="outside the markers"):
+        attribute_by_markers([("early", -100, -90)] + good, 2)
+    with pytest.raises(TimingError, match="no device events"):
+        attribute_by_markers([], 2)
+
+
+def test_marker_attribution_agrees_with_correlation_on_the_same_timeline():
+    """The two sessions' attributions of one laid-out timeline give the same kernel sums."""
+    calls = [[("gemm1", 120), ("act", 8), ("gemm2", 60)], [("gemm1", 110), ("act", 9), ("gemm2", 61)]]
+    marked = _marked(calls)
+    records, corr = [], 10
+    host_t = 0
+    k = 0
+    for name, start, end in marked:
+        if "spin_kernel" in name or name == "reduce":
+            continue
+        call = 0 if k < len(calls[0]) else 1
+        k += 1
+        records.append(_host(f"launch_{name}", 10 + 1000 * call + k, 11 + 1000 * call + k, corr=corr))
+        records.append(_dev(name, start, end, linked=corr))
+        corr += 1
+    records += [_host(CALL_RANGE, 0, 900, corr=1), _host(CALL_RANGE, 1000, 1900, corr=2)]
+    del host_t
+    assert attribute_device_time(records, 2)[0] == attribute_by_markers(marked, 2)[0]
+
+
 def test_input_copies_scale_with_device_memory():
     from fib.harness.evaluate import input_copies_for
     ds = 1_430_000_000  # the DeepSeek inputs: 1.4 GB, mostly expert weights
@@ -326,7 +382,7 @@ def _fake_cuda_measure(monkeypatch, kernel_ms: float, span_ms: float, timer: str
     call over a device span of `span_ms`, CUDA events 0.5 ms."""
     from fib.timing import measure as m
     monkeypatch.setattr(m, "cupti_available", lambda dev: (True, "fake probe"))
-    monkeypatch.setattr(m, "cupti_times", lambda rot, flush, n: ([kernel_ms] * n, [span_ms] * n))
+    monkeypatch.setattr(m, "cupti_times", lambda rot, flush, n, info=None: ([kernel_ms] * n, [span_ms] * n))
     monkeypatch.setattr(m, "event_times", lambda run, flush, n: [0.5] * n)
     return m._measure_cuda(lambda idx: None, torch.device("cpu"), timer, 1, 2, 5, 2, False,
                            (0.0, 10, 1000.0, 3, 0.5), 0)

@@ -74,9 +74,6 @@ def expand_list_args(argv: list[str]) -> list[str]:
     return result
 
 
-STANDBYS = 2  # children `fib run` starts before it knows their roles: the judge and the first worker
-
-
 def _closing_standbys(command):
     """The command, then the standby children it started and did not use killed (fib/harness/standby.py)."""
     @functools.wraps(command)
@@ -155,8 +152,8 @@ def run(
     """Check every solution on every workload against the FP32 reference, time those that pass,
     and write a run directory (run.json, traces.jsonl, logs/) that reports and comparisons read.
     With --config or --sweep and no --solutions, only the solutions they name run."""
-    if cluster == "local":  # first of all: their imports overlap everything below (fib/harness/standby.py)
-        from ..harness.standby import POOL
+    if cluster == "local":  # first of all (fib/cli/entry.py started them already when it could)
+        from ..harness.standby import POOL, STANDBYS
         POOL.start(STANDBYS)
     from ..harness.executor import executor_for
     from ..harness.runner import RunPlan

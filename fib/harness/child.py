@@ -114,12 +114,19 @@ class Child:
             pass
         self._finish()
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Ask the child to stop, then kill what is left of its session."""
+    def ask_stop(self) -> None:
+        """Ask the child to stop and go on (`stop` waits for it); asked once."""
+        if getattr(self, "_stop_asked", False):
+            return
+        self._stop_asked = True
         try:
             self.channel.send("stop")
         except (OSError, BrokenPipeError):
             pass
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Ask the child to stop (unless asked already), then kill what is left of its session."""
+        self.ask_stop()
         try:
             self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:

@@ -118,6 +118,7 @@ class Slot:
     spare_key: tuple[str, str] | None = None
     held: dict | None = None             # a first job kept back while the JIT pre-warm runs (prewarm.py)
     held_done: threading.Event | None = None
+    phase_since: float = 0.0             # when the worker entered its current phase (monotonic)
 
 
 class Runner:
@@ -155,6 +156,7 @@ class Runner:
         self.outputs_ipc = os.environ.get("FIB_OUTPUTS_VIA_FILES", "") in ("", "0")
         self.prewarmed: set[tuple[str, str, str]] = set()  # (definition, solution, device) pre-warmed (prewarm.py)
         self.first_calls: dict[tuple[str, str, str], float] = {}  # ... -> seconds of the first pair's first call
+        self._deferred: list[Callable[[], None]] = []  # measured traces to write once the slot's next job is out
 
     # ---- small helpers ----------------------------------------------------------------------
     def _mark(self, event: str, **fields) -> None:
@@ -251,17 +253,21 @@ class Runner:
             state = "interrupted"
             self.result.interrupted = True
         finally:
+            self._emit_deferred()  # nothing measured is lost, whatever ended the loop
+            # The workers are asked to stop at once and waited for together (the ceilings want the GPU to
+            # themselves); the judge's exit overlaps the run's last writes and is waited for after them.
             for slot in slots:
                 if slot.worker:
-                    slot.worker.kill() if state == "interrupted" else slot.worker.stop()
+                    slot.worker.kill() if state == "interrupted" else slot.worker.ask_stop()
                 if slot.spare:
                     slot.spare.kill()
+            for slot in slots:
+                if slot.worker:
+                    slot.worker.stop()
             if self.judge:
                 if state == "finished" and self.MEASURES_CEILINGS:
                     self._record_ceilings(info)
-                self.judge.kill() if state == "interrupted" else self.judge.stop()
-            for log in self.logs.values():
-                log.flush()
+                self.judge.kill() if state == "interrupted" else self.judge.ask_stop()
             shutil.rmtree(out_dir, ignore_errors=True)
             restore()
             self._mark("run_end", state=state)
@@ -269,6 +275,10 @@ class Runner:
             info.update(finished=now_iso(), state=state,
                         problems=self.result.problems, vacuous_tolerance=self.result.vacuous)
             write_run_json(self.run_dir, info)
+            if self.judge:
+                self.judge.stop()
+            for log in self.logs.values():
+                log.flush()
         return self.result
 
     def _catch_sigterm(self) -> Callable[[], None]:
@@ -432,7 +442,9 @@ class Runner:
                     self._release_held(slot)
                 if slot.pair is None and queue:
                     self._dispatch(slot, queue, out_dir)
+                self._prewarm_during_first_call(slot, queue, out_dir)
                 self._maybe_go(slot)
+            self._emit_deferred()
             self._pump_judge(slots)
             conns = [s.worker.channel.conn for s in slots if s.worker] + [self.judge.channel.conn]
             ready = wait(conns, timeout=0.2)
@@ -446,6 +458,13 @@ class Runner:
             if time.monotonic() > self.judge.deadline:
                 self._judge_failed(slots, f"exceeded its budget of {self.config.prepare_timeout_s:.0f} s "
                                           "(--prepare-timeout)")
+        self._emit_deferred()
+
+    def _emit_deferred(self) -> None:
+        """Write the measured traces held back by `_finish` (their CI and trace cost the parent ~15 ms
+        each, which the slot's next pair no longer waits for)."""
+        while self._deferred:
+            self._deferred.pop(0)()
 
     def _receive_judge(self, slots: list[Slot]) -> None:
         try:
@@ -535,7 +554,23 @@ class Runner:
             return  # the worker died meanwhile: _worker_died has answered the pair
         self._send_job(slot, job)
 
-    def _start_prewarm(self, slot: Slot, pair: Pair, queue: deque, out_dir: Path) -> bool:
+    def _prewarm_during_first_call(self, slot: Slot, queue: deque, out_dir: Path) -> None:
+        """A solution's first pair on this device still in its first call after SLOW_FIRST_CALL_S: it is
+        compiling, so the rest will too; pre-warm the remaining workloads now, beside it (their processes'
+        start-up and compilations overlap this first call), and hold this pair's timing until they are
+        done (`_maybe_go`)."""
+        from .prewarm import SLOW_FIRST_CALL_S
+        pair, worker = slot.pair, slot.worker
+        if pair is None or worker is None or worker.phase != "first_call" or slot.held_done is not None \
+                or self.config.jit_workers is not None:
+            return
+        key = (pair.definition, pair.solution, slot.device)
+        if key in self.prewarmed or key in self.first_calls or \
+                time.monotonic() - slot.phase_since <= SLOW_FIRST_CALL_S:
+            return
+        self._start_prewarm(slot, pair, queue, out_dir, include_pair=False)
+
+    def _start_prewarm(self, slot: Slot, pair: Pair, queue: deque, out_dir: Path, include_pair: bool = True) -> bool:
         """The JIT pre-warm of `pair`'s solution on this device (fib/harness/prewarm.py): with --jit-workers
         at its first pair, by default at the pair after a first call over SLOW_FIRST_CALL_S; the remaining
         workloads' first calls in a few extra processes at once, watched from a thread. True when the job
@@ -545,14 +580,16 @@ class Runner:
         key = (d, s, slot.device)
         if key in self.prewarmed:
             return False
-        if self.config.jit_workers is None:  # auto: only after a first call that compiled (prewarm.SLOW_FIRST_CALL_S)
+        if self.config.jit_workers is None and include_pair:  # auto: after a first call that compiled
             if key not in self.first_calls:
                 return False  # the solution's first pair here runs first: its first call tells
             if self.first_calls[key] <= SLOW_FIRST_CALL_S:
                 self.prewarmed.add(key)  # warm caches: nothing to gain
                 return False
         self.prewarmed.add(key)
-        todo = [pair.workload] + [w for dd, ss, w in queue if dd == d and ss == s]
+        todo = ([pair.workload] if include_pair else []) + [w for dd, ss, w in queue if dd == d and ss == s]
+        if not todo:
+            return False
         info = self._device_infos.get(slot.device) or {}
         count = worker_count(self.config.jit_workers, len(todo), slot.device, device_gib=info.get("memory_gb"),
                              n_devices=len(self.plan.devices))
@@ -673,6 +710,7 @@ class Runner:
         worker, pair = slot.worker, slot.pair
         worker.phase = phase
         now = time.monotonic()
+        slot.phase_since = now
         if phase == "check":
             self.first_call_done.add((pair.definition, pair.solution))
             pair.pair_deadline = now + self.config.timeout_s
@@ -697,6 +735,10 @@ class Runner:
             return
         if pair is None or pair.wants_go is None:
             return
+        if slot.held_done is not None and slot.held is None and pair.wants_go:
+            if not slot.held_done.is_set():
+                return  # a pre-warm started during this pair's first call: no timing beside it
+            slot.held_done = None
         if pair.wants_go and slot.device == self._judge_device() and self.judge_outstanding > 0:
             return  # the judge is still busy on this device: time only once it is quiet
         go, which = pair.wants_go, pair.waiting
@@ -780,7 +822,7 @@ class Runner:
                 (status == "JUDGED" and not ref.get("ok", True)):
             return  # the definition's fault: reported in problems, no trace
         if status == "MEASURED":
-            self._emit_measured(pair, message, log, device, ref, extra)
+            self._deferred.append(lambda: self._emit_measured(pair, message, log, device, ref, extra))
         elif status == "JUDGED":
             verdict = pair.fresh if message.get("fresh") else pair.check
             self._emit_verdict(pair, verdict, bool(message.get("fresh")), log, device, extra)

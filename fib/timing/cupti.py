@@ -1,7 +1,26 @@
-"""The cupti timer: kernel time per call from CUPTI through torch's profiler (Kineto), attributed to
-each `fib.timed_call` range by correlation id (the L2 flush, launched outside the range, is excluded)."""
+"""The cupti timer: kernel time per call from CUPTI through torch's profiler (Kineto).
+
+Two ways to tie device work to a call, tried in this order:
+
+- device-only session (the fast path): Kineto records CUDA activity only (no host ops, no
+  `record_function`), and every call is bracketed on the stream by marker kernels (`torch.cuda._sleep(0)`,
+  aten's `spin_kernel`): marker, L2 flush, marker, call. Call k's device events are those between its
+  second marker and the next call's first one. The markers and the flush are outside those windows, so
+  they are excluded. Per call this costs two tiny launches instead of the profiler's per-op host records
+  (~300 us a call for triton_fused at decode on an H200, benchmarks/call_overhead.py), and the read-back
+  touches device events only.
+- full session (the fallback, and `FIB_CUPTI_SESSION=full`): host ops and CUDA activity, each timed call
+  inside `record_function("fib.timed_call")`; device work is attributed to a call through its launch's
+  correlation id (the flush, launched outside the range, is excluded).
+
+The device-only path is used only when what it sees is exactly what it expects (2 markers per call,
+every call's window holds device work, no device event straddles a boundary); otherwise the calls are
+timed again with the full session and `info["session"]` says why.
+"""
 from __future__ import annotations
 
+import os
+import time
 import warnings
 
 import numpy as np
@@ -11,6 +30,8 @@ from .flush import FLUSH_RANGE
 from .rotation import Rotation
 
 CALL_RANGE = "fib.timed_call"
+MARKER_KERNEL = "spin_kernel"  # aten's kernel behind torch.cuda._sleep: launched by no solution we know
+SESSION_ENV = "FIB_CUPTI_SESSION"  # "full": skip the device-only session (for comparisons)
 
 _CUPTI_PROBE: dict[str, tuple[bool, str]] = {}
 
@@ -31,37 +52,171 @@ def cupti_available(device) -> tuple[bool, str]:
     return _CUPTI_PROBE[key]
 
 
-def cupti_times(rot: Rotation, flush, n: int) -> tuple[list[float], list[float]]:
+def cupti_times(rot: Rotation, flush, n: int, info: dict | None = None) -> tuple[list[float], list[float]]:
+    """(kernel ms, device span ms) of each of `n` calls of `rot`, each after `flush`. `info`, when
+    given, receives the session used ("device" or "full", with the reason for a fallback) and the
+    seconds of each step (session_start, calls, session_stop, read, attribute)."""
     import torch
+    info = {} if info is None else info
+    info.setdefault("steps_s", {})
     torch.cuda.synchronize()
     with warnings.catch_warnings():  # "Profiler clears events at the end of each cycle": expected
         warnings.simplefilter("ignore", UserWarning)
-        prof = _profile_calls(rot, flush, n)
-    return attribute_device_time(_kineto_records(prof), n)
+        if os.environ.get(SESSION_ENV, "") != "full":
+            try:
+                prof = _profile_device_only(rot, flush, n, info["steps_s"])
+                t0 = time.perf_counter()
+                records = _device_records(prof)
+                t1 = time.perf_counter()
+                times = attribute_by_markers(records, n)
+                _step(info["steps_s"], "read", t1 - t0)
+                _step(info["steps_s"], "attribute", time.perf_counter() - t1)
+                info["session"] = "device"
+                return times
+            except TimingError as exc:
+                info["session"] = f"full (device-only session unusable: {exc.message})"
+            except Exception as exc:  # a torch without _sleep or the accessors: the full session
+                info["session"] = f"full (device-only session failed: {type(exc).__name__}: {exc})"
+        else:
+            info["session"] = f"full ({SESSION_ENV}=full)"
+        prof = _profile_calls(rot, flush, n, info["steps_s"])
+    t0 = time.perf_counter()
+    records = _kineto_records(prof)
+    t1 = time.perf_counter()
+    times = attribute_device_time(records, n)
+    _step(info["steps_s"], "read", t1 - t0)
+    _step(info["steps_s"], "attribute", time.perf_counter() - t1)
+    return times
 
 
-def _kineto_session():
-    """A Kineto session recording host ops and CUDA activity: torch.autograd.profiler's, not
-    torch.profiler.profile's, whose start asks `hasattr(torch, "_inductor")` and so imports
+def _step(steps: dict, name: str, seconds: float) -> None:
+    steps[name] = round(steps.get(name, 0.0) + seconds, 6)
+
+
+def _kineto_session(host_ops: bool = True):
+    """A Kineto session recording CUDA activity, and host ops with `host_ops`: torch.autograd.profiler's,
+    not torch.profiler.profile's, whose start asks `hasattr(torch, "_inductor")` and so imports
     inductor, dynamo and sympy (3-5.5 s on an H200 machine, the larger part of what was taken for
     CUPTI's start-up; benchmarks/kineto_startup.py --variant autograd_api)."""
     from torch.autograd import profiler
-    return profiler.profile(use_cpu=True, use_device="cuda", use_kineto=True)
+    return profiler.profile(use_cpu=host_ops, use_device="cuda", use_kineto=True)
 
 
-def _profile_calls(rot: Rotation, flush, n: int):
+class _Timed:
+    """A context manager adding its block's seconds to steps[name] (the session's start and stop)."""
+
+    def __init__(self, steps: dict, name: str):
+        self.steps, self.name = steps, name
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        _step(self.steps, self.name, time.perf_counter() - self.t0)
+        return False
+
+
+def _profile_calls(rot: Rotation, flush, n: int, steps: dict | None = None):
     import torch
     from torch.autograd.profiler import record_function
+    steps = {} if steps is None else steps
     marker = torch.zeros(1, device="cuda")
-    with _kineto_session() as prof:
-        for _ in range(n):
-            with record_function(FLUSH_RANGE):
+    session = _kineto_session()
+    with _Timed(steps, "session_start"):
+        session.__enter__()
+    try:
+        with _Timed(steps, "calls"):
+            for _ in range(n):
+                with record_function(FLUSH_RANGE):
+                    flush()
+                    marker.zero_()  # a kernel of its own, so the device timeline can be split at it
+                with record_function(CALL_RANGE):
+                    rot()
+            torch.cuda.synchronize()
+    finally:
+        with _Timed(steps, "session_stop"):
+            session.__exit__(None, None, None)
+    return session
+
+
+def _profile_device_only(rot: Rotation, flush, n: int, steps: dict):
+    import torch
+    mark = torch.cuda._sleep  # spin_kernel(0 cycles): a few microseconds of device time, outside the calls
+    session = _kineto_session(host_ops=False)
+    with _Timed(steps, "session_start"):
+        session.__enter__()
+    try:
+        with _Timed(steps, "calls"):
+            for _ in range(n):
+                mark(0)
                 flush()
-                marker.zero_()  # a kernel of its own, so the device timeline can be split at it
-            with record_function(CALL_RANGE):
+                mark(0)
                 rot()
-        torch.cuda.synchronize()
-    return prof
+            mark(0)  # closes the last call's window
+            torch.cuda.synchronize()
+    finally:
+        with _Timed(steps, "session_stop"):
+            session.__exit__(None, None, None)
+    return session
+
+
+def _device_records(prof) -> list[tuple[str, int, int]]:
+    """(name, start ns, end ns) of the session's device events (kernels, memcpy, memset), GPU-side
+    annotations left out; host events cost one accessor call each."""
+    from torch.autograd import DeviceType
+    cpu = DeviceType.CPU
+    out = []
+    for ev in prof.kineto_results.events():
+        if ev.device_type() == cpu:
+            continue
+        if "annotation" in str(_get(ev, "activity_type", "")):
+            continue
+        start = int(ev.start_ns())
+        out.append((ev.name(), start, start + int(ev.duration_ns())))
+    return out
+
+
+def attribute_by_markers(records: list[tuple[str, int, int]], n_calls: int) -> tuple[list[float], list[float]]:
+    """Per call, in order: (sum of device-event durations, first-start to last-end span), both in ms,
+    from a device-only session's (name, start_ns, end_ns) events: 2 markers around each flush and one
+    after the last call, so call k owns what lies between markers 2k+1 and 2k+2. Raises TimingError
+    when the events are not laid out that way (the caller falls back to the full session). Pure
+    function, tested without a GPU."""
+    if not records:
+        raise TimingError("the device-only session recorded no device events")
+    ev = sorted(records, key=lambda r: (r[1], r[2]))
+    start = np.array([r[1] for r in ev], dtype=np.int64)
+    end = np.array([r[2] for r in ev], dtype=np.int64)
+    is_marker = np.array([MARKER_KERNEL in r[0] for r in ev], dtype=bool)
+    m = np.flatnonzero(is_marker)
+    if len(m) != 2 * n_calls + 1:
+        raise TimingError(f"expected {2 * n_calls + 1} marker kernels for {n_calls} calls, saw {len(m)}"
+                          " (a solution may launch the marker kernel itself)")
+    # window k: after marker 2k+1 ends, before marker 2k+2 starts; flush k: between markers 2k and 2k+1
+    lo, hi = end[m[1::2]], start[m[2::2]]
+    others = np.flatnonzero(~is_marker)
+    slot = np.searchsorted(m, others)  # how many markers precede each event: 2k+1 in flush k, 2k+2 in call k
+    if (slot == 0).any() or (slot == len(m)).any():
+        raise TimingError("device events outside the markers (before the first or after the last)")
+    in_call = slot % 2 == 0
+    call_ev, kc = others[in_call], slot[in_call] // 2 - 1
+    flush_ev, fk = others[~in_call], (slot[~in_call] - 1) // 2
+    if ((start[call_ev] < lo[kc]) | (end[call_ev] > hi[kc])).any() or \
+            ((start[flush_ev] < end[m[2 * fk]]) | (end[flush_ev] > start[m[2 * fk + 1]])).any():
+        raise TimingError("device events overlap the markers around a call or a flush "
+                          "(work on another stream outlived its call)")
+    kernel = np.zeros(n_calls, dtype=np.int64)
+    np.add.at(kernel, kc, end[call_ev] - start[call_ev])
+    counts = np.bincount(kc, minlength=n_calls)
+    if (counts == 0).any():
+        empty = np.flatnonzero(counts == 0)
+        raise TimingError(f"no device work between the markers of {len(empty)} of {n_calls} calls "
+                          f"(first: call {int(empty[0])})")
+    first = np.full(n_calls, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.zeros(n_calls, dtype=np.int64)
+    np.minimum.at(first, kc, start[call_ev])
+    np.maximum.at(last, kc, end[call_ev])
+    return (kernel / 1e6).tolist(), ((last - first) / 1e6).tolist()
 
 
 def _kineto_records(prof) -> list[dict]:

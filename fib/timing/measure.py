@@ -185,13 +185,19 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
         once = lambda: _wall_once(rot, torch.cuda.synchronize, flush)  # noqa: E731
     else:
         once = lambda: event_times(rot, flush, 1)[0]  # noqa: E731
+    t_warm = time.perf_counter()
     done, stable = _warm_up(once, warmup_runs, *warm_args)
+    steps: dict[str, float] = {"warmup": round(time.perf_counter() - t_warm, 6)}
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"timing_steps_s": steps}
     if timer == "cupti":
         try:
             # one profiler session for every trial: each session costs a Kineto start and stop
-            samples, spans = cupti_times(rot, flush, iterations * num_trials)
+            session: dict[str, Any] = {"steps_s": steps}
+            samples, spans = cupti_times(rot, flush, iterations * num_trials, info=session)
+            extra["cupti_session"] = session.get("session")
+            if str(extra["cupti_session"]).startswith("full (device-only"):
+                note = f"{note}; {extra['cupti_session']}"
             kernel_ms, extra["span_median_ms"] = float(np.median(samples)), float(np.median(spans))
             covered = kernel_share(kernel_ms, extra["span_median_ms"])
             if covered is not None and covered < SPARSE_SPAN_WARNING:
@@ -201,14 +207,16 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
                            "so launches are missing from the profile")
                 if note.startswith("auto"):  # a number known to be wrong is not reported: re-time with events
                     timer, note = "cuda_event", f"auto: cuda_event (cupti unusable here: {missing})"
-                    extra = {}
+                    extra = {"timing_steps_s": steps}
                 else:
                     note = f"{note}; WARNING: {missing} (check with fib profile, or use --timer cuda_event)"
             elif covered is not None and covered < IDLE_SPAN_SHARE:
                 # The kernel sum stays the latency (what the kernels cost, flashinfer-bench's measure too),
                 # but a caller waits for the whole device span: time that too, without the profiler (whose
                 # host overhead would stretch the gaps), so reports can say both.
+                t_events = time.perf_counter()
                 events = event_times(rot, flush, iterations)
+                steps["event_retime"] = round(time.perf_counter() - t_events, 6)
                 extra["event_median_ms"] = float(np.median(events))
                 extra["gpu_idle_share"] = 1.0 - covered
                 note = (f"{note}; the GPU idles {100 * extra['gpu_idle_share']:.0f}% of the call's device span "
@@ -218,6 +226,8 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
             if not note.startswith("auto"):
                 raise
             timer, note = "cuda_event", f"auto: cuda_event (cupti failed: {exc.message})"
+            extra = {"timing_steps_s": steps}
+    t_other = time.perf_counter()
     if timer == "cuda_graph":
         replay = _capture_graphs(call, n_copies)
         for _ in range(3):  # the first replays upload the graph
@@ -228,6 +238,8 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
     elif timer == "wall":
         samples = [_wall_once(rot, torch.cuda.synchronize, flush)
                    for _ in range(iterations * num_trials)]
+    if timer != "cupti":
+        steps["calls"] = round(time.perf_counter() - t_other, 6)
     return summarize(samples, timer=timer, warmup_runs=done, l2_flush=buffer is not None,
                      input_copies=n_copies, seed=seed, timer_note=note, warmup_stable=stable,
                      iterations=iterations, num_trials=num_trials,
