@@ -32,6 +32,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 REPO = Path(__file__).resolve().parents[3]
 DEF = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
@@ -120,6 +121,8 @@ def _signature(fn: JITFunction, args, kwargs):
         elif isinstance(v, torch.Tensor):
             sig[p.name] = "*" + DTYPES[v.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, TensorDescriptor):  # host-side TMA descriptor: typed by its block
+            sig[p.name] = f"tensordesc<{DTYPES[v.base.dtype]}[{', '.join(map(str, v.block_shape))}]>"
         elif isinstance(v, bool):
             sig[p.name] = "i1"
         elif isinstance(v, int):
@@ -213,7 +216,8 @@ def main():
                 for r in compile_run(module, T, config=cfg):
                     print(f"T={T:<6} {r['kernel']:<32} w{r['warps']} s{r['stages']} "
                           f"reg={r.get('reg')} stack={r.get('stack')} smem={r['shared_bytes']} "
-                          f"wgmma={r['wgmma']} mma={r['mma_sync']} cp.async={r['cp_async']}  [{label}]")
+                          f"wgmma={r['wgmma']} mma={r['mma_sync']} cp.async={r['cp_async']} "
+                          f"tma={r['tma']}  [{label}]")
             except Exception as exc:  # noqa: BLE001  (report every configuration, then fail)
                 failed += 1
                 print(f"T={T:<6} COMPILE ERROR [{label}]: {type(exc).__name__}: {str(exc)[:600]}")
