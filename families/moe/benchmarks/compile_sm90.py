@@ -175,6 +175,19 @@ def _resources(cubin: bytes) -> dict:
     return out
 
 
+# SM90 (H100/H200) per-SM limits: 64K registers (allocated per warp in units of 256, i.e. per
+# thread in multiples of 8), 228 KB of shared memory with 1 KB reserved per CTA, 2048 threads
+SM90_REGS, SM90_SMEM, SM90_THREADS = 65536, 233472, 2048
+
+
+def ctas_per_sm(reg: int, shared: int, warps: int) -> int:
+    """How many CTAs of this kernel one SM holds at once (registers, shared memory, threads)."""
+    threads = 32 * warps
+    by_regs = SM90_REGS // (-(-reg // 8) * 8 * threads)
+    by_smem = SM90_SMEM // (shared + 1024)
+    return min(by_regs, by_smem, SM90_THREADS // threads, 32)
+
+
 def compile_launch(fn, sig, consts, attrs, options, arch: int = 90) -> dict:
     """Compile one recorded launch for sm_{arch}; its resource report and instruction counts."""
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
@@ -185,6 +198,8 @@ def compile_launch(fn, sig, consts, attrs, options, arch: int = 90) -> dict:
                wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
                cp_async=ptx.count("cp.async.cg") + ptx.count("cp.async.ca"),
                tma=ptx.count("cp.async.bulk.tensor"))
+    if "reg" in row:
+        row["ctas_per_sm"] = ctas_per_sm(row["reg"], row["shared_bytes"], row["warps"])
     return row
 
 
@@ -217,7 +232,7 @@ def main():
                     print(f"T={T:<6} {r['kernel']:<32} w{r['warps']} s{r['stages']} "
                           f"reg={r.get('reg')} stack={r.get('stack')} smem={r['shared_bytes']} "
                           f"wgmma={r['wgmma']} mma={r['mma_sync']} cp.async={r['cp_async']} "
-                          f"tma={r['tma']}  [{label}]")
+                          f"tma={r['tma']} cta/SM={r.get('ctas_per_sm')}  [{label}]")
             except Exception as exc:  # noqa: BLE001  (report every configuration, then fail)
                 failed += 1
                 print(f"T={T:<6} COMPILE ERROR [{label}]: {type(exc).__name__}: {str(exc)[:600]}")
