@@ -32,6 +32,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 REPO = Path(__file__).resolve().parents[3]
 DEF = "moe_fp8_block_scale_ds_routing_topk8_ng8_kg4_e32_h7168_i2048"
@@ -120,6 +121,8 @@ def _signature(fn: JITFunction, args, kwargs):
         elif isinstance(v, torch.Tensor):
             sig[p.name] = "*" + DTYPES[v.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, TensorDescriptor):  # host-side TMA descriptor: typed by its block
+            sig[p.name] = f"tensordesc<{DTYPES[v.base.dtype]}[{', '.join(map(str, v.block_shape))}]>"
         elif isinstance(v, bool):
             sig[p.name] = "i1"
         elif isinstance(v, int):
@@ -172,6 +175,19 @@ def _resources(cubin: bytes) -> dict:
     return out
 
 
+# SM90 (H100/H200) per-SM limits: 64K registers (allocated per warp in units of 256, i.e. per
+# thread in multiples of 8), 228 KB of shared memory with 1 KB reserved per CTA, 2048 threads
+SM90_REGS, SM90_SMEM, SM90_THREADS = 65536, 233472, 2048
+
+
+def ctas_per_sm(reg: int, shared: int, warps: int) -> int:
+    """How many CTAs of this kernel one SM holds at once (registers, shared memory, threads)."""
+    threads = 32 * warps
+    by_regs = SM90_REGS // (-(-reg // 8) * 8 * threads)
+    by_smem = SM90_SMEM // (shared + 1024)
+    return min(by_regs, by_smem, SM90_THREADS // threads, 32)
+
+
 def compile_launch(fn, sig, consts, attrs, options, arch: int = 90) -> dict:
     """Compile one recorded launch for sm_{arch}; its resource report and instruction counts."""
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
@@ -182,6 +198,8 @@ def compile_launch(fn, sig, consts, attrs, options, arch: int = 90) -> dict:
                wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
                cp_async=ptx.count("cp.async.cg") + ptx.count("cp.async.ca"),
                tma=ptx.count("cp.async.bulk.tensor"))
+    if "reg" in row:
+        row["ctas_per_sm"] = ctas_per_sm(row["reg"], row["shared_bytes"], row["warps"])
     return row
 
 
@@ -213,7 +231,8 @@ def main():
                 for r in compile_run(module, T, config=cfg):
                     print(f"T={T:<6} {r['kernel']:<32} w{r['warps']} s{r['stages']} "
                           f"reg={r.get('reg')} stack={r.get('stack')} smem={r['shared_bytes']} "
-                          f"wgmma={r['wgmma']} mma={r['mma_sync']} cp.async={r['cp_async']}  [{label}]")
+                          f"wgmma={r['wgmma']} mma={r['mma_sync']} cp.async={r['cp_async']} "
+                          f"tma={r['tma']} cta/SM={r.get('ctas_per_sm')}  [{label}]")
             except Exception as exc:  # noqa: BLE001  (report every configuration, then fail)
                 failed += 1
                 print(f"T={T:<6} COMPILE ERROR [{label}]: {type(exc).__name__}: {str(exc)[:600]}")

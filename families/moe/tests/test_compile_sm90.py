@@ -31,6 +31,37 @@ def test_fused_kernels_compile_for_sm90(fused, T, config):
     assert any(n.startswith("_gemm2") for n in names), names
     for r in rows:
         assert r.get("reg", 0) > 0, r  # the cubin's resource report was read
-        # Triton 3.6 (the GPU machine's) spills nothing in these kernels; 3.9 spills up to 248
-        # bytes in prefill gemm1: this only catches the kilobytes a layout mistake costs
+        # prefill gemm1 spills 64 bytes under Triton 3.6 (the GPU machine's), 248 under 3.9; the
+        # rest nothing: this only catches the kilobytes a layout mistake costs
         assert r.get("stack", 0) <= 1024, r
+
+
+# v8: the TMA prefill configurations at a dataset size: (gemm1, gemm2) CTAs per SM they are
+# built for (benchmarks/NOTES.md, "v8 (TMA weight tiles): prediction")
+TMA_CTAS = {"tma": (1, 2), "tma_s5": (1, 1), "tma_promote": (1, 1), "tma_bn64": (2, 2)}
+
+
+@pytest.mark.parametrize("name", sorted(TMA_CTAS))
+def test_tma_prefill_configurations_compile_for_sm90(fused, name):
+    """Each v8 configuration's gemm1 and gemm2 compile at 14107 tokens with bulk tensor copies
+    (gemm2: no cp.async left, both operands by TMA); the rescaled sums spill nothing; each fits
+    the CTAs per SM it is meant to. Registers, spills and shared memory are printed (-s)."""
+    cfg = fused.fib_configs({"seq_len": 14107})[name]
+    rows = {r["kernel"]: r for r in compile_sm90.compile_run(fused, 14107, config=cfg)}
+    g1, g2 = rows["_gemm1_swiglu_tma_kernel"], rows["_gemm2_combine_tma_kernel"]
+    for r in (g1, g2):
+        print(f"{name:12} {r['kernel']:28} w{r['warps']} s{r['stages']} reg={r['reg']} "
+              f"stack={r.get('stack')} smem={r['shared_bytes']} tma={r['tma']} cta/SM={r['ctas_per_sm']}")
+        assert r["tma"] > 0 and r["wgmma"] > 0, r
+        spill_max = 0 if cfg["acc"] == "rescale" else 1024  # the promoted gemm1 spills 128 bytes
+        assert r.get("stack", 0) <= spill_max, r
+    assert g2["cp_async"] == 0, g2
+    assert (g1["ctas_per_sm"], g2["ctas_per_sm"]) == TMA_CTAS[name], (g1, g2)
+
+
+def test_ctas_per_sm_counts_each_limit():
+    assert compile_sm90.ctas_per_sm(255, 196608, 8) == 1    # the default prefill gemm1
+    assert compile_sm90.ctas_per_sm(124, 98328, 8) == 2     # 124 -> 128 registers: exactly 2
+    assert compile_sm90.ctas_per_sm(130, 98328, 8) == 1     # 136 registers: one
+    assert compile_sm90.ctas_per_sm(64, 120000, 4) == 1     # shared memory decides
+    assert compile_sm90.ctas_per_sm(32, 0, 32) == 2         # threads decide

@@ -24,7 +24,7 @@ FUSED_BUCKETS = [
     (range(9, 17), {"route_single", "route_single_reload", "route_tiles4", "route_tiles8", "splitk"}),
     (range(17, 129), {"fp8c_bn64", "rq_bn64", "bn1_32"}),
     (range(129, 1025), {"rq", "rq_bn64", "bm64"}),
-    (range(1025, 10**6), {"s34", "bm64_w4"}),
+    (range(1025, 10**6), {"s34", "bm64_w4", "tma", "tma_s5", "tma_promote", "tma_bn64"}),  # v8: TMA
 ]
 
 
@@ -102,6 +102,54 @@ def test_fused_config_errors_name_the_key(modules):
         module._resolve(7, {"c_dtype": "fp8"})  # act gemm1 at T=7 writes bf16 C
     with pytest.raises(ValueError, match="unknown configuration key.*quant"):
         modules["triton_staged"]._resolve(7, {"quant": True})
+    # v8: what the TMA kernels cannot run
+    with pytest.raises(ValueError, match="tma=True needs split=1"):
+        module._resolve(7, {"tma": True})
+    with pytest.raises(ValueError, match="tma=True needs c_dtype='fp8'"):
+        module._resolve(80, {"tma": True})  # bf16 C up to 128 tokens
+    with pytest.raises(ValueError, match="tma=True needs BN1 >= 32"):
+        module._resolve(2000, {"tma": True, "BN1": 16})
+    with pytest.raises(ValueError, match="tma=True needs BN2 <= 128"):
+        module._resolve(2000, {"tma": True, "BN2": 256})
+    with pytest.raises(ValueError, match="tma=True needs BM <= 256"):
+        module._resolve(2000, {"tma": True, "BM": 512})
+    with pytest.raises(ValueError, match="acc='rescale' needs tma=True"):
+        module._resolve(2000, {"acc": "rescale"})
+    with pytest.raises(ValueError, match="acc='exact' is not one of"):
+        module._resolve(2000, {"tma": True, "acc": "exact"})
+
+
+@pytest.mark.parametrize("T", [11948, 14107])
+def test_tma_configurations_launch_the_descriptor_kernels(modules, T):
+    """Each v8 configuration launches the TMA gemm1/gemm2 (descriptors typed by their blocks:
+    W13 [BN1, 128], C [BM, BN1], W2 [BN2, BN1]) with its RESCALE, and the routing and finalize
+    kernels as the default does; the default launches neither TMA kernel."""
+    module = modules["triton_fused"]
+    declared = module.fib_configs({"seq_len": T})
+    default = {r["kernel"]: r for r in launches(module, T)}
+    assert not any("tma" in k for k in default), default.keys()
+    for name in ("tma", "tma_s5", "tma_promote", "tma_bn64"):
+        cfg = declared[name]
+        got = {r["kernel"]: r for r in launches(module, T, cfg)}
+        assert set(got) == {k.replace("_kernel", "_tma_kernel") if k.startswith("_gemm") else k
+                            for k in default}, (name, got.keys())
+        bn1, bm, bn2 = cfg["BN1"], cfg["BM"], cfg["BN2"]
+        g1, g2 = got["_gemm1_swiglu_tma_kernel"], got["_gemm2_combine_tma_kernel"]
+        assert g1["sig"]["w_desc"] == f"tensordesc<fp8e4nv[{bn1}, 128]>", (name, g1["sig"])
+        assert g2["sig"]["c_desc"] == f"tensordesc<fp8e4nv[{bm}, {bn1}]>", (name, g2["sig"])
+        assert g2["sig"]["w_desc"] == f"tensordesc<fp8e4nv[{bn2}, {bn1}]>", (name, g2["sig"])
+        rescale = cfg["acc"] == "rescale"
+        assert g1["consts"]["RESCALE"] is rescale and g2["consts"]["RESCALE"] is rescale, name
+        assert g2["consts"]["QG"] == bn1, name
+        assert (g1["options"], g2["options"]) == (
+            {"num_warps": cfg["warps"], "num_stages": cfg["stages1"]},
+            {"num_warps": cfg["warps"], "num_stages": cfg["stages2"]}), name
+        if bn1 == declared["default"]["BN1"]:  # same tiles: same grids
+            assert g1["grid"] == default["_gemm1_swiglu_kernel"]["grid"], name
+            assert g2["grid"] == default["_gemm2_combine_kernel"]["grid"], name
+        for k in default:
+            if not k.startswith("_gemm"):
+                assert got[k] == default[k], (name, k)
 
 
 def test_no_module_global_changes_a_launch(modules):

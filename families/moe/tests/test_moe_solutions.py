@@ -32,6 +32,7 @@ PER_ELEMENT = dict(atol=1.0, rtol=0.3, required_matched_ratio=0.9)
 ACT_KERNEL = {"act": "kernel", "c_dtype": "fp8", "BN2": 64, "stages2": 3}   # split-K, SwiGLU kernel
 ACT_GEMM1 = {"act": "gemm1", "c_dtype": "bf16", "BN2": 128, "stages2": 4}   # split-K, SwiGLU in gemm1
 PREFILL = dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, c_dtype="fp8")
+PREFILL_ROUTE = dict(route="tiles", route_tile=4)  # the prefill bucket's routing kind at small T
 
 
 def _torch():
@@ -191,6 +192,22 @@ if __name__ == "__main__" and sys.argv[1] == "--counters":
                       "counters_nonzero": int(sum(int((b != 0).sum()) for b in counters))}))
     sys.exit(0)
 
+if __name__ == "__main__" and sys.argv[1] == "--wrong-desc":
+    # triton_fused with config's TMA kernels reading a wrong tensor through the `which`-th
+    # descriptor of the call (0: W13, 1: C, 2: W2): the next expert's weights, the next row of C
+    seed, T, offset, which, config = (*map(int, sys.argv[2:6]), json.loads(sys.argv[6]))
+    module = load_solution("triton_fused")
+    made, real = [], module._desc
+
+    def desc(t, block):
+        made.append(t.shape)
+        return real(t.roll(1, 0) if len(made) - 1 == which else t, block)
+
+    module._desc = desc
+    stats = check("triton_fused", seed, T, offset, config=config, module=module)
+    print(json.dumps({**stats, "descriptors": [list(m) for m in made]}))
+    sys.exit(0)
+
 if __name__ == "__main__":
     name, seed, T, offset = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     config = json.loads(sys.argv[5]) if len(sys.argv) > 5 else None
@@ -285,6 +302,53 @@ def test_fused_prefill_path_interpreted():
     1x128 fp8 groups."""
     stats = check_in_subprocess("triton_fused", 2, 33, 0, {**PREFILL, "route": "tiles", "route_tile": 4})
     _assert_close(stats, 5e-2)
+
+
+# v8: the prefill variants with TMA tiles (fib_configs at T > 1024), over the prefill tiles at T=33
+TMA_CONFIGS = {
+    "tma": {"tma": True, "acc": "rescale", "stages2": 3},
+    "tma_s5": {"tma": True, "acc": "rescale"},
+    "tma_promote": {"tma": True},
+    "tma_bn64": {"tma": True, "acc": "rescale", "BN1": 64, "stages1": 3, "stages2": 3},
+}
+
+
+def test_tma_configs_here_are_the_declared_ones():
+    module = load_solution("triton_fused")
+    declared = module.fib_configs({"seq_len": 14107})
+    for name, over in TMA_CONFIGS.items():
+        assert declared[name] == {**declared["default"], **over}, name
+
+
+@pytest.mark.parametrize("name,seed,T,offset,extra", [
+    ("tma", 2, 33, 0, {}), ("tma_s5", 3, 40, 8, {}), ("tma_promote", 2, 33, 0, {}),
+    ("tma_bn64", 4, 29, 56, {}),                   # 64-wide C groups: two TMA dots per gemm2 K step
+    ("tma", 5, 21, 16, {"split2": 2}),             # gemm2 split along K, fp32 partials
+])
+def test_fused_tma_prefill_interpreted(name, seed, T, offset, extra):
+    """The TMA kernels (host-side descriptors, the interpreter's own descriptor loads) with the
+    prefill tiles at small T; the promoted and the rescaled fp32 sums both."""
+    stats = check_in_subprocess("triton_fused", seed, T, offset,
+                                {**PREFILL, **PREFILL_ROUTE, **TMA_CONFIGS[name], **extra})
+    _assert_close(stats, 5e-2)
+
+
+@pytest.mark.parametrize("name", ["tma", "tma_bn64"])
+def test_fused_tma_wrong_tiles_fail(name):
+    """A descriptor over the wrong tensor (W13 or W2 of the next expert, C shifted by a row) gives
+    an output that fib's check fails; the same call with the right tensors passes."""
+    config = {**PREFILL, **PREFILL_ROUTE, **TMA_CONFIGS[name]}
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    for which in (0, 1, 2):
+        proc = subprocess.run([sys.executable, __file__, "--wrong-desc", "2", "33", "0", str(which),
+                               json.dumps(config)], capture_output=True, text=True, env=env, timeout=600,
+                              cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        stats = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert len(stats["descriptors"]) == 3, stats  # W13, C, W2: the TMA kernels ran
+        assert stats["status"] == "INCORRECT_NUMERICAL", (which, stats)
+        assert stats["rel_l2"] > 0.2, (which, stats)
+    _assert_close(check_in_subprocess("triton_fused", 2, 33, 0, config), 5e-2)
 
 
 def test_sibling_solutions_point_at_shared_sources():

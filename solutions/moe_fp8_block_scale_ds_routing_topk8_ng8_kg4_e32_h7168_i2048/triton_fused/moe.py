@@ -18,6 +18,10 @@
   SwiGLU and stores bf16 C; with `act="kernel"` a small kernel does that and re-quantizes per 1x128
   group (the stage is then called "activation", as in triton_staged). gemm2 splits K into
   `split2` ranges with fp32 partials that the finalize reduce sums.
+- with `tma` (prefill configurations only, not a default yet), gemm1 reads its weight tiles and
+  gemm2 its weight and fp8 C tiles through host-side TMA descriptors (separate kernels: the
+  default kernels are unchanged); `acc="rescale"` carries the fp32 sum through the dots instead
+  of a second accumulator per dot (_scaled_dot).
 
 Configurations: `run(...)` (the definition's signature; `fib_with_config(config)` gives it with a configuration) picks the configuration of T's bucket (`_config`); a
 dict passed as `config` overrides any of its keys (CONFIG_DOC lists them). `fib_configs(axes)`
@@ -32,6 +36,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 import fib
 
@@ -60,6 +65,10 @@ CONFIG_DOC = {
     "route": "'single' (routing+align in one program) or 'tiles' (routing+count, scan, scatter)",
     "route_tile": "tokens per routing tile (power of 2; single: at most, per step of its loop)",
     "route_one_tile": "single: keep the ids in registers when T fits one tile",
+    "tma": "gemm1 reads its weight tiles, gemm2 its weight and fp8 C tiles, through TMA "
+           "descriptors (unsplit, fp8 C only; False: pointer loads)",
+    "acc": "tma only: 'promote' (each 128-deep K block's dot scaled into the fp32 sum in registers) "
+           "or 'rescale' (the sum carried through the dots, rescaled by the scale ratio: fewer registers)",
 }
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact.
@@ -318,6 +327,74 @@ def _gemm1_swiglu_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, c_ptr, c_scale_
 
 
 @triton.jit
+def _scaled_dot(acc, prev, a, w, s, RESCALE: tl.constexpr):
+    """One K block into the fp32 sum: acc + s * (a @ w), s the block's scale (rows x 1).
+    Not RESCALE: the block's dot has its own accumulator, scaled into acc in registers (DeepSeek's
+    promotion every 128 K). RESCALE: acc holds the sum divided by `prev` (the last block's scale)
+    and the dot accumulates onto acc * prev / s: no second [BM, BN] fp32 tile per dot, and the
+    dot chains on the last one (the tensor core's own fp32 accumulation across K blocks, ~2^-14
+    relative per block on Hopper's fp8 path, against C's 2^-4 fp8 rounding after gemm1).
+    Returns the new acc and the scale it is divided by."""
+    if RESCALE:
+        s = tl.maximum(s, 1e-20)  # an all-zero block's scale: no 0/0 in the next ratio
+        return tl.dot(a, w, acc * (prev / s)), s
+    else:
+        return acc + tl.dot(a, w) * s, prev
+
+
+@triton.jit
+def _gemm1_swiglu_tma_kernel(a_ptr, a_scale_ptr, w_desc, w_scale_ptr, c_ptr, c_scale_ptr,
+                             sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_tokens, n_entries, I, K,
+                             n_m, n_rows,
+                             TOPK: tl.constexpr, QB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                             GROUP_M: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr,
+                             RESCALE: tl.constexpr):
+    """_gemm1_swiglu_kernel with the weight tiles read through a TMA descriptor (config tma):
+    w_desc views W13 as [E * 2I, K] with [BN, QB] blocks, K-major, so `dot(a, w.T)` is fp8
+    wgmma's own operand layout and no pointer tensor holds the weight addresses (registers);
+    the loads pipeline as bulk copies. The A rows are gathered by token, so they stay pointer
+    loads (Hopper's TMA has no row gather). BN <= QB: the tile lies in one scale block, so each
+    K step loads one up and one gate scale, not BN copies of them. RESCALE: see _scaled_dot."""
+    tl.static_assert(BN <= QB)
+    pid_m, pid_n = _tile_ids(tl.program_id(0), n_m, I // BN, GROUP_M)
+    expert, rows, entry, live, token, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                        n_entries, TOPK, BM, BN)
+    if pid_m * BM >= tl.load(n_post_ptr):
+        return
+    kk = tl.arange(0, QB)
+    a_ptrs = a_ptr + token[:, None] * K + kk[None, :]
+    up_row = (expert * 2 * I + pid_n * BN).to(tl.int32)
+    gate_row = up_row + I
+    n_kb = K // QB
+    up_s_ptr = w_scale_ptr + expert * (2 * I // QB) * n_kb + (pid_n * BN // QB) * n_kb
+    gate_s_ptr = up_s_ptr + (I // QB) * n_kb
+    acc_up = tl.zeros([BM, BN], dtype=tl.float32)
+    acc_gate = tl.zeros([BM, BN], dtype=tl.float32)
+    p_up = tl.full([BM, 1], 1.0, tl.float32)
+    p_gate = tl.full([BM, 1], 1.0, tl.float32)
+    for kb in range(0, n_kb):
+        a = tl.load(a_ptrs, mask=live[:, None], other=0.0)
+        a_s = tl.load(a_scale_ptr + kb * n_tokens + token)[:, None]
+        w_up = w_desc.load([up_row, kb * QB])
+        w_gate = w_desc.load([gate_row, kb * QB])
+        acc_up, p_up = _scaled_dot(acc_up, p_up, a, w_up.T, a_s * tl.load(up_s_ptr + kb), RESCALE)
+        acc_gate, p_gate = _scaled_dot(acc_gate, p_gate, a, w_gate.T, a_s * tl.load(gate_s_ptr + kb),
+                                       RESCALE)
+        a_ptrs += QB
+    if RESCALE:
+        acc_up = acc_up * p_up
+        acc_gate = acc_gate * p_gate
+    c = acc_gate / (1.0 + tl.exp(-acc_gate)) * acc_up
+    out = c_ptr + rows[:, None].to(tl.int64) * I + cols[None, :]
+    if QUANT:
+        scale = tl.maximum(tl.max(tl.abs(c), 1), 1e-12) / 448.0
+        tl.store(out, _to_fp8(c / scale[:, None], INTERPRET))
+        tl.store(c_scale_ptr + pid_n * n_rows + rows, scale)
+    else:
+        tl.store(out, c.to(tl.bfloat16))
+
+
+@triton.jit
 def _gemm1_splitk_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, part_ptr, sorted_ids_ptr,
                          expert_ids_ptr, n_post_ptr, n_tokens, n_entries, N, K, n_m, n_rows,
                          TOPK: tl.constexpr, QB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -449,6 +526,47 @@ def _gemm2_combine_kernel(c_ptr, c_scale_ptr, w_ptr, w_scale_ptr, y_ptr, weights
 
 
 @triton.jit
+def _gemm2_combine_tma_kernel(c_desc, c_scale_ptr, w_desc, w_scale_ptr, y_ptr, weights_ptr,
+                              sorted_ids_ptr, expert_ids_ptr, n_post_ptr, n_rows, n_entries, N, K,
+                              n_m, QB: tl.constexpr, QG: tl.constexpr, BM: tl.constexpr,
+                              BN: tl.constexpr, GROUP_M: tl.constexpr, RESCALE: tl.constexpr,
+                              SPLIT: tl.constexpr = 1):
+    """_gemm2_combine_kernel's A_MODE 0 (fp8 C, one scale per 1xQG group) with both operands
+    read through TMA descriptors (config tma): C's rows are the sorted positions themselves, so
+    its [BM, QG] tile is dense (c_desc over C [rows, I]); w_desc views W2 as [E * H, I] with
+    [BN, QG] blocks, K-major (`dot(a, w.T)`). BN <= QB: one weight scale per K step.
+    RESCALE: see _scaled_dot."""
+    tl.static_assert(BN <= QB)
+    pid = tl.program_id(0)
+    split = pid % SPLIT
+    pid_m, pid_n = _tile_ids(pid // SPLIT, n_m, N // BN, GROUP_M)
+    expert, rows, entry, live, _, cols = _row_block(expert_ids_ptr, sorted_ids_ptr, pid_m, pid_n,
+                                                    n_entries, 1, BM, BN)
+    if pid_m * BM >= tl.load(n_post_ptr):
+        return
+    n_kb = K // QB
+    kb0, kb1 = _k_range(split, n_kb, SPLIT)
+    w_row = (expert * N + pid_n * BN).to(tl.int32)
+    a_row = pid_m * BM
+    ws_ptr = w_scale_ptr + expert * (N // QB) * n_kb + (pid_n * BN // QB) * n_kb
+    SUB: tl.constexpr = QB // QG
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    prev = tl.full([BM, 1], 1.0, tl.float32)
+    for kb in range(kb0, kb1):
+        w_s = tl.load(ws_ptr + kb)
+        for g in tl.static_range(SUB):
+            w = w_desc.load([w_row, kb * QB + g * QG])
+            a = c_desc.load([a_row, kb * QB + g * QG])
+            a_s = tl.load(c_scale_ptr + (kb * SUB + g) * n_rows + rows)[:, None]
+            acc, prev = _scaled_dot(acc, prev, a, w.T, a_s * w_s, RESCALE)
+    if RESCALE:
+        acc = acc * prev
+    weight = tl.load(weights_ptr + entry, mask=live, other=0.0)
+    out = y_ptr + (split * n_entries + entry[:, None]).to(tl.int64) * N + cols[None, :]
+    tl.store(out, (acc * weight[:, None]).to(y_ptr.dtype.element_ty), mask=live[:, None])
+
+
+@triton.jit
 def _finalize_reduce_kernel(y_ptr, ids_ptr, out_ptr, expert_offset, n_local, H, n_entries,
                             TOPK: tl.constexpr, BH: tl.constexpr, SPLIT: tl.constexpr = 1):
     """out[t] = sum of the token's weighted local rows (and of gemm2's SPLIT K-range partials),
@@ -477,7 +595,7 @@ def _config(T):
     else:
         route = dict(route="tiles", route_tile=2 if T <= TINY_MAX else 4 if T <= DECODE_MAX else 16,
                      route_one_tile=True)
-    one = dict(split=1, split2=1, act="gemm1")
+    one = dict(split=1, split2=1, act="gemm1", tma=False, acc="promote")
     if T > DECODE_MAX:
         return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, c_dtype="fp8", **one, **route)
     # v4 sweep (H200, graph ms, benchmarks/NOTES.md): with gemm2 streaming QB-deep weight tiles
@@ -491,7 +609,7 @@ def _config(T):
     # activation kernel and 3 gemm2 stages (0.0407 with 4; 20.9 us floor: 52%); T=7 0.0857 with
     # SwiGLU in gemm1's last-arriving program and BN2=128 (0.0888 apart).
     if T <= SPLITK_MAX:
-        split = dict(split=2, split2=2)
+        split = dict(split=2, split2=2, tma=False, acc="promote")
         if T >= ACT_IN_GEMM1_FROM:
             return dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="bf16", act="gemm1",
                         **split, **route)
@@ -525,7 +643,19 @@ def _variants(T):
                 "bn1_32": dict(BN1=32, BN2=64)}
     if T <= DECODE_MAX:  # v6 at 901; NOTES open item 3: BM=64
         return {"rq": dict(c_dtype="bf16"), "rq_bn64": dict(c_dtype="bf16", BN2=64), "bm64": dict(BM=64)}
-    return {"s34": dict(stages1=3, stages2=4), "bm64_w4": dict(BM=64, warps=4)}  # prefill (v3)
+    # prefill: v3's stages and BM=64 with 4 warps; v8's TMA weight tiles (benchmarks/NOTES.md)
+    return {"s34": dict(stages1=3, stages2=4), "bm64_w4": dict(BM=64, warps=4), **_tma_variants()}
+
+
+def _tma_variants():
+    """v8 (benchmarks/NOTES.md, predicted, not yet timed): the prefill GEMMs with TMA-loaded tiles.
+    tma: the rescaled sum (gemm1 220 registers, no spill; gemm2 114) and 3 gemm2 stages, so two
+    gemm2 CTAs fit an SM; tma_s5: the same with the default's 5 gemm2 stages (one CTA);
+    tma_promote: TMA alone, the default's tiles, stages and sum; tma_bn64: 64-wide gemm1 tiles
+    and 3 stages in both, so two CTAs per SM in both (124 / 113 registers, 96 KB)."""
+    rescaled = dict(tma=True, acc="rescale")
+    return {"tma": dict(rescaled, stages2=3), "tma_s5": rescaled, "tma_promote": dict(tma=True),
+            "tma_bn64": dict(rescaled, BN1=64, stages1=3, stages2=3)}
 
 
 def fib_configs(axes):
@@ -546,13 +676,27 @@ def _invalid(cfg):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             return f"{key}={cfg[key]!r} is not a positive integer"
     for key, allowed in (("act", ("gemm1", "kernel")), ("c_dtype", ("fp8", "bf16")),
-                         ("route", ("single", "tiles")), ("route_one_tile", (True, False))):
+                         ("route", ("single", "tiles")), ("route_one_tile", (True, False)),
+                         ("tma", (True, False)), ("acc", ("promote", "rescale"))):
         if cfg[key] not in allowed:
             return f"{key}={cfg[key]!r} is not one of {allowed}"
     if cfg["split"] == 1 and cfg["act"] != "gemm1":
         return "act='kernel' needs split > 1 (unsplit, SwiGLU runs in gemm1's epilogue)"
     if cfg["split"] > 1 and (cfg["act"], cfg["c_dtype"]) not in (("gemm1", "bf16"), ("kernel", "fp8")):
         return "with split > 1, act='gemm1' writes bf16 C and act='kernel' fp8 C"
+    if cfg["acc"] != "promote" and not cfg["tma"]:
+        return "acc='rescale' needs tma=True (only the TMA kernels carry it)"
+    if cfg["tma"]:
+        if cfg["split"] > 1:
+            return "tma=True needs split=1 (the split-K gemm1 loads its weights through pointers)"
+        if cfg["c_dtype"] != "fp8":
+            return "tma=True needs c_dtype='fp8' (gemm2 reads fp8 C tiles through a descriptor)"
+        if cfg["BN1"] < 32:
+            return "tma=True needs BN1 >= 32 (gemm2's C tiles are BN1 bytes wide: one fp8 wgmma K step)"
+        if cfg["BM"] > 256:
+            return "tma=True needs BM <= 256 (a TMA box has at most 256 rows)"
+        if cfg["BN2"] > 128:
+            return "tma=True needs BN2 <= 128 (one weight scale block per gemm2 tile)"
     return None
 
 
@@ -629,17 +773,28 @@ def _route_and_align(routing_logits, routing_bias, scaling, expert_offset, n_loc
     return ids, weights, sorted_ids, expert_ids, n_post
 
 
+def _desc(t, block):
+    """A host-side TMA descriptor over `t` viewed 2-D ([E, N, K] -> [E * N, K]; K contiguous),
+    in `block`-shaped tiles. Plain host data (the driver encodes it at launch): graph-capturable."""
+    t2 = t.view(-1, t.shape[-1])
+    return TensorDescriptor(t2, list(t2.shape), list(t2.stride()), list(block))
+
+
 def _gemm1_fused(cfg, hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale,
                  sorted_ids, expert_ids, n_post, T, n_entries, I, H, n_m, rows_max, BM, BN1, quant,
                  QB, dev):
     with fib.stage("gemm1"):
         c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn if quant else torch.bfloat16, device=dev)
         c_scale = torch.empty(I // BN1 if quant else 1, rows_max, dtype=torch.float32, device=dev)
-        _gemm1_swiglu_kernel[(n_m * (I // BN1),)](
-            hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale, c, c_scale,
+        kernel, w, rescale = _gemm1_swiglu_kernel, gemm1_weights, {}
+        if cfg["tma"]:
+            kernel, w = _gemm1_swiglu_tma_kernel, _desc(gemm1_weights, (BN1, QB))
+            rescale = dict(RESCALE=cfg["acc"] == "rescale")
+        kernel[(n_m * (I // BN1),)](
+            hidden_states, hidden_states_scale, w, gemm1_weights_scale, c, c_scale,
             sorted_ids, expert_ids, n_post, T, n_entries, I, H, n_m, rows_max,
             TOPK=TOPK, QB=QB, BM=BM, BN=BN1, GROUP_M=8, QUANT=quant, INTERPRET=INTERPRET,
-            num_warps=cfg["warps"], num_stages=cfg["stages1"])
+            num_warps=cfg["warps"], num_stages=cfg["stages1"], **rescale)
     return c, c_scale
 
 
@@ -708,12 +863,20 @@ def _run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1
     with fib.stage("gemm2"):  # split2 > 1: fp32 partials per K range, summed by finalize
         y = torch.empty(split2, n_entries, H, dtype=torch.float32 if split2 > 1 else torch.bfloat16,
                         device=dev)
-        _gemm2_combine_kernel[(n_m * (H // BN2) * split2,)](
-            c, c_scale, gemm2_weights, gemm2_weights_scale, y, weights, sorted_ids, expert_ids,
-            n_post, rows_max, n_entries, H, I, n_m,
-            QB=QB, QG=BN1 if a_mode == 0 else QB, BM=BM, BN=BN2, GROUP_M=8,
-            A_MODE=a_mode, INTERPRET=INTERPRET, SPLIT=split2,
-            num_warps=cfg["warps"], num_stages=cfg["stages2"])
+        if cfg["tma"]:  # fp8 C (a_mode 0, _invalid): C and W2 tiles through descriptors
+            _gemm2_combine_tma_kernel[(n_m * (H // BN2) * split2,)](
+                _desc(c, (BM, BN1)), c_scale, _desc(gemm2_weights, (BN2, BN1)), gemm2_weights_scale,
+                y, weights, sorted_ids, expert_ids, n_post, rows_max, n_entries, H, I, n_m,
+                QB=QB, QG=BN1, BM=BM, BN=BN2, GROUP_M=8, RESCALE=cfg["acc"] == "rescale",
+                SPLIT=split2,
+                num_warps=cfg["warps"], num_stages=cfg["stages2"])
+        else:
+            _gemm2_combine_kernel[(n_m * (H // BN2) * split2,)](
+                c, c_scale, gemm2_weights, gemm2_weights_scale, y, weights, sorted_ids, expert_ids,
+                n_post, rows_max, n_entries, H, I, n_m,
+                QB=QB, QG=BN1 if a_mode == 0 else QB, BM=BM, BN=BN2, GROUP_M=8,
+                A_MODE=a_mode, INTERPRET=INTERPRET, SPLIT=split2,
+                num_warps=cfg["warps"], num_stages=cfg["stages2"])
     with fib.stage("finalize"):
         BH = min(1024, triton.next_power_of_2(H))
         _finalize_reduce_kernel[(T, triton.cdiv(H, BH))](y, ids, output, local_expert_offset,
