@@ -23,7 +23,10 @@ def test_a_standby_becomes_the_judge_and_answers(tmp_path):
         child = pool.take("judge", {"device": "cpu", "cache_dir": str(tmp_path / "cache")}, log, 120.0)
         assert child is not None and child.role == "judge" and pool.taken == ["judge"]
         assert child.log is log and child.deadline < float("inf")
-        assert _wait_message(child)["kind"] == "ready"
+        ready = _wait_message(child)
+        assert ready["kind"] == "ready"
+        marks = ready["startup"]  # when it entered, had its imports, was told (the run's timeline shows them)
+        assert child.spawned <= marks["entered"] <= marks["preloaded"] and marks["entered"] <= marks["told"]
         child.channel.send("ceilings")  # a real request: the judge answers it (no CUDA here: an error)
         answer = _wait_message(child)
         assert answer["kind"] == "ceilings" and answer["ok"] is False and "CUDA" in answer["error"]

@@ -196,7 +196,8 @@ class Judge:
                     pass
 
     def serve(self) -> None:
-        self.channel.send("ready", pid=os.getpid())
+        from .standby import startup_marks
+        self.channel.send("ready", pid=os.getpid(), **startup_marks())
         while True:
             msg = self.channel.recv()
             kind = msg["kind"]

@@ -164,6 +164,17 @@ class Runner:
         self.timeline.append({"t": round(time.monotonic() - self._t0, 4), "event": event,
                               **{k: v for k, v in fields.items() if v is not None}})
 
+    def _spawned(self, child) -> float | None:
+        """When a standby child was started, in seconds on this timeline (negative: before the runner)."""
+        spawned = getattr(child, "spawned", None)
+        return None if spawned is None else round(spawned - self._wall0, 4)
+
+    def _startup(self, message: dict) -> dict:
+        """A ready message's standby marks (wall clock) as seconds on this timeline (negative: before the
+        runner began)."""
+        marks = message.get("startup") or {}
+        return {"startup": {k: round(float(v) - self._wall0, 4) for k, v in marks.items()}} if marks else {}
+
     def _write_timeline(self) -> None:
         import json
         head = {"t": 0.0, "event": "runner_start", "wall": self._wall0,
@@ -338,7 +349,8 @@ class Runner:
         # the first children start here: whether the parent has paid for `import torch` by now (it should not)
         from .standby import POOL
         self.judge = POOL.take("judge", args, self._log("judge"), self.config.prepare_timeout_s)
-        self._mark("judge_start", torch_in_parent="torch" in sys.modules, standby=self.judge is not None)
+        self._mark("judge_start", torch_in_parent="torch" in sys.modules, standby=self.judge is not None,
+                   spawned=self._spawned(self.judge))
         if self.judge is None:
             self.judge = Child.start("judge", args, self._log("judge"), self.config.prepare_timeout_s)
         self.judge_outstanding = 0
@@ -378,7 +390,7 @@ class Runner:
     def _on_judge(self, message: dict, slots: list[Slot]) -> None:
         kind = message["kind"]
         if kind == "ready":
-            self._mark("judge_ready")
+            self._mark("judge_ready", **self._startup(message))
             self.judge.ready = True
             self.judge.deadline = float("inf")
             return
@@ -693,7 +705,7 @@ class Runner:
         from .standby import POOL
         args, env = self._worker_args(device, d, s, out_dir)
         child = POOL.take("worker", args, self._log(s), self.config.prepare_timeout_s, env=env)
-        self._mark("worker_start", device=device, solution=s, standby=child is not None)
+        self._mark("worker_start", device=device, solution=s, standby=child is not None, spawned=self._spawned(child))
         return child or Child.start("worker", args, self._log(s), self.config.prepare_timeout_s, env=env)
 
     def _budget(self, slot: Slot, phase: str) -> float:
@@ -763,7 +775,7 @@ class Runner:
         kind = message["kind"]
         self._mark(f"worker_{kind}", device=slot.device, solution=slot.key[1] if slot.key else None,
                    workload=slot.pair.workload if slot.pair else None, phase=message.get("phase"),
-                   which=message.get("which"))
+                   which=message.get("which"), **self._startup(message))
         if kind == "ready":
             worker.ready = True
         elif kind == "phase":

@@ -33,11 +33,23 @@ PRELOAD = ("torch", "fib.timing.measure", "fib.schema", "fib.schema.config", "fi
            "fib.harness.judge", "safetensors.torch")
 
 
+# When this process (a standby) entered, finished its imports, was told its role, had the driver and its
+# device's context (wall clock): the role's `ready` message carries them (the run's timeline shows them).
+STARTUP: dict = {}
+
+
+def startup_marks() -> dict:
+    """For a role's `ready` message: STARTUP, when this process was a standby (else nothing)."""
+    marks = {k: v for k, v in STARTUP.items() if v is not None}
+    return {"startup": marks} if marks else {}
+
+
 def standby_main(channel: Channel, args: dict) -> None:
     """Child side: import, wait to be told the role, then be that role. Beside the imports a thread
     initialises the CUDA driver (ctypes releases the GIL: it runs in parallel) and waits for the role;
     a worker's role names its device, whose primary context (the one torch uses) the thread creates
     while the imports go on: 0.2-0.7 s of a first pair's start on an H200 machine."""
+    STARTUP["entered"] = time.time()
     early: dict = {}
     thread = threading.Thread(target=_driver_and_role, args=(channel, early), name="fib-standby-early",
                               daemon=True)
@@ -47,7 +59,9 @@ def standby_main(channel: Channel, args: dict) -> None:
             importlib.import_module(name)
         except ImportError:  # the role itself will meet it and say so
             pass
+    STARTUP["preloaded"] = time.time()
     thread.join()
+    STARTUP["told"] = early.get("told")
     if "error" in early:
         raise early["error"]
     message = early["message"]
@@ -64,11 +78,14 @@ def _driver_and_role(channel: Channel, early: dict) -> None:
         lib = _libcuda()
         if lib is not None:
             lib.cuInit(0)
+            STARTUP["cuinit_done"] = time.time()
         early["message"] = message = channel.recv()
+        early["told"] = time.time()
         device = str((message.get("args") or {}).get("device", ""))
         if lib is not None and message.get("kind") == "become" and message.get("role") == "worker" \
                 and device.startswith("cuda"):
             _retain_primary_context(lib, int(device.partition(":")[2] or 0))
+            STARTUP["context_done"] = time.time()
     except BaseException as exc:  # EOF from a parent that went away, mostly: the main thread re-raises it
         early["error"] = exc
 
@@ -114,6 +131,7 @@ class StandbyPool:
         for _ in range(count):
             log = CappedLog(self._dir / f"standby-{self.started}.log")
             child = Child.start("standby", {}, log, start_budget=float("inf"))
+            child.spawned = time.time()
             self._free.append((child, log))
             self.started += 1
 

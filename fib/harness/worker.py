@@ -246,7 +246,8 @@ class SolutionWorker:
 
     def serve(self) -> None:
         from .evaluate import classify_exception
-        self.channel.send("ready", pid=os.getpid())
+        from .standby import startup_marks
+        self.channel.send("ready", pid=os.getpid(), **startup_marks())
         while True:
             message = self.channel.recv()
             if message["kind"] == "stop":

@@ -38,7 +38,7 @@ def test_fused_kernels_compile_for_sm90(fused, T, config):
 
 # v8: the TMA prefill configurations at a dataset size: (gemm1, gemm2) CTAs per SM they are
 # built for (benchmarks/NOTES.md, "v8 (TMA weight tiles): prediction")
-TMA_CTAS = {"tma": (1, 2), "tma_s5": (1, 1), "tma_promote": (1, 1), "tma_bn64": (2, 2)}
+TMA_CTAS = {"default": (1, 2), "tma_s5": (1, 1), "tma_promote": (1, 1), "tma_bn64": (2, 2)}
 
 
 @pytest.mark.parametrize("name", sorted(TMA_CTAS))

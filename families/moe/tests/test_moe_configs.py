@@ -24,7 +24,7 @@ FUSED_BUCKETS = [
     (range(9, 17), {"route_single", "route_single_reload", "route_tiles4", "route_tiles8", "splitk"}),
     (range(17, 129), {"fp8c_bn64", "rq_bn64", "bn1_32"}),
     (range(129, 1025), {"rq", "rq_bn64", "bm64"}),
-    (range(1025, 10**6), {"s34", "bm64_w4", "tma", "tma_s5", "tma_promote", "tma_bn64"}),  # v8: TMA
+    (range(1025, 10**6), {"pointer", "tma_s5", "tma_promote", "tma_bn64"}),  # v8: TMA by default
 ]
 
 
@@ -47,9 +47,14 @@ def launches(module, T, config=None):
 def test_default_launches_are_unchanged(modules, solution, T):
     module = modules[solution]
     want = GOLDEN[f"{solution}/{T}"]
+    declared = module.fib_configs({"seq_len": T})
+    if solution == "triton_fused" and T > 1024:  # v8 made TMA tiles the prefill default: v7's is "pointer"
+        assert launches(module, T, declared["pointer"]) == want
+        want = launches(module, T)
+        assert want != GOLDEN[f"{solution}/{T}"]
     assert launches(module, T) == want
     # config=None, "default" by name, and an empty override all launch the same
-    assert launches(module, T, module.fib_configs({"seq_len": T})["default"]) == want
+    assert launches(module, T, declared["default"]) == want
     assert launches(module, T, {}) == want
 
 
@@ -114,21 +119,22 @@ def test_fused_config_errors_name_the_key(modules):
     with pytest.raises(ValueError, match="tma=True needs BM <= 256"):
         module._resolve(2000, {"tma": True, "BM": 512})
     with pytest.raises(ValueError, match="acc='rescale' needs tma=True"):
-        module._resolve(2000, {"acc": "rescale"})
+        module._resolve(2000, {"tma": False})  # the prefill default carries the rescaled sum
     with pytest.raises(ValueError, match="acc='exact' is not one of"):
         module._resolve(2000, {"tma": True, "acc": "exact"})
 
 
 @pytest.mark.parametrize("T", [11948, 14107])
 def test_tma_configurations_launch_the_descriptor_kernels(modules, T):
-    """Each v8 configuration launches the TMA gemm1/gemm2 (descriptors typed by their blocks:
+    """The default and each TMA variant launch the TMA gemm1/gemm2 (descriptors typed by their blocks:
     W13 [BN1, 128], C [BM, BN1], W2 [BN2, BN1]) with its RESCALE, and the routing and finalize
-    kernels as the default does; the default launches neither TMA kernel."""
+    kernels as v7's pointer-loaded configuration ("pointer") does; "pointer" launches neither TMA kernel."""
     module = modules["triton_fused"]
     declared = module.fib_configs({"seq_len": T})
-    default = {r["kernel"]: r for r in launches(module, T)}
+    default = {r["kernel"]: r for r in launches(module, T, declared["pointer"])}
     assert not any("tma" in k for k in default), default.keys()
-    for name in ("tma", "tma_s5", "tma_promote", "tma_bn64"):
+    assert {r["kernel"] for r in launches(module, T)} == {r["kernel"] for r in launches(module, T, declared["default"])}
+    for name in ("default", "tma_s5", "tma_promote", "tma_bn64"):
         cfg = declared[name]
         got = {r["kernel"]: r for r in launches(module, T, cfg)}
         assert set(got) == {k.replace("_kernel", "_tma_kernel") if k.startswith("_gemm") else k

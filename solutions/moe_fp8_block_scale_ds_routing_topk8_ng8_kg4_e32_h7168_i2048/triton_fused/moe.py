@@ -18,10 +18,10 @@
   SwiGLU and stores bf16 C; with `act="kernel"` a small kernel does that and re-quantizes per 1x128
   group (the stage is then called "activation", as in triton_staged). gemm2 splits K into
   `split2` ranges with fp32 partials that the finalize reduce sums.
-- with `tma` (prefill configurations only, not a default yet), gemm1 reads its weight tiles and
-  gemm2 its weight and fp8 C tiles through host-side TMA descriptors (separate kernels: the
-  default kernels are unchanged); `acc="rescale"` carries the fp32 sum through the dots instead
-  of a second accumulator per dot (_scaled_dot).
+- with `tma` (the prefill default since v8), gemm1 reads its weight tiles and gemm2 its weight
+  and fp8 C tiles through host-side TMA descriptors (separate kernels; the decode buckets keep the
+  pointer-loaded ones); `acc="rescale"` carries the fp32 sum through the dots instead of a second
+  accumulator per dot (_scaled_dot).
 
 Configurations: `run(...)` (the definition's signature; `fib_with_config(config)` gives it with a configuration) picks the configuration of T's bucket (`_config`); a
 dict passed as `config` overrides any of its keys (CONFIG_DOC lists them). `fib_configs(axes)`
@@ -597,7 +597,11 @@ def _config(T):
                      route_one_tile=True)
     one = dict(split=1, split2=1, act="gemm1", tma=False, acc="promote")
     if T > DECODE_MAX:
-        return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=5, c_dtype="fp8", **one, **route)
+        # v8 sweep (H200, fib's cupti kernel sum, benchmarks/NOTES.md): TMA weight (and gemm2 C) tiles with
+        # the rescaled sum and 3 gemm2 stages (two gemm2 CTAs per SM): 1.744 / 2.413 ms at 11948 / 14107
+        # tokens against 2.094 / 3.060 for v7's pointer-loaded tiles ("pointer").
+        return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=3, c_dtype="fp8", **route,
+                    **dict(one, tma=True, acc="rescale"))
     # v4 sweep (H200, graph ms, benchmarks/NOTES.md): with gemm2 streaming QB-deep weight tiles
     # over 64-wide activation groups, BN1=64 (32 gemm1 programs per expert) and BM=16 won at
     # every decode size tried (T=7..80: 0.157/0.145/0.301/0.310 ms vs 0.167/0.166/0.340/0.346
@@ -643,19 +647,14 @@ def _variants(T):
                 "bn1_32": dict(BN1=32, BN2=64)}
     if T <= DECODE_MAX:  # v6 at 901; NOTES open item 3: BM=64
         return {"rq": dict(c_dtype="bf16"), "rq_bn64": dict(c_dtype="bf16", BN2=64), "bm64": dict(BM=64)}
-    # prefill: v3's stages and BM=64 with 4 warps; v8's TMA weight tiles (benchmarks/NOTES.md)
-    return {"s34": dict(stages1=3, stages2=4), "bm64_w4": dict(BM=64, warps=4), **_tma_variants()}
-
-
-def _tma_variants():
-    """v8 (benchmarks/NOTES.md, predicted, not yet timed): the prefill GEMMs with TMA-loaded tiles.
-    tma: the rescaled sum (gemm1 220 registers, no spill; gemm2 114) and 3 gemm2 stages, so two
-    gemm2 CTAs fit an SM; tma_s5: the same with the default's 5 gemm2 stages (one CTA);
-    tma_promote: TMA alone, the default's tiles, stages and sum; tma_bn64: 64-wide gemm1 tiles
-    and 3 stages in both, so two CTAs per SM in both (124 / 113 registers, 96 KB)."""
-    rescaled = dict(tma=True, acc="rescale")
-    return {"tma": dict(rescaled, stages2=3), "tma_s5": rescaled, "tma_promote": dict(tma=True),
-            "tma_bn64": dict(rescaled, BN1=64, stages1=3, stages2=3)}
+    # prefill (v8, benchmarks/NOTES.md): the default is TMA tiles with the rescaled sum and 3 gemm2 stages
+    # (gemm1 220 registers, no spill; gemm2 114, two CTAs per SM). pointer: v7's default (pointer-loaded
+    # tiles, a second accumulator per dot, 5 gemm2 stages), 20-27% slower; tma_s5: 5 gemm2 stages (one
+    # CTA), 7-14% slower; tma_promote: TMA with v7's sum, 21-32% slower; tma_bn64: 64-wide gemm1 tiles and
+    # 3 stages in both (two CTAs per SM in both), even at 11948, 11% slower at 14107. v3's s34 and bm64_w4
+    # (equal to and 2.5x slower than v7's default) were dropped with v8.
+    return {"pointer": dict(tma=False, acc="promote", stages2=5), "tma_s5": dict(stages2=5),
+            "tma_promote": dict(acc="promote", stages2=5), "tma_bn64": dict(BN1=64, stages1=3)}
 
 
 def fib_configs(axes):
