@@ -12,7 +12,7 @@ import ctypes
 from functools import lru_cache
 from typing import Any
 
-_MAJOR, _MINOR, _SMS = 75, 76, 16  # CUdevice_attribute values (cuda.h)
+_MAJOR, _MINOR, _SMS, _L2 = 75, 76, 16, 38  # CUdevice_attribute values (cuda.h)
 
 
 @lru_cache(maxsize=1)
@@ -45,6 +45,21 @@ def cuda_devices() -> tuple[dict[str, Any], ...] | None:
             devices.append({"name": name.value.decode(errors="replace"), "sm": attrs["major"] * 10 + attrs["minor"],
                             "memory_gb": round(memory.value / 2**30, 1), "sm_count": attrs["sm_count"]})
         return tuple(devices)
+    except (AttributeError, OSError):
+        return None
+
+
+def l2_cache_bytes(index: int) -> int | None:
+    """The L2 size of visible CUDA device `index` from the driver, or None."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+        if lib.cuInit(0) != 0:
+            return None
+        dev, value = ctypes.c_int(), ctypes.c_int()
+        if lib.cuDeviceGet(ctypes.byref(dev), index) != 0 or \
+                lib.cuDeviceGetAttribute(ctypes.byref(value), _L2, dev) != 0:
+            return None
+        return value.value
     except (AttributeError, OSError):
         return None
 

@@ -32,6 +32,19 @@ def _cpu_model() -> str:
 
 
 def _driver_version() -> str | None:
+    """The NVIDIA driver's version string (e.g. 580.159.04): NVML through ctypes, else nvidia-smi."""
+    import ctypes
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+        if nvml.nvmlInit_v2() == 0:
+            try:
+                buf = ctypes.create_string_buffer(96)
+                if nvml.nvmlSystemGetDriverVersion(buf, 96) == 0 and buf.value:
+                    return buf.value.decode(errors="replace")
+            finally:
+                nvml.nvmlShutdown()
+    except (OSError, AttributeError):
+        pass
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20)
@@ -41,23 +54,59 @@ def _driver_version() -> str | None:
 
 
 def collect_environment() -> dict:
-    import torch
+    """What run.json records about this machine. Without importing torch where the CUDA driver answers
+    (torch's import, 2.4 s on an H200 machine, was on the path to a run's first job): torch's version
+    and CUDA from its files, the GPUs from libcuda (fib.device), the driver from NVML."""
     from . import __version__
+    from .device import _torch_might_see_a_gpu, cuda_devices, l2_cache_bytes
     libs = {name.replace("-python", ""): v for name in LIBS if (v := dist_version(name))}
     libs["python"] = platform.python_version()
     libs["fib"] = __version__
     env = {"cpu": _cpu_model(), "host": platform.node(), "platform": platform.platform(),
-           "python_executable": sys.executable, "libs": libs, "cuda": torch.version.cuda, "gpu": None}
-    if torch.cuda.is_available():
-        from .device import device_info
-        info = device_info("cuda:0")
+           "python_executable": sys.executable, "libs": libs, "cuda": _torch_cuda_version(), "gpu": None}
+    devices = cuda_devices()
+    if devices:
+        info = devices[0]
+        l2 = l2_cache_bytes(0)
         env["gpu"] = {k: info[k] for k in ("name", "sm", "memory_gb", "sm_count")}
-        env["gpu"].update(count=torch.cuda.device_count(), driver=_driver_version(),
-                          l2_mb=round(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) / 2**20, 1))
+        env["gpu"].update(count=len(devices), driver=_driver_version(),
+                          l2_mb=round((l2 or 0) / 2**20, 1))
         env["hardware"] = info["name"]
+    elif devices is None and _torch_might_see_a_gpu():  # no libcuda: torch says (ROCm)
+        import torch
+        if torch.cuda.is_available():
+            from .device import device_info
+            info = device_info("cuda:0")
+            env["gpu"] = {k: info[k] for k in ("name", "sm", "memory_gb", "sm_count")}
+            env["gpu"].update(count=torch.cuda.device_count(), driver=_driver_version(),
+                              l2_mb=round(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) / 2**20, 1))
+            env["hardware"] = info["name"]
+        else:
+            env["hardware"] = f"CPU: {env['cpu']}"
     else:
         env["hardware"] = f"CPU: {env['cpu']}"
     return env
+
+
+def _torch_cuda_version() -> str | None:
+    """torch.version.cuda, read from torch/version.py without importing torch (imported: asked)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].version.cuda
+    import importlib.util
+    import re
+    try:
+        spec = importlib.util.find_spec("torch")
+        roots = list(spec.submodule_search_locations or []) if spec else []
+        text = (Path(roots[0]) / "version.py").read_text() if roots else ""
+    except (ImportError, OSError, ValueError):
+        text = ""
+    match = re.search(r"^cuda\s*(?::[^=]*)?=\s*(['\"])([^'\"]*)\1", text, re.M)
+    if match:
+        return match.group(2)
+    if re.search(r"^cuda\s*(?::[^=]*)?=\s*None", text, re.M):
+        return None
+    import torch  # an unusual version.py: ask torch itself
+    return torch.version.cuda
 
 
 def git_info(path: Path) -> dict:

@@ -353,13 +353,13 @@ def _whole_run(result) -> list:
 
 
 def _process_start_time() -> float | None:
-    """When this process started (time.time() scale), from /proc on Linux; None elsewhere."""
+    """When this process started (time.time() scale), from /proc on Linux; None elsewhere. Measured back
+    from /proc/uptime (10 ms resolution), not forward from /proc/stat's btime, which is whole seconds."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return None
 
 
