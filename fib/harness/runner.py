@@ -266,7 +266,7 @@ class Runner:
         finally:
             self._emit_deferred()  # nothing measured is lost, whatever ended the loop
             # The workers are asked to stop at once and waited for together (the ceilings want the GPU to
-            # themselves); the judge's exit overlaps the run's last writes and is waited for after them.
+            # themselves); the judge, once done, is asked to stop and not waited for.
             for slot in slots:
                 if slot.worker:
                     slot.worker.kill() if state == "interrupted" else slot.worker.ask_stop()
@@ -286,8 +286,10 @@ class Runner:
             info.update(finished=now_iso(), state=state,
                         problems=self.result.problems, vacuous_tolerance=self.result.vacuous)
             write_run_json(self.run_dir, info)
-            if self.judge:
+            if self.judge and state == "interrupted":
                 self.judge.stop()
+            # a finished run's judge was asked to stop above and exits on its own (its CUDA context's
+            # teardown, ~0.3 s on an H200, is no part of the run); it kills itself if this process is gone
             for log in self.logs.values():
                 log.flush()
         return self.result
