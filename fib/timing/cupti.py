@@ -65,12 +65,7 @@ def cupti_times(rot: Rotation, flush, n: int, info: dict | None = None) -> tuple
         if os.environ.get(SESSION_ENV, "") != "full":
             try:
                 prof = _profile_device_only(rot, flush, n, info["steps_s"])
-                t0 = time.perf_counter()
-                records = _device_records(prof)
-                t1 = time.perf_counter()
-                times = attribute_by_markers(records, n)
-                _step(info["steps_s"], "read", t1 - t0)
-                _step(info["steps_s"], "attribute", time.perf_counter() - t1)
+                times = _read_and_attribute(prof, _device_records, attribute_by_markers, n, info["steps_s"])
                 info["session"] = "device"
                 return times
             except TimingError as exc:
@@ -80,12 +75,17 @@ def cupti_times(rot: Rotation, flush, n: int, info: dict | None = None) -> tuple
         else:
             info["session"] = f"full ({SESSION_ENV}=full)"
         prof = _profile_calls(rot, flush, n, info["steps_s"])
+    return _read_and_attribute(prof, _kineto_records, attribute_device_time, n, info["steps_s"])
+
+
+def _read_and_attribute(prof, read, attribute, n: int, steps: dict):
+    """attribute(read(prof), n), each step's seconds added to `steps`."""
     t0 = time.perf_counter()
-    records = _kineto_records(prof)
+    records = read(prof)
     t1 = time.perf_counter()
-    times = attribute_device_time(records, n)
-    _step(info["steps_s"], "read", t1 - t0)
-    _step(info["steps_s"], "attribute", time.perf_counter() - t1)
+    times = attribute(records, n)
+    _step(steps, "read", t1 - t0)
+    _step(steps, "attribute", time.perf_counter() - t1)
     return times
 
 
