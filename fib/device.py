@@ -16,12 +16,20 @@ _MAJOR, _MINOR, _SMS, _L2 = 75, 76, 16, 38  # CUdevice_attribute values (cuda.h)
 
 
 @lru_cache(maxsize=1)
+def libcuda():
+    """The CUDA driver library (ctypes), or None where it cannot be loaded."""
+    try:
+        return ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+
+
+@lru_cache(maxsize=1)
 def cuda_devices() -> tuple[dict[str, Any], ...] | None:
     """The visible CUDA devices as the driver lists them (CUDA_VISIBLE_DEVICES applies), or None
     when no driver can be loaded or initialised (then torch is asked)."""
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-    except OSError:
+    lib = libcuda()
+    if lib is None:
         return None
     try:
         if lib.cuInit(0) != 0:
@@ -36,30 +44,16 @@ def cuda_devices() -> tuple[dict[str, Any], ...] | None:
             name = ctypes.create_string_buffer(256)
             lib.cuDeviceGetName(name, 256, dev)
             attrs = {}
-            for key, attr in (("major", _MAJOR), ("minor", _MINOR), ("sm_count", _SMS)):
+            for key, attr in (("major", _MAJOR), ("minor", _MINOR), ("sm_count", _SMS), ("l2_bytes", _L2)):
                 value = ctypes.c_int()
                 lib.cuDeviceGetAttribute(ctypes.byref(value), attr, dev)
                 attrs[key] = value.value
             memory = ctypes.c_size_t()
             lib.cuDeviceTotalMem_v2(ctypes.byref(memory), dev)
             devices.append({"name": name.value.decode(errors="replace"), "sm": attrs["major"] * 10 + attrs["minor"],
-                            "memory_gb": round(memory.value / 2**30, 1), "sm_count": attrs["sm_count"]})
+                            "memory_gb": round(memory.value / 2**30, 1), "sm_count": attrs["sm_count"],
+                            "l2_bytes": attrs["l2_bytes"]})
         return tuple(devices)
-    except (AttributeError, OSError):
-        return None
-
-
-def l2_cache_bytes(index: int) -> int | None:
-    """The L2 size of visible CUDA device `index` from the driver, or None."""
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-        if lib.cuInit(0) != 0:
-            return None
-        dev, value = ctypes.c_int(), ctypes.c_int()
-        if lib.cuDeviceGet(ctypes.byref(dev), index) != 0 or \
-                lib.cuDeviceGetAttribute(ctypes.byref(value), _L2, dev) != 0:
-            return None
-        return value.value
     except (AttributeError, OSError):
         return None
 

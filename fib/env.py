@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .device import _torch_might_see_a_gpu, cuda_devices
+
 LIBS = ("torch", "triton", "flashinfer-python", "numpy", "pydantic", "nvtx")
 
 
@@ -58,34 +60,36 @@ def collect_environment() -> dict:
     (torch's import, 2.4 s on an H200 machine, was on the path to a run's first job): torch's version
     and CUDA from its files, the GPUs from libcuda (fib.device), the driver from NVML."""
     from . import __version__
-    from .device import _torch_might_see_a_gpu, cuda_devices, l2_cache_bytes
     libs = {name.replace("-python", ""): v for name in LIBS if (v := dist_version(name))}
     libs["python"] = platform.python_version()
     libs["fib"] = __version__
     env = {"cpu": _cpu_model(), "host": platform.node(), "platform": platform.platform(),
            "python_executable": sys.executable, "libs": libs, "cuda": _torch_cuda_version(), "gpu": None}
+    gpu = _first_gpu()
+    if gpu is None:
+        env["hardware"] = f"CPU: {env['cpu']}"
+        return env
+    info, count, l2_bytes = gpu
+    env["gpu"] = {k: info[k] for k in ("name", "sm", "memory_gb", "sm_count")}
+    env["gpu"].update(count=count, driver=_driver_version(), l2_mb=round((l2_bytes or 0) / 2**20, 1))
+    env["hardware"] = info["name"]
+    return env
+
+
+def _first_gpu() -> tuple[dict, int, int | None] | None:
+    """(device_info of the first GPU, how many there are, its L2 bytes), or None without a GPU: from the
+    driver (fib.device), or from torch where no libcuda answers but a ROCm driver is there."""
     devices = cuda_devices()
     if devices:
-        info = devices[0]
-        l2 = l2_cache_bytes(0)
-        env["gpu"] = {k: info[k] for k in ("name", "sm", "memory_gb", "sm_count")}
-        env["gpu"].update(count=len(devices), driver=_driver_version(),
-                          l2_mb=round((l2 or 0) / 2**20, 1))
-        env["hardware"] = info["name"]
-    elif devices is None and _torch_might_see_a_gpu():  # no libcuda: torch says (ROCm)
-        import torch
-        if torch.cuda.is_available():
-            from .device import device_info
-            info = device_info("cuda:0")
-            env["gpu"] = {k: info[k] for k in ("name", "sm", "memory_gb", "sm_count")}
-            env["gpu"].update(count=torch.cuda.device_count(), driver=_driver_version(),
-                              l2_mb=round(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) / 2**20, 1))
-            env["hardware"] = info["name"]
-        else:
-            env["hardware"] = f"CPU: {env['cpu']}"
-    else:
-        env["hardware"] = f"CPU: {env['cpu']}"
-    return env
+        return devices[0], len(devices), devices[0].get("l2_bytes")
+    if devices is not None or not _torch_might_see_a_gpu():
+        return None
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    from .device import device_info
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0)
+    return device_info("cuda:0"), torch.cuda.device_count(), l2
 
 
 def _torch_cuda_version() -> str | None:

@@ -31,9 +31,9 @@ def test_environment_of_a_gpu_machine_is_collected_without_importing_torch():
     import sys
     code = """
 import sys, json
-import fib.device as dev, fib.env as env
-dev.cuda_devices = lambda: ({"name": "NVIDIA H200", "sm": 90, "memory_gb": 139.8, "sm_count": 132},) * 2
-dev.l2_cache_bytes = lambda i: 60 * 2**20
+import fib.env as env
+env.cuda_devices = lambda: ({"name": "NVIDIA H200", "sm": 90, "memory_gb": 139.8, "sm_count": 132,
+                              "l2_bytes": 60 * 2**20},) * 2
 env._driver_version = lambda: "580.159.04"
 e = env.collect_environment()
 print(json.dumps({"torch": "torch" in sys.modules, "gpu": e["gpu"], "hardware": e["hardware"], "cuda": e["cuda"]}))

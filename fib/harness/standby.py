@@ -75,7 +75,8 @@ def standby_main(channel: Channel, args: dict) -> None:
 
 def _driver_and_role(channel: Channel, early: dict) -> None:
     try:
-        lib = _libcuda()
+        from ..device import libcuda
+        lib = libcuda()
         if lib is not None:
             lib.cuInit(0)
             STARTUP["cuinit_done"] = time.time()
@@ -88,14 +89,6 @@ def _driver_and_role(channel: Channel, early: dict) -> None:
             STARTUP["context_done"] = time.time()
     except BaseException as exc:  # EOF from a parent that went away, mostly: the main thread re-raises it
         early["error"] = exc
-
-
-def _libcuda():
-    import ctypes
-    try:
-        return ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
 
 
 def _retain_primary_context(lib, index: int) -> None:

@@ -116,48 +116,49 @@ class _Timed:
         return False
 
 
-def _profile_calls(rot: Rotation, flush, n: int, steps: dict | None = None):
+def _session(host_ops: bool, calls, steps: dict):
+    """A Kineto session around `calls()` and a device sync, its start, calls and stop timed into `steps`."""
     import torch
-    from torch.autograd.profiler import record_function
-    steps = {} if steps is None else steps
-    marker = torch.zeros(1, device="cuda")
-    session = _kineto_session()
+    session = _kineto_session(host_ops)
     with _Timed(steps, "session_start"):
         session.__enter__()
     try:
         with _Timed(steps, "calls"):
-            for _ in range(n):
-                with record_function(FLUSH_RANGE):
-                    flush()
-                    marker.zero_()  # a kernel of its own, so the device timeline can be split at it
-                with record_function(CALL_RANGE):
-                    rot()
+            calls()
             torch.cuda.synchronize()
     finally:
         with _Timed(steps, "session_stop"):
             session.__exit__(None, None, None)
     return session
+
+
+def _profile_calls(rot: Rotation, flush, n: int, steps: dict):
+    import torch
+    from torch.autograd.profiler import record_function
+    marker = torch.zeros(1, device="cuda")
+
+    def calls() -> None:
+        for _ in range(n):
+            with record_function(FLUSH_RANGE):
+                flush()
+                marker.zero_()  # a kernel of its own, so the device timeline can be split at it
+            with record_function(CALL_RANGE):
+                rot()
+    return _session(True, calls, steps)
 
 
 def _profile_device_only(rot: Rotation, flush, n: int, steps: dict):
     import torch
     mark = torch.cuda._sleep  # spin_kernel(0 cycles): a few microseconds of device time, outside the calls
-    session = _kineto_session(host_ops=False)
-    with _Timed(steps, "session_start"):
-        session.__enter__()
-    try:
-        with _Timed(steps, "calls"):
-            for _ in range(n):
-                mark(0)
-                flush()
-                mark(0)
-                rot()
-            mark(0)  # closes the last call's window
-            torch.cuda.synchronize()
-    finally:
-        with _Timed(steps, "session_stop"):
-            session.__exit__(None, None, None)
-    return session
+
+    def calls() -> None:
+        for _ in range(n):
+            mark(0)
+            flush()
+            mark(0)
+            rot()
+        mark(0)  # closes the last call's window
+    return _session(False, calls, steps)
 
 
 def _device_records(prof) -> list[tuple[str, int, int]]:
