@@ -228,3 +228,18 @@ def test_ctrl_c_keeps_measured_traces_and_resume_continues(tmp_path):
     pairs = [(t["solution"], t["workload"]["uuid"]) for t in after]
     assert len(pairs) == len(set(pairs)) and done <= set(pairs)
     assert {p for p in pairs if p[0] == "good"} == {("good", "w-n3"), ("good", "w-n8")}
+
+
+@pytest.mark.parametrize("code, status", [(None, 0), (0, 0), (2, 2), ("fatal: no such thing", 1)])
+def test_entry_exits_with_the_commands_status(monkeypatch, capsys, code, status):
+    """fib's entry point ends the process with os._exit after the atexit handlers and a flush of
+    stdout/stderr; the command's exit status, or 1 with the message for SystemExit("...")."""
+    import atexit
+    from fib.cli import entry
+    ran, exited = [], []
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: ran.append(True))
+    monkeypatch.setattr(entry.os, "_exit", lambda s: exited.append(s))
+    entry._exit(code)
+    assert ran == [True] and exited == [status]
+    if isinstance(code, str):
+        assert code in capsys.readouterr().err

@@ -440,3 +440,68 @@ def test_ci_left_to_the_parent_is_the_ci_summarize_computes():
     assert filled.model_dump() == full.model_dump()  # no marker left behind, the same CI
     assert filled.ci95_low_ms < filled.median_ms < filled.ci95_high_ms
     assert fill_ci(full) is full
+
+
+def test_direct_cupti_reads_the_fields_it_times():
+    """The direct session's record reader on records laid out as cupti_activity.h lays them out."""
+    import ctypes
+    from fib.timing import cupti_direct as cd
+    name = ctypes.create_string_buffer(b"_gemm1_swiglu_tma_kernel")
+    buf = (ctypes.c_uint8 * 256)()
+    base = ctypes.addressof(buf)
+
+    def put(offset, ctype, value):
+        ctype.from_address(base + offset).value = value
+    put(0, ctypes.c_uint32, cd.KIND_CONCURRENT_KERNEL)
+    put(cd.KERNEL_START, ctypes.c_uint64, 1_000_000_123)
+    put(cd.KERNEL_END, ctypes.c_uint64, 1_000_050_456)
+    put(cd.KERNEL_NAME, ctypes.c_void_p, ctypes.addressof(name))
+    names: dict = {}
+    assert cd.read_record(base, names) == ("_gemm1_swiglu_tma_kernel", 1_000_000_123, 1_000_050_456)
+    assert list(names.values()) == ["_gemm1_swiglu_tma_kernel"]  # cached by the string's address
+    put(0, ctypes.c_uint32, cd.KIND_MEMSET)
+    assert cd.read_record(base) == ("memset", 1_000_000_123, 1_000_050_456)
+    put(0, ctypes.c_uint32, 5)  # a runtime API record: not timed
+    assert cd.read_record(base) is None
+
+
+def test_direct_cupti_without_a_library_is_a_clear_error(monkeypatch, tmp_path):
+    from fib.timing import cupti_direct as cd
+    missing = tmp_path / "libcupti.so.13"
+    monkeypatch.setenv(cd.LIB_ENV, str(missing))
+    assert cd.find_libcupti() == str(missing)
+    with pytest.raises(TimingError, match="cannot load .*libcupti.so.13"):
+        cd.KernelSession()
+
+
+@pytest.mark.parametrize("mode, tried, session", [
+    ("", ["direct", "device"], "device (direct session unusable: layout)"),
+    ("kineto", ["device"], "device"),
+    ("full", [], "full (FIB_CUPTI_SESSION=full)"),
+])
+def test_cupti_sessions_are_tried_in_order(monkeypatch, mode, tried, session):
+    """direct, then Kineto's device-only session, then the full one; FIB_CUPTI_SESSION skips the first
+    one (kineto) or two (full); the session used and why the others were not are in `info`."""
+    import torch
+    from fib.timing import cupti as c
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setenv(c.SESSION_ENV, mode)
+    seen = []
+
+    def direct(rot, flush, n, steps):
+        seen.append("direct")
+        raise TimingError("layout")
+
+    def device(rot, flush, n, steps):
+        seen.append("device")
+        return "prof"
+    monkeypatch.setattr(c, "_profile_direct", direct)
+    monkeypatch.setattr(c, "_profile_device_only", device)
+    monkeypatch.setattr(c, "_device_records", lambda prof: _marked([[("gemm", 100)], [("gemm", 80)]]))
+    monkeypatch.setattr(c, "_profile_calls", lambda rot, flush, n, steps: "full")
+    monkeypatch.setattr(c, "_kineto_records", lambda prof: [])
+    monkeypatch.setattr(c, "attribute_device_time", lambda records, n: ([0.5] * n, [0.5] * n))
+    info: dict = {}
+    kernel_ms, _ = c.cupti_times(lambda: None, lambda: None, 2, info)
+    assert seen == tried and info["session"] == session
+    assert kernel_ms == ([100 / 1e6, 80 / 1e6] if tried else [0.5, 0.5])

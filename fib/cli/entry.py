@@ -3,6 +3,8 @@ is imported (typer, rich, pydantic, the dataset: about a second on an H200 machi
 imports overlap all of it; then the CLI proper (fib/cli/app.py)."""
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 
 
@@ -23,4 +25,31 @@ def main() -> None:
         from ..harness.standby import POOL, STANDBYS
         POOL.start(STANDBYS)
     from .app import main as app_main
-    app_main()
+    try:
+        app_main()
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    _exit(code)
+
+
+def _exit(code) -> None:
+    """End the process once the command is done: the atexit handlers (the standby pool's, logging's),
+    stdout and stderr flushed, then os._exit, skipping the interpreter's teardown of every module and
+    object (0.3-0.5 s after a `fib run`, against ~5 ms: it frees nothing the OS would not). Every file
+    fib writes is closed by then: run directories are written whole, and logs by handlers atexit closes."""
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # SystemExit("message"): Python prints it to stderr and exits with 1
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)

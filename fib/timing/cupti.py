@@ -1,8 +1,11 @@
-"""The cupti timer: kernel time per call from CUPTI through torch's profiler (Kineto).
+"""The cupti timer: kernel time per call from CUPTI, directly or through torch's profiler (Kineto).
 
-Two ways to tie device work to a call, tried in this order:
+Three sessions, tried in this order:
 
-- device-only session (the fast path): Kineto records CUDA activity only (no host ops, no
+- direct session (the fastest): fib's own kernels-only CUPTI activity session
+  (`fib.timing.cupti_direct`), calls bracketed by marker kernels as in the device-only session below. It
+  records no runtime or driver API activity, which Kineto always adds (~190 us per triton_fused call).
+- device-only session: Kineto records CUDA activity only (no host ops, no
   `record_function`), and every call is bracketed on the stream by marker kernels (`torch.cuda._sleep(0)`,
   aten's `spin_kernel`): marker, L2 flush, marker, call. Call k's device events are those between its
   second marker and the next call's first one. The markers and the flush are outside those windows, so
@@ -13,9 +16,10 @@ Two ways to tie device work to a call, tried in this order:
   inside `record_function("fib.timed_call")`; device work is attributed to a call through its launch's
   correlation id (the flush, launched outside the range, is excluded).
 
-The device-only path is used only when what it sees is exactly what it expects (2 markers per call,
+A marker session is used only when what it sees is exactly what it expects (2 markers per call,
 every call's window holds device work, no device event straddles a boundary); otherwise the calls are
-timed again with the full session and `info["session"]` says why.
+timed again with the next session and `info["session"]` says why. `FIB_CUPTI_SESSION`: "kineto" starts at
+the device-only session, "full" goes straight to the full one.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from .rotation import Rotation
 
 CALL_RANGE = "fib.timed_call"
 MARKER_KERNEL = "spin_kernel"  # aten's kernel behind torch.cuda._sleep: launched by no solution we know
-SESSION_ENV = "FIB_CUPTI_SESSION"  # "full": skip the device-only session (for comparisons)
+SESSION_ENV = "FIB_CUPTI_SESSION"  # "kineto": skip the direct session; "full": Kineto's full session only
 
 _CUPTI_PROBE: dict[str, tuple[bool, str]] = {}
 
@@ -45,8 +49,10 @@ def cupti_available(device) -> tuple[bool, str]:
         try:
             x = torch.ones(1024, device=device)
             rot = Rotation(lambda _i: x.add_(1.0), 1)
-            kernel_ms, _ = cupti_times(rot, lambda: None, 2)
-            _CUPTI_PROBE[key] = (True, f"Kineto probe attributed kernels to {len(kernel_ms)} calls")
+            info: dict = {}
+            kernel_ms, _ = cupti_times(rot, lambda: None, 2, info)
+            _CUPTI_PROBE[key] = (True, f"CUPTI probe ({info.get('session')} session) attributed kernels "
+                                       f"to {len(kernel_ms)} calls")
         except Exception as exc:  # any failure means: not usable here
             _CUPTI_PROBE[key] = (False, f"{type(exc).__name__}: {exc}")
     return _CUPTI_PROBE[key]
@@ -54,26 +60,32 @@ def cupti_available(device) -> tuple[bool, str]:
 
 def cupti_times(rot: Rotation, flush, n: int, info: dict | None = None) -> tuple[list[float], list[float]]:
     """(kernel ms, device span ms) of each of `n` calls of `rot`, each after `flush`. `info`, when
-    given, receives the session used ("device" or "full", with the reason for a fallback) and the
+    given, receives the session used ("direct", "device" or "full", with the reasons for a fallback) and the
     seconds of each step (session_start, calls, session_stop, read, attribute)."""
     import torch
     info = {} if info is None else info
     info.setdefault("steps_s", {})
     torch.cuda.synchronize()
+    mode = os.environ.get(SESSION_ENV, "")
+    why: list[str] = []
     with warnings.catch_warnings():  # "Profiler clears events at the end of each cycle": expected
         warnings.simplefilter("ignore", UserWarning)
-        if os.environ.get(SESSION_ENV, "") != "full":
+        tries = [] if mode == "full" else [("device", _profile_device_only, _device_records)]
+        if mode not in ("full", "kineto"):
+            tries.insert(0, ("direct", _profile_direct, lambda session: session.events))
+        for name, profile, read in tries:
             try:
-                prof = _profile_device_only(rot, flush, n, info["steps_s"])
-                times = _read_and_attribute(prof, _device_records, attribute_by_markers, n, info["steps_s"])
-                info["session"] = "device"
+                session = profile(rot, flush, n, info["steps_s"])
+                times = _read_and_attribute(session, read, attribute_by_markers, n, info["steps_s"])
+                info["session"] = name if not why else f"{name} ({'; '.join(why)})"
                 return times
             except TimingError as exc:
-                info["session"] = f"full (device-only session unusable: {exc.message})"
-            except Exception as exc:  # a torch without _sleep or the accessors: the full session
-                info["session"] = f"full (device-only session failed: {type(exc).__name__}: {exc})"
-        else:
-            info["session"] = f"full ({SESSION_ENV}=full)"
+                why.append(f"{name} session unusable: {exc.message}")
+            except Exception as exc:  # no libcupti, a torch without _sleep or the accessors: the next one
+                why.append(f"{name} session failed: {type(exc).__name__}: {exc}")
+        if mode in ("full", "kineto"):
+            why.insert(0, f"{SESSION_ENV}={mode}")
+        info["session"] = f"full ({'; '.join(why)})"
         prof = _profile_calls(rot, flush, n, info["steps_s"])
     return _read_and_attribute(prof, _kineto_records, attribute_device_time, n, info["steps_s"])
 
@@ -116,10 +128,10 @@ class _Timed:
         return False
 
 
-def _session(host_ops: bool, calls, steps: dict):
-    """A Kineto session around `calls()` and a device sync, its start, calls and stop timed into `steps`."""
+def _session(session, calls, steps: dict):
+    """`session` (a Kineto or a direct CUPTI session) around `calls()` and a device sync, its start,
+    calls and stop timed into `steps`."""
     import torch
-    session = _kineto_session(host_ops)
     with _Timed(steps, "session_start"):
         session.__enter__()
     try:
@@ -144,10 +156,11 @@ def _profile_calls(rot: Rotation, flush, n: int, steps: dict):
                 marker.zero_()  # a kernel of its own, so the device timeline can be split at it
             with record_function(CALL_RANGE):
                 rot()
-    return _session(True, calls, steps)
+    return _session(_kineto_session(True), calls, steps)
 
 
-def _profile_device_only(rot: Rotation, flush, n: int, steps: dict):
+def _marked_calls(rot: Rotation, flush, n: int):
+    """The calls of a marker session: marker, flush, marker, call; one marker after the last call."""
     import torch
     mark = torch.cuda._sleep  # spin_kernel(0 cycles): a few microseconds of device time, outside the calls
 
@@ -158,7 +171,23 @@ def _profile_device_only(rot: Rotation, flush, n: int, steps: dict):
             mark(0)
             rot()
         mark(0)  # closes the last call's window
-    return _session(False, calls, steps)
+    return calls
+
+
+def _profile_device_only(rot: Rotation, flush, n: int, steps: dict):
+    return _session(_kineto_session(False), _marked_calls(rot, flush, n), steps)
+
+
+def _profile_direct(rot: Rotation, flush, n: int, steps: dict):
+    """The direct session over `n` calls, after one over a single call that counts its records: a
+    session must fit one CUPTI buffer (see cupti_direct.KernelSession)."""
+    from .cupti_direct import KernelSession
+    one = _session(KernelSession(), _marked_calls(rot, flush, 1), steps)
+    need = (len(one.events) + 1) * n + 1  # each call's records and its leading marker, as counted
+    if not KernelSession.fits(int(need * 1.25)):
+        raise TimingError(f"{n} calls of {len(one.events) - 3} device records each would overflow "
+                          "one CUPTI buffer")
+    return _session(KernelSession(), _marked_calls(rot, flush, n), steps)
 
 
 def _device_records(prof) -> list[tuple[str, int, int]]:
