@@ -24,7 +24,8 @@ FUSED_BUCKETS = [
     (range(9, 17), {"route_single", "route_single_reload", "route_tiles4", "route_tiles8", "splitk"}),
     (range(17, 129), {"fp8c_bn64", "rq_bn64", "bn1_32"}),
     (range(129, 1025), {"rq", "rq_bn64", "bm64"}),
-    (range(1025, 10**6), {"pointer", "tma_s5", "tma_promote", "tma_bn64"}),  # v8: TMA by default
+    (range(1025, 10**6), {"pointer", "tma_s5", "tma_promote", "tma_bn64",  # v8: TMA by default
+                          "route4", "route8", "fin_branch", "edges"}),
 ]
 
 

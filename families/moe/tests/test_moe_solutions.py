@@ -333,6 +333,17 @@ def test_fused_tma_prefill_interpreted(name, seed, T, offset, extra):
     _assert_close(stats, 5e-2)
 
 
+@pytest.mark.parametrize("seed,T,offset,extra", [
+    (6, 33, 0, {"route_tile": 4}),                    # route4 + fin_branch ("edges")
+    (7, 21, 16, {"route_tile": 8, "split2": 2}),      # the branch over gemm2's K-range partials too
+])
+def test_fused_branch_finalize_interpreted(seed, T, offset, extra):
+    """fin="branch" (the finalize loads only a token's local slots) with the TMA prefill tiles."""
+    stats = check_in_subprocess("triton_fused", seed, T, offset,
+                                {**PREFILL, **PREFILL_ROUTE, **TMA_CONFIGS["default"], "fin": "branch", **extra})
+    _assert_close(stats, 5e-2)
+
+
 @pytest.mark.parametrize("name", ["default", "tma_bn64"])
 def test_fused_tma_wrong_tiles_fail(name):
     """A descriptor over the wrong tensor (W13 or W2 of the next expert, C shifted by a row) gives

@@ -69,6 +69,8 @@ CONFIG_DOC = {
            "descriptors (unsplit, fp8 C only; False: pointer loads)",
     "acc": "tma only: 'promote' (each 128-deep K block's dot scaled into the fp32 sum in registers) "
            "or 'rescale' (the sum carried through the dots, rescaled by the scale ratio: fewer registers)",
+    "fin": "the finalize's loads: 'masked' (a token's TOPK slots as one masked tile) or 'branch' (slot by "
+           "slot behind a test of its expert: no load for a non-local slot)",
 }
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact.
@@ -584,6 +586,25 @@ def _finalize_reduce_kernel(y_ptr, ids_ptr, out_ptr, expert_offset, n_local, H, 
     tl.store(out_ptr + t.to(tl.int64) * H + cols, tl.sum(y, 0).to(tl.bfloat16), mask=cols < H)
 
 
+@triton.jit
+def _finalize_branch_kernel(y_ptr, ids_ptr, out_ptr, expert_offset, n_local, H, n_entries,
+                            TOPK: tl.constexpr, BH: tl.constexpr, SPLIT: tl.constexpr = 1):
+    """_finalize_reduce_kernel slot by slot behind a scalar test of the slot's expert (config
+    fin="branch"): a slot whose expert is not local (with 32 of 256 experts local, ~7 of a token's
+    8) costs no masked [BH] load and no address arithmetic."""
+    t = tl.program_id(0)
+    cols = tl.program_id(1) * BH + tl.arange(0, BH)
+    acc = tl.zeros([BH], dtype=tl.float32)
+    for k in tl.static_range(TOPK):
+        local = tl.load(ids_ptr + t * TOPK + k) - expert_offset
+        if (local >= 0) & (local < n_local):
+            row = (t * TOPK + k).to(tl.int64)
+            for sp in tl.static_range(SPLIT):
+                acc += tl.load(y_ptr + (sp * n_entries + row) * H + cols, mask=cols < H,
+                               other=0.0).to(tl.float32)
+    tl.store(out_ptr + t.to(tl.int64) * H + cols, acc.to(tl.bfloat16), mask=cols < H)
+
+
 def _config(T):
     """The default configuration of T's bucket (every key of CONFIG_DOC)."""
     # Routing (v7b, cupti): up to 8 tokens one single-program launch with the ids in registers
@@ -595,7 +616,7 @@ def _config(T):
     else:
         route = dict(route="tiles", route_tile=2 if T <= TINY_MAX else 4 if T <= DECODE_MAX else 16,
                      route_one_tile=True)
-    one = dict(split=1, split2=1, act="gemm1", tma=False, acc="promote")
+    one = dict(split=1, split2=1, act="gemm1", tma=False, acc="promote", fin="masked")
     if T > DECODE_MAX:
         # v8 sweep (H200, fib's cupti kernel sum, benchmarks/NOTES.md): TMA weight (and gemm2 C) tiles with
         # the rescaled sum and 3 gemm2 stages (two gemm2 CTAs per SM): 1.744 / 2.413 ms at 11948 / 14107
@@ -613,7 +634,7 @@ def _config(T):
     # activation kernel and 3 gemm2 stages (0.0407 with 4; 20.9 us floor: 52%); T=7 0.0857 with
     # SwiGLU in gemm1's last-arriving program and BN2=128 (0.0888 apart).
     if T <= SPLITK_MAX:
-        split = dict(split=2, split2=2, tma=False, acc="promote")
+        split = dict(split=2, split2=2, tma=False, acc="promote", fin="masked")
         if T >= ACT_IN_GEMM1_FROM:
             return dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="bf16", act="gemm1",
                         **split, **route)
@@ -653,8 +674,14 @@ def _variants(T):
     # CTA), 7-14% slower; tma_promote: TMA with v7's sum, 21-32% slower; tma_bn64: 64-wide gemm1 tiles and
     # 3 stages in both (two CTAs per SM in both), even at 11948, 11% slower at 14107. v3's s34 and bm64_w4
     # (equal to and 2.5x slower than v7's default) were dropped with v8.
+    # v9 candidates around the GEMMs (ncu at 14107, v8/ncu: routing 107 us, 75 of it one kernel at 224 registers
+    # and 12% occupancy over 16-token tiles; finalize 166 us at 54% DRAM / 82% SM for ~448 MB of traffic, 106
+    # us at the copy ceiling): route4 / route8 (4- or 8-token routing tiles, as decode uses), fin_branch (the
+    # finalize loads only local slots), edges (both).
     return {"pointer": dict(tma=False, acc="promote", stages2=5), "tma_s5": dict(stages2=5),
-            "tma_promote": dict(acc="promote", stages2=5), "tma_bn64": dict(BN1=64, stages1=3)}
+            "tma_promote": dict(acc="promote", stages2=5), "tma_bn64": dict(BN1=64, stages1=3),
+            "route4": dict(route_tile=4), "route8": dict(route_tile=8), "fin_branch": dict(fin="branch"),
+            "edges": dict(route_tile=4, fin="branch")}
 
 
 def fib_configs(axes):
@@ -676,7 +703,7 @@ def _invalid(cfg):
             return f"{key}={cfg[key]!r} is not a positive integer"
     for key, allowed in (("act", ("gemm1", "kernel")), ("c_dtype", ("fp8", "bf16")),
                          ("route", ("single", "tiles")), ("route_one_tile", (True, False)),
-                         ("tma", (True, False)), ("acc", ("promote", "rescale"))):
+                         ("tma", (True, False)), ("acc", ("promote", "rescale")), ("fin", ("masked", "branch"))):
         if cfg[key] not in allowed:
             return f"{key}={cfg[key]!r} is not one of {allowed}"
     if cfg["split"] == 1 and cfg["act"] != "gemm1":
@@ -878,6 +905,6 @@ def _run(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1
                 num_warps=cfg["warps"], num_stages=cfg["stages2"])
     with fib.stage("finalize"):
         BH = min(1024, triton.next_power_of_2(H))
-        _finalize_reduce_kernel[(T, triton.cdiv(H, BH))](y, ids, output, local_expert_offset,
-                                                          n_local, H, n_entries, TOPK=TOPK, BH=BH,
-                                                          SPLIT=split2)
+        finalize = _finalize_branch_kernel if cfg["fin"] == "branch" else _finalize_reduce_kernel
+        finalize[(T, triton.cdiv(H, BH))](y, ids, output, local_expert_offset, n_local, H, n_entries,
+                                          TOPK=TOPK, BH=BH, SPLIT=split2)
