@@ -306,7 +306,7 @@ def test_fused_prefill_path_interpreted():
 
 # v8: the prefill variants with TMA tiles (fib_configs at T > 1024), over the prefill tiles at T=33
 TMA_CONFIGS = {
-    "default": {"tma": True, "acc": "rescale", "stages2": 3},
+    "default": {"tma": True, "acc": "rescale", "stages2": 3, "fin": "branch"},
     "tma_s5": {"tma": True, "acc": "rescale"},
     "tma_promote": {"tma": True},
     "tma_bn64": {"tma": True, "acc": "rescale", "BN1": 64, "stages1": 3, "stages2": 3},

@@ -621,8 +621,10 @@ def _config(T):
         # v8 sweep (H200, fib's cupti kernel sum, benchmarks/NOTES.md): TMA weight (and gemm2 C) tiles with
         # the rescaled sum and 3 gemm2 stages (two gemm2 CTAs per SM): 1.744 / 2.413 ms at 11948 / 14107
         # tokens against 2.094 / 3.060 for v7's pointer-loaded tiles ("pointer").
+        # v9 sweep (H200, cupti, reports/moe_deepseek_h200/v9/sweep): the finalize loading only local slots
+        # (fin="branch"): 1.543 / 2.317 ms against v8's 1.592 / 2.449 at 11948 / 14107.
         return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=3, c_dtype="fp8", **route,
-                    **dict(one, tma=True, acc="rescale"))
+                    **dict(one, tma=True, acc="rescale", fin="branch"))
     # v4 sweep (H200, graph ms, benchmarks/NOTES.md): with gemm2 streaming QB-deep weight tiles
     # over 64-wide activation groups, BN1=64 (32 gemm1 programs per expert) and BM=16 won at
     # every decode size tried (T=7..80: 0.157/0.145/0.301/0.310 ms vs 0.167/0.166/0.340/0.346
@@ -651,37 +653,40 @@ def _config(T):
 def _variants(T):
     """The named alternatives to T's default that the sweeps in benchmarks/NOTES.md timed (and a
     few they left open), as overrides of the bucket's configuration."""
+    # fin_branch at every decode bucket: v9's prefill finalize, to be timed there (finalize 2-13 us at 7-901 tokens)
     if T <= SPLITK_MAX:  # v5/v7: where SwiGLU runs, gemm2 stages, ids in registers or reloaded
         kernel = dict(act="kernel", c_dtype="fp8", BN2=64, stages2=3)
         gemm1 = dict(act="gemm1", c_dtype="bf16", BN2=128, stages2=4)
         return {"act_kernel": kernel, "act_gemm1": gemm1,
                 "act_kernel_reload": dict(kernel, route_one_tile=False),
                 "act_gemm1_reload": dict(gemm1, route_one_tile=False),
-                "act_kernel_s4": dict(kernel, stages2=4)}
+                "act_kernel_s4": dict(kernel, stages2=4), "fin_branch": dict(fin="branch")}
     if T <= TINY_MAX:  # v7b: routing at 9-16 tokens; NOTES open item 4: split-K when few experts hit
         return {"route_single": dict(route="single", route_tile=16),
                 "route_single_reload": dict(route="single", route_tile=16, route_one_tile=False),
                 "route_tiles4": dict(route_tile=4), "route_tiles8": dict(route_tile=8),
-                "splitk": dict(split=2, split2=2)}
+                "splitk": dict(split=2, split2=2), "fin_branch": dict(fin="branch")}
     if T <= SMALL_MAX:  # v6: fp8 C from gemm1 (v5) against bf16 C re-quantized in gemm2
         return {"fp8c_bn64": dict(c_dtype="fp8", BN2=64), "rq_bn64": dict(BN2=64),
-                "bn1_32": dict(BN1=32, BN2=64)}
+                "bn1_32": dict(BN1=32, BN2=64), "fin_branch": dict(fin="branch")}
     if T <= DECODE_MAX:  # v6 at 901; NOTES open item 3: BM=64
-        return {"rq": dict(c_dtype="bf16"), "rq_bn64": dict(c_dtype="bf16", BN2=64), "bm64": dict(BM=64)}
+        return {"rq": dict(c_dtype="bf16"), "rq_bn64": dict(c_dtype="bf16", BN2=64), "bm64": dict(BM=64),
+                "fin_branch": dict(fin="branch")}
     # prefill (v8, benchmarks/NOTES.md): the default is TMA tiles with the rescaled sum and 3 gemm2 stages
     # (gemm1 220 registers, no spill; gemm2 114, two CTAs per SM). pointer: v7's default (pointer-loaded
     # tiles, a second accumulator per dot, 5 gemm2 stages), 20-27% slower; tma_s5: 5 gemm2 stages (one
     # CTA), 7-14% slower; tma_promote: TMA with v7's sum, 21-32% slower; tma_bn64: 64-wide gemm1 tiles and
     # 3 stages in both (two CTAs per SM in both), even at 11948, 11% slower at 14107. v3's s34 and bm64_w4
     # (equal to and 2.5x slower than v7's default) were dropped with v8.
-    # v9 candidates around the GEMMs (ncu at 14107, v8/ncu: routing 107 us, 75 of it one kernel at 224 registers
-    # and 12% occupancy over 16-token tiles; finalize 166 us at 54% DRAM / 82% SM for ~448 MB of traffic, 106
-    # us at the copy ceiling): route4 / route8 (4- or 8-token routing tiles, as decode uses), fin_branch (the
-    # finalize loads only local slots), edges (both).
-    return {"pointer": dict(tma=False, acc="promote", stages2=5), "tma_s5": dict(stages2=5),
-            "tma_promote": dict(acc="promote", stages2=5), "tma_bn64": dict(BN1=64, stages1=3),
-            "route4": dict(route_tile=4), "route8": dict(route_tile=8), "fin_branch": dict(fin="branch"),
-            "edges": dict(route_tile=4, fin="branch")}
+    # v9 (reports/moe_deepseek_h200/v9/sweep, ncu at 14107 in v8/ncu: finalize 166 us at 54% DRAM / 82% SM for
+    # ~448 MB, 106 us at the copy ceiling; routing 107 us, 75 of it one kernel at 224 registers and 12% occupancy):
+    # fin="branch" became the default (-3% / -5%); fin_masked is v8's finalize. 4- and 8-token routing tiles
+    # (56 / 111 registers) were within noise of the 16-token default (route4 +2.6% / -3.0%, route8 -0.4% / -4.4%,
+    # with fin_branch as "edges" +1.3% / +3.9% over fin_branch alone): route8 stays to be timed over fin_branch,
+    # route4 and edges were dropped.
+    return {"pointer": dict(tma=False, acc="promote", stages2=5, fin="masked"),
+            "tma_s5": dict(stages2=5), "tma_promote": dict(acc="promote", stages2=5),
+            "tma_bn64": dict(BN1=64, stages1=3), "fin_masked": dict(fin="masked"), "route8": dict(route_tile=8)}
 
 
 def fib_configs(axes):
