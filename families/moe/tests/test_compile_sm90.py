@@ -38,7 +38,8 @@ def test_fused_kernels_compile_for_sm90(fused, T, config):
 
 # v8: the TMA prefill configurations at a dataset size: (gemm1, gemm2) CTAs per SM they are
 # built for (benchmarks/NOTES.md, "v8 (TMA weight tiles): prediction")
-TMA_CTAS = {"default": (1, 2), "tma_s5": (1, 1), "tma_promote": (1, 1), "tma_bn64": (2, 2)}
+TMA_CTAS = {"default": (1, 2), "tma_s5": (1, 1), "tma_promote": (1, 1), "tma_bn64": (2, 2),
+            "tma_a": (1, 2), "tma_a_bn64": (2, 2)}  # v9 candidates: A through TMA too
 
 
 @pytest.mark.parametrize("name", sorted(TMA_CTAS))
@@ -48,7 +49,14 @@ def test_tma_prefill_configurations_compile_for_sm90(fused, name):
     the CTAs per SM it is meant to. Registers, spills and shared memory are printed (-s)."""
     cfg = fused.fib_configs({"seq_len": 14107})[name]
     rows = {r["kernel"]: r for r in compile_sm90.compile_run(fused, 14107, config=cfg)}
-    g1, g2 = rows["_gemm1_swiglu_tma_kernel"], rows["_gemm2_combine_tma_kernel"]
+    g1 = rows["_gemm1_swiglu_tma_a_kernel" if cfg["a_tma"] else "_gemm1_swiglu_tma_kernel"]
+    g2 = rows["_gemm2_combine_tma_kernel"]
+    if cfg["a_tma"]:  # every gemm1 operand by bulk copy; the gather is a plain copy kernel
+        gather = rows["_gather_rows_kernel"]
+        print(f"{name:12} {gather['kernel']:28} w{gather['warps']} reg={gather['reg']} "
+              f"stack={gather.get('stack')} cta/SM={gather['ctas_per_sm']}")
+        assert g1["cp_async"] == 0, g1
+        assert gather.get("stack", 0) == 0 and gather["wgmma"] == 0 and gather["ctas_per_sm"] >= 4, gather
     for r in (g1, g2):
         print(f"{name:12} {r['kernel']:28} w{r['warps']} s{r['stages']} reg={r['reg']} "
               f"stack={r.get('stack')} smem={r['shared_bytes']} tma={r['tma']} cta/SM={r['ctas_per_sm']}")

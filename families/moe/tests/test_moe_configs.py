@@ -25,8 +25,9 @@ FUSED_BUCKETS = [
     (range(9, 17), {"route_single", "route_single_reload", "route_tiles4", "route_tiles8", "splitk", "fin_branch"}),
     (range(17, 129), {"fp8c_bn64", "rq_bn64", "bn1_32", "fin_branch"}),
     (range(129, 1025), {"rq", "rq_bn64", "bm64", "fin_branch"}),
-    (range(1025, 10**6), {"pointer", "tma_s5", "tma_promote", "tma_bn64",  # v8: TMA by default
-                          "fin_masked", "route8"}),  # v9: fin="branch" by default
+    # v8: TMA by default; v9: fin="branch" by default; candidates: A through TMA too (gathered rows)
+    (range(1025, 10**6), {"pointer", "tma_s5", "tma_promote", "tma_bn64", "fin_masked", "route8",
+                          "tma_a", "tma_a_bn64"}),
 ]
 
 
@@ -124,29 +125,49 @@ def test_fused_config_errors_name_the_key(modules):
         module._resolve(2000, {"tma": False})  # the prefill default carries the rescaled sum
     with pytest.raises(ValueError, match="acc='exact' is not one of"):
         module._resolve(2000, {"tma": True, "acc": "exact"})
+    # v9 candidate: A through TMA needs the unsplit TMA gemm1
+    with pytest.raises(ValueError, match="a_tma=True needs tma=True and split=1"):
+        module._resolve(2000, {"a_tma": True, "tma": False, "acc": "promote"})
+    with pytest.raises(ValueError, match="a_tma=True needs tma=True and split=1"):
+        module._resolve(7, {"a_tma": True})
+    with pytest.raises(ValueError, match="a_tma='yes' is not one of"):
+        module._resolve(2000, {"a_tma": "yes"})
 
 
 @pytest.mark.parametrize("T", [11948, 14107])
 def test_tma_configurations_launch_the_descriptor_kernels(modules, T):
     """The default and each TMA variant launch the TMA gemm1/gemm2 (descriptors typed by their blocks:
     W13 [BN1, 128], C [BM, BN1], W2 [BN2, BN1]) with its RESCALE, and the routing and finalize
-    kernels as v7's pointer-loaded configuration ("pointer") does; "pointer" launches neither TMA kernel."""
+    kernels as v7's pointer-loaded configuration ("pointer") does; "pointer" launches neither TMA kernel.
+    a_tma: the gather kernel (one program per 16 of the row bound) and the A-by-TMA gemm1 (A [BM, 128])."""
     module = modules["triton_fused"]
     declared = module.fib_configs({"seq_len": T})
     default = {r["kernel"]: r for r in launches(module, T, declared["pointer"])}
     assert not any("tma" in k for k in default), default.keys()
     assert {r["kernel"] for r in launches(module, T)} == {r["kernel"] for r in launches(module, T, declared["default"])}
-    for name in ("default", "tma_s5", "tma_promote", "tma_bn64"):
+    for name in ("default", "tma_s5", "tma_promote", "tma_bn64", "tma_a", "tma_a_bn64"):
         cfg = declared[name]
-        got = {r["kernel"]: r for r in launches(module, T, cfg)}
+        runs = launches(module, T, cfg)
+        got = {r["kernel"]: r for r in runs}
         if cfg["fin"] == "branch":  # v9's finalize: the same grid, a kernel of its own
             fin = got.pop("_finalize_branch_kernel")
             assert fin["grid"] == default["_finalize_reduce_kernel"]["grid"], name
             got["_finalize_reduce_kernel"] = default["_finalize_reduce_kernel"]
-        assert set(got) == {k.replace("_kernel", "_tma_kernel") if k.startswith("_gemm") else k
-                            for k in default}, (name, got.keys())
+        want = {k.replace("_kernel", "_tma_kernel") if k.startswith("_gemm") else k for k in default}
         bn1, bm, bn2 = cfg["BN1"], cfg["BM"], cfg["BN2"]
-        g1, g2 = got["_gemm1_swiglu_tma_kernel"], got["_gemm2_combine_tma_kernel"]
+        if cfg["a_tma"]:  # the gather kernel right before gemm1, which reads A by TMA as well
+            want = want - {"_gemm1_swiglu_tma_kernel"} | {"_gather_rows_kernel", "_gemm1_swiglu_tma_a_kernel"}
+            order = [r["kernel"] for r in runs]
+            assert order.index("_gather_rows_kernel") + 1 == order.index("_gemm1_swiglu_tma_a_kernel"), order
+            g1 = got["_gemm1_swiglu_tma_a_kernel"]
+            assert g1["sig"]["a_desc"] == f"tensordesc<fp8e4nv[{bm}, 128]>", (name, g1["sig"])
+            rows = default["_gemm1_swiglu_kernel"]["grid"][0] // (2048 // 128) * bm  # the default's row bound
+            gather = got["_gather_rows_kernel"]
+            assert gather["grid"] == [rows // gather["consts"]["RB"]], (name, gather)
+        else:
+            g1 = got["_gemm1_swiglu_tma_kernel"]
+        assert set(got) == want, (name, got.keys())
+        g2 = got["_gemm2_combine_tma_kernel"]
         assert g1["sig"]["w_desc"] == f"tensordesc<fp8e4nv[{bn1}, 128]>", (name, g1["sig"])
         assert g2["sig"]["c_desc"] == f"tensordesc<fp8e4nv[{bm}, {bn1}]>", (name, g2["sig"])
         assert g2["sig"]["w_desc"] == f"tensordesc<fp8e4nv[{bn2}, {bn1}]>", (name, g2["sig"])

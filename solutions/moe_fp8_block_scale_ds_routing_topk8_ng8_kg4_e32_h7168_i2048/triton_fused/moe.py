@@ -21,7 +21,8 @@
 - with `tma` (the prefill default since v8), gemm1 reads its weight tiles and gemm2 its weight
   and fp8 C tiles through host-side TMA descriptors (separate kernels; the decode buckets keep the
   pointer-loaded ones); `acc="rescale"` carries the fp32 sum through the dots instead of a second
-  accumulator per dot (_scaled_dot).
+  accumulator per dot (_scaled_dot). With `a_tma` (a prefill variant) a gather kernel first copies
+  the A rows (and their scales) into sorted-row order, so gemm1 reads A through a descriptor too.
 
 Configurations: `run(...)` (the definition's signature; `fib_with_config(config)` gives it with a configuration) picks the configuration of T's bucket (`_config`); a
 dict passed as `config` overrides any of its keys (CONFIG_DOC lists them). `fib_configs(axes)`
@@ -71,6 +72,9 @@ CONFIG_DOC = {
            "or 'rescale' (the sum carried through the dots, rescaled by the scale ratio: fewer registers)",
     "fin": "the finalize's loads: 'masked' (a token's TOPK slots as one masked tile) or 'branch' (slot by "
            "slot behind a test of its expert: no load for a non-local slot)",
+    "a_tma": "tma only: gemm1 reads A through a TMA descriptor too, over a copy of the A rows (and "
+             "their scales) gathered into sorted-row order by a kernel of its own (stage 'dispatch'); "
+             "False: A rows gathered by token with pointer loads",
 }
 # Triton 3.9's interpreter converts f32 -> fp8 without carrying a rounded-up mantissa into the
 # exponent (31.4 -> 16.0); under it we round to the e4m3 grid first so the cast is exact.
@@ -397,6 +401,81 @@ def _gemm1_swiglu_tma_kernel(a_ptr, a_scale_ptr, w_desc, w_scale_ptr, c_ptr, c_s
 
 
 @triton.jit
+def _gather_rows_kernel(a_ptr, a_scale_ptr, out_ptr, out_scale_ptr, sorted_ids_ptr, n_post_ptr,
+                        n_tokens, n_entries, n_rows, K,
+                        TOPK: tl.constexpr, QB: tl.constexpr, RB: tl.constexpr, NB: tl.constexpr):
+    """Config a_tma: out[row] = A[token(row)] for RB sorted rows, and their K-block scales into
+    out_scale [K // QB, n_rows] (a row block's scales of one K block contiguous); padding rows
+    zero, so gemm1 needs no row mask. Rows from n_post on are left unwritten (gemm1 never reads
+    them). NB scale blocks (NB * QB columns) per step."""
+    pid = tl.program_id(0)
+    rows = pid * RB + tl.arange(0, RB)
+    entry = tl.load(sorted_ids_ptr + rows)
+    if pid * RB >= tl.load(n_post_ptr):
+        return
+    live = entry < n_entries
+    token = tl.where(live, entry // TOPK, 0).to(tl.int64)
+    kk = tl.arange(0, NB * QB)
+    kb = tl.arange(0, NB)
+    src = a_ptr + token[:, None] * K + kk[None, :]
+    dst = out_ptr + rows[:, None].to(tl.int64) * K + kk[None, :]
+    for k0 in range(0, K, NB * QB):
+        tl.store(dst + k0, tl.load(src + k0, mask=live[:, None], other=0.0))
+        blk = k0 // QB + kb[None, :]
+        s = tl.load(a_scale_ptr + blk * n_tokens + token[:, None], mask=live[:, None], other=0.0)
+        tl.store(out_scale_ptr + blk * n_rows + rows[:, None], s)
+
+
+@triton.jit
+def _gemm1_swiglu_tma_a_kernel(a_desc, a_scale_ptr, w_desc, w_scale_ptr, c_ptr, c_scale_ptr,
+                               expert_ids_ptr, n_post_ptr, I, K, n_m, n_rows,
+                               QB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                               GROUP_M: tl.constexpr, QUANT: tl.constexpr, INTERPRET: tl.constexpr,
+                               RESCALE: tl.constexpr):
+    """_gemm1_swiglu_tma_kernel with A through a TMA descriptor as well (config a_tma): a_desc
+    views the gathered rows [n_rows, K] (sorted order, padding rows zero) in [BM, QB] blocks, and
+    a_scale holds their scales [K // QB, n_rows]. The row block is dense, so no token ids, row
+    mask or A addresses are kept in registers, and every operand arrives by bulk copy (no
+    cp.async group and CTA barrier per K step next to the TMA barrier)."""
+    tl.static_assert(BN <= QB)
+    pid_m, pid_n = _tile_ids(tl.program_id(0), n_m, I // BN, GROUP_M)
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if pid_m * BM >= tl.load(n_post_ptr):
+        return
+    a_row = pid_m * BM
+    rows = a_row + tl.arange(0, BM)
+    cols = pid_n * BN + tl.arange(0, BN)
+    up_row = (expert * 2 * I + pid_n * BN).to(tl.int32)
+    gate_row = up_row + I
+    n_kb = K // QB
+    up_s_ptr = w_scale_ptr + expert * (2 * I // QB) * n_kb + (pid_n * BN // QB) * n_kb
+    gate_s_ptr = up_s_ptr + (I // QB) * n_kb
+    acc_up = tl.zeros([BM, BN], dtype=tl.float32)
+    acc_gate = tl.zeros([BM, BN], dtype=tl.float32)
+    p_up = tl.full([BM, 1], 1.0, tl.float32)
+    p_gate = tl.full([BM, 1], 1.0, tl.float32)
+    for kb in range(0, n_kb):
+        a = a_desc.load([a_row, kb * QB])
+        a_s = tl.load(a_scale_ptr + kb * n_rows + rows)[:, None]
+        w_up = w_desc.load([up_row, kb * QB])
+        w_gate = w_desc.load([gate_row, kb * QB])
+        acc_up, p_up = _scaled_dot(acc_up, p_up, a, w_up.T, a_s * tl.load(up_s_ptr + kb), RESCALE)
+        acc_gate, p_gate = _scaled_dot(acc_gate, p_gate, a, w_gate.T, a_s * tl.load(gate_s_ptr + kb),
+                                       RESCALE)
+    if RESCALE:
+        acc_up = acc_up * p_up
+        acc_gate = acc_gate * p_gate
+    c = acc_gate / (1.0 + tl.exp(-acc_gate)) * acc_up
+    out = c_ptr + rows[:, None].to(tl.int64) * I + cols[None, :]
+    if QUANT:
+        scale = tl.maximum(tl.max(tl.abs(c), 1), 1e-12) / 448.0
+        tl.store(out, _to_fp8(c / scale[:, None], INTERPRET))
+        tl.store(c_scale_ptr + pid_n * n_rows + rows, scale)
+    else:
+        tl.store(out, c.to(tl.bfloat16))
+
+
+@triton.jit
 def _gemm1_splitk_kernel(a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, part_ptr, sorted_ids_ptr,
                          expert_ids_ptr, n_post_ptr, n_tokens, n_entries, N, K, n_m, n_rows,
                          TOPK: tl.constexpr, QB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -616,7 +695,7 @@ def _config(T):
     else:
         route = dict(route="tiles", route_tile=2 if T <= TINY_MAX else 4 if T <= DECODE_MAX else 16,
                      route_one_tile=True)
-    one = dict(split=1, split2=1, act="gemm1", tma=False, acc="promote", fin="masked")
+    one = dict(split=1, split2=1, act="gemm1", tma=False, acc="promote", fin="masked", a_tma=False)
     if T > DECODE_MAX:
         # v8 sweep (H200, fib's cupti kernel sum, benchmarks/NOTES.md): TMA weight (and gemm2 C) tiles with
         # the rescaled sum and 3 gemm2 stages (two gemm2 CTAs per SM): 1.744 / 2.413 ms at 11948 / 14107
@@ -636,7 +715,7 @@ def _config(T):
     # activation kernel and 3 gemm2 stages (0.0407 with 4; 20.9 us floor: 52%); T=7 0.0857 with
     # SwiGLU in gemm1's last-arriving program and BN2=128 (0.0888 apart).
     if T <= SPLITK_MAX:
-        split = dict(split=2, split2=2, tma=False, acc="promote", fin="masked")
+        split = dict(split=2, split2=2, tma=False, acc="promote", fin="masked", a_tma=False)
         if T >= ACT_IN_GEMM1_FROM:
             return dict(BM=16, BN1=64, BN2=128, warps=4, stages1=4, stages2=4, c_dtype="bf16", act="gemm1",
                         **split, **route)
@@ -684,9 +763,12 @@ def _variants(T):
     # (56 / 111 registers) were within noise of the 16-token default (route4 +2.6% / -3.0%, route8 -0.4% / -4.4%,
     # with fin_branch as "edges" +1.3% / +3.9% over fin_branch alone): route8 stays to be timed over fin_branch,
     # route4 and edges were dropped.
+    # v9 candidates (NOTES "v9 candidate: A through TMA", not yet timed): the A rows gathered into sorted
+    # order first, so gemm1 reads A by TMA too: tma_a on the default's tiles, tma_a_bn64 on tma_bn64's.
     return {"pointer": dict(tma=False, acc="promote", stages2=5, fin="masked"),
             "tma_s5": dict(stages2=5), "tma_promote": dict(acc="promote", stages2=5),
-            "tma_bn64": dict(BN1=64, stages1=3), "fin_masked": dict(fin="masked"), "route8": dict(route_tile=8)}
+            "tma_bn64": dict(BN1=64, stages1=3), "fin_masked": dict(fin="masked"), "route8": dict(route_tile=8),
+            "tma_a": dict(a_tma=True), "tma_a_bn64": dict(a_tma=True, BN1=64, stages1=3)}
 
 
 def fib_configs(axes):
@@ -708,7 +790,8 @@ def _invalid(cfg):
             return f"{key}={cfg[key]!r} is not a positive integer"
     for key, allowed in (("act", ("gemm1", "kernel")), ("c_dtype", ("fp8", "bf16")),
                          ("route", ("single", "tiles")), ("route_one_tile", (True, False)),
-                         ("tma", (True, False)), ("acc", ("promote", "rescale")), ("fin", ("masked", "branch"))):
+                         ("tma", (True, False)), ("acc", ("promote", "rescale")), ("fin", ("masked", "branch")),
+                         ("a_tma", (True, False))):
         if cfg[key] not in allowed:
             return f"{key}={cfg[key]!r} is not one of {allowed}"
     if cfg["split"] == 1 and cfg["act"] != "gemm1":
@@ -717,6 +800,8 @@ def _invalid(cfg):
         return "with split > 1, act='gemm1' writes bf16 C and act='kernel' fp8 C"
     if cfg["acc"] != "promote" and not cfg["tma"]:
         return "acc='rescale' needs tma=True (only the TMA kernels carry it)"
+    if cfg["a_tma"] and (not cfg["tma"] or cfg["split"] > 1):
+        return "a_tma=True needs tma=True and split=1 (only the unsplit TMA gemm1 reads gathered rows)"
     if cfg["tma"]:
         if cfg["split"] > 1:
             return "tma=True needs split=1 (the split-K gemm1 loads its weights through pointers)"
@@ -814,6 +899,23 @@ def _desc(t, block):
 def _gemm1_fused(cfg, hidden_states, hidden_states_scale, gemm1_weights, gemm1_weights_scale,
                  sorted_ids, expert_ids, n_post, T, n_entries, I, H, n_m, rows_max, BM, BN1, quant,
                  QB, dev):
+    if cfg["a_tma"]:  # tma, split 1 (_invalid): A rows into sorted order, then TMA on both operands
+        with fib.stage("dispatch"):  # the definition's stage for sorting token rows into expert order
+            a = torch.empty(rows_max, H, dtype=hidden_states.dtype, device=dev)
+            a_scale = torch.empty(H // QB, rows_max, dtype=torch.float32, device=dev)
+            RB, NB = min(16, BM), next(n for n in (4, 2, 1) if (H // QB) % n == 0)
+            _gather_rows_kernel[(rows_max // RB,)](
+                hidden_states, hidden_states_scale, a, a_scale, sorted_ids, n_post, T, n_entries,
+                rows_max, H, TOPK=TOPK, QB=QB, RB=RB, NB=NB, num_warps=4)
+        with fib.stage("gemm1"):
+            c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn if quant else torch.bfloat16, device=dev)
+            c_scale = torch.empty(I // BN1 if quant else 1, rows_max, dtype=torch.float32, device=dev)
+            _gemm1_swiglu_tma_a_kernel[(n_m * (I // BN1),)](
+                _desc(a, (BM, QB)), a_scale, _desc(gemm1_weights, (BN1, QB)), gemm1_weights_scale, c,
+                c_scale, expert_ids, n_post, I, H, n_m, rows_max,
+                QB=QB, BM=BM, BN=BN1, GROUP_M=8, QUANT=quant, INTERPRET=INTERPRET,
+                RESCALE=cfg["acc"] == "rescale", num_warps=cfg["warps"], num_stages=cfg["stages1"])
+        return c, c_scale
     with fib.stage("gemm1"):
         c = torch.empty(rows_max, I, dtype=torch.float8_e4m3fn if quant else torch.bfloat16, device=dev)
         c_scale = torch.empty(I // BN1 if quant else 1, rows_max, dtype=torch.float32, device=dev)
