@@ -700,8 +700,9 @@ def _config(T):
         # v8 sweep (H200, fib's cupti kernel sum, benchmarks/NOTES.md): TMA weight (and gemm2 C) tiles with
         # the rescaled sum and 3 gemm2 stages (two gemm2 CTAs per SM): 1.744 / 2.413 ms at 11948 / 14107
         # tokens against 2.094 / 3.060 for v7's pointer-loaded tiles ("pointer").
-        # v9 sweep (H200, cupti, reports/moe_deepseek_h200/v9/sweep): the finalize loading only local slots
-        # (fin="branch"): 1.543 / 2.317 ms against v8's 1.592 / 2.449 at 11948 / 14107.
+        # v9 sweeps (H200, cupti, reports/moe_deepseek_h200/v9/): the finalize loading only local slots
+        # (fin="branch"): 1.543 / 2.317 ms against v8's 1.592 / 2.449 at 11948 / 14107, and 1.541 / 2.364 against
+        # 1.687 / 2.467 in a second call.
         return dict(BM=128, BN1=128, BN2=128, warps=8, stages1=4, stages2=3, c_dtype="fp8", **route,
                     **dict(one, tma=True, acc="rescale", fin="branch"))
     # v4 sweep (H200, graph ms, benchmarks/NOTES.md): with gemm2 streaming QB-deep weight tiles
@@ -732,7 +733,8 @@ def _config(T):
 def _variants(T):
     """The named alternatives to T's default that the sweeps in benchmarks/NOTES.md timed (and a
     few they left open), as overrides of the bucket's configuration."""
-    # fin_branch at every decode bucket: v9's prefill finalize, to be timed there (finalize 2-13 us at 7-901 tokens)
+    # fin_branch at every decode bucket: v9's prefill finalize. Timed (v9/sweep_decode): +1.8% at 7 tokens, equal at
+    # 80, -1.3% at 901 (within the run-to-run spread): not the default there.
     if T <= SPLITK_MAX:  # v5/v7: where SwiGLU runs, gemm2 stages, ids in registers or reloaded
         kernel = dict(act="kernel", c_dtype="fp8", BN2=64, stages2=3)
         gemm1 = dict(act="gemm1", c_dtype="bf16", BN2=128, stages2=4)
@@ -763,8 +765,10 @@ def _variants(T):
     # (56 / 111 registers) were within noise of the 16-token default (route4 +2.6% / -3.0%, route8 -0.4% / -4.4%,
     # with fin_branch as "edges" +1.3% / +3.9% over fin_branch alone): route8 stays to be timed over fin_branch,
     # route4 and edges were dropped.
-    # v9 candidates (NOTES "v9 candidate: A through TMA", not yet timed): the A rows gathered into sorted
-    # order first, so gemm1 reads A by TMA too: tma_a on the default's tiles, tma_a_bn64 on tma_bn64's.
+    # v9 (NOTES "v9 candidate: A through TMA"): the A rows gathered into sorted order first (dispatch stage), so
+    # gemm1 reads A by TMA too: tma_a on the default's tiles, tma_a_bn64 on tma_bn64's. Timed on the H200
+    # (reports/moe_deepseek_h200/v9/sweep_prefill): 10% / 9% slower than the default at 11948 / 14107 (tma_a_bn64
+    # 15% / 14%): the gather costs more than gemm1 saves (171 registers, still one CTA per SM).
     return {"pointer": dict(tma=False, acc="promote", stages2=5, fin="masked"),
             "tma_s5": dict(stages2=5), "tma_promote": dict(acc="promote", stages2=5),
             "tma_bn64": dict(BN1=64, stages1=3), "fin_masked": dict(fin="masked"), "route8": dict(route_tile=8),
