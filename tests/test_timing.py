@@ -504,4 +504,5 @@ def test_cupti_sessions_are_tried_in_order(monkeypatch, mode, tried, session):
     info: dict = {}
     kernel_ms, _ = c.cupti_times(lambda: None, lambda: None, 2, info)
     assert seen == tried and info["session"] == session
+    assert info["fallbacks"] == (["direct session unusable: layout"] if mode == "" else [])
     assert kernel_ms == ([100 / 1e6, 80 / 1e6] if tried else [0.5, 0.5])

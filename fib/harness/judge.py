@@ -19,6 +19,7 @@ before any judgement that needs it):
 """
 from __future__ import annotations
 
+import functools
 import os
 import traceback
 from collections import OrderedDict, deque
@@ -135,15 +136,12 @@ class Judge:
         """check.vacuous_outputs of this reference under `tol`, kept in the reference's sidecar by the
         tolerance and the source of fib/harness/check.py (two check_outputs calls: ~30 ms per DeepSeek
         workload on an H200, in the judge's queue ahead of verdicts)."""
-        import hashlib
         import json
         from . import check
         from .inputs import write_reference_meta
         if not hasattr(check, "vacuous_outputs"):
             return []
-        if _CHECK_HASH[0] is None:
-            _CHECK_HASH[0] = hashlib.sha256(Path(check.__file__).read_bytes()).hexdigest()[:16]
-        key = f"{_CHECK_HASH[0]}:{json.dumps(tol.model_dump(mode='json'), sort_keys=True)}"
+        key = f"{_check_source_hash()}:{json.dumps(tol.model_dump(mode='json'), sort_keys=True)}"
         cached = meta.get("vacuous")
         if isinstance(cached, dict) and isinstance(cached.get(key), list):
             return cached[key]
@@ -245,7 +243,6 @@ class Judge:
                                   status=None, error=f"judge error: {type(exc).__name__}: {exc}",
                                   reason=f"judge error: {type(exc).__name__}: {exc}")
 
-
     def _next(self, pending: deque) -> dict:
         """The message to answer now: a verdict request before the reference requests queued ahead of it
         (those are the next workloads' prefetches, and a worker waits on the verdict: on an H200 a verdict
@@ -269,7 +266,12 @@ class Judge:
         return pending.popleft()
 
 
-_CHECK_HASH: list = [None]  # fib/harness/check.py's source hash, the vacuous cache's key (read once)
+@functools.lru_cache(maxsize=1)
+def _check_source_hash() -> str:
+    """fib/harness/check.py's source hash: the vacuous cache's key, so a changed check computes it again."""
+    import hashlib
+    from . import check
+    return hashlib.sha256(Path(check.__file__).read_bytes()).hexdigest()[:16]
 
 
 def judge_main(channel: Channel, args: dict) -> None:

@@ -60,8 +60,9 @@ def cupti_available(device) -> tuple[bool, str]:
 
 def cupti_times(rot: Rotation, flush, n: int, info: dict | None = None) -> tuple[list[float], list[float]]:
     """(kernel ms, device span ms) of each of `n` calls of `rot`, each after `flush`. `info`, when
-    given, receives the session used ("direct", "device" or "full", with the reasons for a fallback) and the
-    seconds of each step (session_start, calls, session_stop, read, attribute)."""
+    given, receives the session used ("direct", "device" or "full", with the reasons for a fallback), those
+    reasons alone (`fallbacks`: why a session tried was not used) and the seconds of each step
+    (session_start, calls, session_stop, read, attribute)."""
     import torch
     info = {} if info is None else info
     info.setdefault("steps_s", {})
@@ -78,11 +79,13 @@ def cupti_times(rot: Rotation, flush, n: int, info: dict | None = None) -> tuple
                 session = profile(rot, flush, n, info["steps_s"])
                 times = _read_and_attribute(session, read, attribute_by_markers, n, info["steps_s"])
                 info["session"] = name if not why else f"{name} ({'; '.join(why)})"
+                info["fallbacks"] = why
                 return times
             except TimingError as exc:
                 why.append(f"{name} session unusable: {exc.message}")
             except Exception as exc:  # no libcupti, a torch without _sleep or the accessors: the next one
                 why.append(f"{name} session failed: {type(exc).__name__}: {exc}")
+        info["fallbacks"] = list(why)
         if mode in ("full", "kineto"):
             why.insert(0, f"{SESSION_ENV}={mode}")
         info["session"] = f"full ({'; '.join(why)})"

@@ -196,7 +196,7 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
             session: dict[str, Any] = {"steps_s": steps}
             samples, spans = cupti_times(rot, flush, iterations * num_trials, info=session)
             extra["cupti_session"] = session.get("session")
-            if any(w in str(extra["cupti_session"]) for w in ("unusable", "failed")):
+            if session.get("fallbacks"):
                 note = f"{note}; {extra['cupti_session']}"
             kernel_ms, extra["span_median_ms"] = float(np.median(samples)), float(np.median(spans))
             covered = kernel_share(kernel_ms, extra["span_median_ms"])
