@@ -16,6 +16,8 @@ Prints one JSON object per workload:
   session, and the median kernel sum (the two must agree);
 - ``measure_s``, ``warmup_runs``, ``measure_steps_s``: fib's whole `measure` (warm-up and 3 x 50 calls), its
   warm-up count and its steps;
+- ``event_warmup_us`` / ``event_retime_us``: a call's time by CUDA events as `measure` reports it for a mostly
+  idle GPU (its warm-up's settled half; None when the GPU was busy) and from 50 calls timed for it alone;
 - ``launch_us``, ``empty_us``: one launch of a trivial Triton kernel, one `torch.empty`, as a scale.
 """
 from __future__ import annotations
@@ -46,7 +48,8 @@ def main() -> None:
     from fib.harness.seeds import workload_seed
     from fib.timing import cupti
     from fib.timing.flush import flusher, make_flush_buffer
-    from fib.timing.measure import measure
+    from fib.timing.measure import event_times, measure
+    import numpy as np
     from fib.timing.rotation import Rotation
     from torch.autograd.profiler import record_function
 
@@ -142,6 +145,11 @@ def main() -> None:
         out["measure_median_us"] = stats.median_ms * 1e3
         out["measure_steps_s"] = (stats.model_extra or {}).get("timing_steps_s")
         out["measure_session"] = (stats.model_extra or {}).get("cupti_session")
+        # the back-to-back figure of a mostly idle GPU: measure's (its warm-up's settled half) against 50
+        # calls timed for it alone, as measure did before 2026-12-02 session 6
+        warm = (stats.model_extra or {}).get("event_median_ms")
+        out["event_warmup_us"] = None if warm is None else warm * 1e3
+        out["event_retime_us"] = float(np.median(event_times(rot, flush, 50))) * 1e3
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}), flush=True)
         inputs = bound = call = rot = None
         torch.cuda.empty_cache()

@@ -1,6 +1,7 @@
 """Load a solution's entry point and decide whether it can run here (arch, packages, shapes)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import re
@@ -48,8 +49,15 @@ def _hardware_matches(target: str, info: dict[str, Any]) -> bool:
 
 
 def _missing_dependencies(solution: Solution) -> list[str]:
+    return list(_missing_requirements(tuple(native.python_dependencies(solution))))
+
+
+@functools.lru_cache(maxsize=256)
+def _missing_requirements(requirements: tuple[str, ...]) -> tuple[str, ...]:
+    """The requirements not met here. Cached per process: a worker asks before each of its pairs, and
+    the package metadata lookups behind it took ~17 ms per pair."""
     missing = []
-    for requirement in native.python_dependencies(solution):
+    for requirement in requirements:
         name = re.split(r"[<>=!~; \[]", requirement.strip(), maxsplit=1)[0]
         installed = dist_version(name)
         if installed is None:
@@ -62,7 +70,7 @@ def _missing_dependencies(solution: Solution) -> list[str]:
                 missing.append(f"{requirement} (found {installed})")
         except Exception:
             pass  # an unparsable requirement is checked by name only
-    return missing
+    return tuple(missing)
 
 
 def language_reason(solution: Solution, info: dict[str, Any]) -> str | None:

@@ -94,11 +94,14 @@ def test_measure_times_what_the_call_takes():
 
 
 def _warm(times, **kw):
-    """`_warm_up` fed a scripted sequence of per-call times (ms): deterministic, no sleeping."""
+    """`_warm_up` fed a scripted sequence of per-call times (ms): deterministic, no sleeping; (runs, stable),
+    after checking that the times it returns are the ones it ran."""
     it = iter(times)
     args = dict(warmup_runs=5, min_warmup_ms=0.0, max_warmup_runs=1000, max_warmup_ms=1e9,
                 window=5, rtol=0.1) | kw
-    return _warm_up(lambda: next(it), **args)
+    done, stable, ran = _warm_up(lambda: next(it), **args)
+    assert ran == list(times[:done])
+    return done, stable
 
 
 def test_warmup_stops_at_the_minimum_when_stable():
@@ -405,6 +408,8 @@ def test_a_mostly_idle_gpu_gets_its_back_to_back_time_too(monkeypatch):
     extra = stats.model_extra
     assert extra["event_median_ms"] == pytest.approx(0.5) and extra["gpu_idle_share"] == pytest.approx(2 / 3)
     assert "GPU idles 67%" in stats.timer_note and "back to back 0.5 ms" in stats.timer_note
+    # the figure is the warm-up's own (its settled half, at least the stable window), not 50 calls more
+    assert extra["event_calls"] >= 3 and f"last {extra['event_calls']} warm-up calls" in stats.timer_note
     busy = _fake_cuda_measure(monkeypatch, 0.6, 0.9, "auto")  # kernels cover two thirds: nothing more to say
     assert "event_median_ms" not in busy.model_extra and "idles" not in busy.timer_note
 

@@ -113,12 +113,17 @@ def check_outputs(definition: Definition, axes: dict[str, int], outputs: list, r
 def _elementwise(out: torch.Tensor, ref: torch.Tensor, tol: Tolerance) -> dict:
     """The per-element rule: max errors over elements finite in both, the matched ratio, and how
     many elements are NaN/Inf where the reference is finite."""
+    if out.numel() == 0:
+        return _elementwise_stats([0.0, 0.0, 0.0, 0.0], 0)
+    return _elementwise_stats(_elementwise_on_device(out, ref, tol).tolist(), out.numel())
+
+
+def _elementwise_on_device(out: torch.Tensor, ref: torch.Tensor, tol: Tolerance) -> torch.Tensor:
+    """[mismatched, max abs error, max rel error, non-finite] as float64 on the outputs' device (no sync).
+    The maxima are over the elements finite in both (0 where there are none): the errors there are >= 0,
+    so a max over the errors with the others set to 0 is the same number without a boolean index."""
     got = out.float()
     want = ref.float()
-    numel = got.numel()
-    if numel == 0:
-        return {"max_absolute_error": 0.0, "max_relative_error": 0.0, "matched_ratio": 1.0,
-                "non_finite": 0, "mismatched": 0, "numel": 0}
     ref_finite = torch.isfinite(want)
     # NaN/Inf that the reference does not have is an error; where both are the same Inf it is a match.
     same_special = (got == want) & ~ref_finite
@@ -128,15 +133,18 @@ def _elementwise(out: torch.Tensor, ref: torch.Tensor, tol: Tolerance) -> dict:
     finite = torch.isfinite(abs_err)
     fails = ((abs_err > tol.atol) & (rel_err > tol.rtol)) | ~finite
     fails &= ~same_special
-    mismatched = int(fails.sum())
     both_finite = finite & ref_finite
-    max_abs = float(abs_err[both_finite].max()) if bool(both_finite.any()) else 0.0
-    max_rel = float(rel_err[both_finite].max()) if bool(both_finite.any()) else 0.0
-    non_finite = int(bad_special.sum())
+    zero = torch.zeros((), dtype=abs_err.dtype, device=abs_err.device)
+    return torch.stack([fails.sum().double(), torch.where(both_finite, abs_err, zero).max().double(),
+                        torch.where(both_finite, rel_err, zero).max().double(), bad_special.sum().double()])
+
+
+def _elementwise_stats(values: list[float], numel: int) -> dict:
+    mismatched, max_abs, max_rel, non_finite = int(values[0]), float(values[1]), float(values[2]), int(values[3])
     if non_finite:
         max_abs = max_rel = float("nan")
     return {"max_absolute_error": max_abs, "max_relative_error": max_rel,
-            "matched_ratio": 1.0 - mismatched / numel, "non_finite": non_finite,
+            "matched_ratio": 1.0 - mismatched / numel if numel else 1.0, "non_finite": non_finite,
             "mismatched": mismatched, "numel": numel}
 
 
@@ -147,21 +155,29 @@ def scale_free_errors(out: torch.Tensor, ref: torch.Tensor) -> dict:
     ||ref|| = 0: relative L2 is 0 when out equals ref there, else inf. Cosine is 1 when both are
     zero vectors, 0 when exactly one is. An output with NaN/Inf where the reference is finite
     gives NaN for both (and fails any bound on them)."""
+    return _scale_free_stats(_scale_free_on_device(out, ref).tolist())
+
+
+def _scale_free_on_device(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """[bad, sum ref^2, sum out^2, sum diff^2, sum out*ref] as float64 on the outputs' device (no sync)."""
     got = out.detach().reshape(-1)
     want = ref.detach().to(got.device).reshape(-1)
-    sums = torch.zeros(4, dtype=torch.float64, device=got.device)  # ref^2, out^2, diff^2, out*ref
-    bad = torch.zeros((), dtype=torch.int64, device=got.device)
+    sums = torch.zeros(5, dtype=torch.float64, device=got.device)  # bad, ref^2, out^2, diff^2, out*ref
     for start in range(0, got.numel(), _NORM_CHUNK):
         g = got[start:start + _NORM_CHUNK].double()
         w = want[start:start + _NORM_CHUNK].double()
         keep = torch.isfinite(w)
-        bad += (~torch.isfinite(g) & keep).sum()
+        bad = (~torch.isfinite(g) & keep).sum().double()
         g = torch.where(keep, g, 0.0)
         w = torch.where(keep, w, 0.0)
-        sums += torch.stack([(w * w).sum(), (g * g).sum(), ((g - w) ** 2).sum(), (g * w).sum()])
-    if int(bad):
+        sums += torch.stack([bad, (w * w).sum(), (g * g).sum(), ((g - w) ** 2).sum(), (g * w).sum()])
+    return sums
+
+
+def _scale_free_stats(values: list[float]) -> dict:
+    bad, ref_sq, out_sq, diff_sq, dot = values
+    if bad:
         return {"relative_l2_error": float("nan"), "cosine_similarity": float("nan")}
-    ref_sq, out_sq, diff_sq, dot = (float(v) for v in sums.cpu())
     if ref_sq == 0.0:
         rel_l2 = 0.0 if diff_sq == 0.0 else float("inf")
     else:
@@ -178,8 +194,12 @@ def scale_free_errors(out: torch.Tensor, ref: torch.Tensor) -> dict:
 def compare(out: torch.Tensor, ref: torch.Tensor, tol: Tolerance) -> dict:
     """Error statistics of one output against its FP32 reference: the per-element rule's
     (max_absolute_error, max_relative_error, matched_ratio, non_finite, mismatched, numel) and
-    the scale-free relative_l2_error and cosine_similarity."""
-    return {**_elementwise(out, ref, tol), **scale_free_errors(out, ref)}
+    the scale-free relative_l2_error and cosine_similarity. One copy to the host for all of them (the
+    verdict's ~9 synchronisations were most of a small output's comparison)."""
+    if out.numel() == 0:
+        return {**_elementwise(out, ref, tol), **scale_free_errors(out, ref)}
+    values = torch.cat([_elementwise_on_device(out, ref, tol), _scale_free_on_device(out, ref)]).tolist()
+    return {**_elementwise_stats(values[:4], out.numel()), **_scale_free_stats(values[4:])}
 
 
 def vacuous_outputs(definition: Definition, axes: dict[str, int], references: list[torch.Tensor],
@@ -217,6 +237,20 @@ def _bits(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def modified_inputs(before: dict, after: dict) -> list[str]:
-    """Names of tensor inputs whose contents differ bit for bit (a solution wrote into its inputs)."""
-    return [name for name, old in before.items()
-            if isinstance(old, torch.Tensor) and not torch.equal(_bits(old), _bits(after[name]))]
+    """Names of tensor inputs whose contents differ bit for bit (a solution wrote into its inputs).
+    One copy to the host per device for all of them (torch.equal would synchronise once per tensor)."""
+    changed: set[str] = set()
+    flags: dict[str, torch.Tensor] = {}
+    for name, old in before.items():
+        if not isinstance(old, torch.Tensor):
+            continue
+        new = after[name]
+        if not isinstance(new, torch.Tensor) or new.shape != old.shape or new.dtype != old.dtype \
+                or new.device != old.device:
+            changed.add(name)
+        elif old.numel():
+            flags[name] = (_bits(old) != _bits(new)).any()
+    for device in {t.device for t in flags.values()}:
+        names = [n for n, t in flags.items() if t.device == device]
+        changed.update(n for n, differs in zip(names, torch.stack([flags[n] for n in names]).tolist()) if differs)
+    return [name for name in before if name in changed]

@@ -93,8 +93,8 @@ def measure(call: Callable[[int], None], *, n_copies: int, device, timer: str = 
     sync = (lambda: None)
     if cpu_budget_s is not None:  # the warm-up gets a third of the budget at most
         max_warmup_ms = min(max_warmup_ms, cpu_budget_s * 1e3 / 3)
-    done, stable = _warm_up(lambda: _wall_once(rot, sync, None), warmup_runs, min_warmup_ms,
-                            max_warmup_runs, max_warmup_ms, stable_window, stable_rtol)
+    done, stable, _ = _warm_up(lambda: _wall_once(rot, sync, None), warmup_runs, min_warmup_ms,
+                               max_warmup_runs, max_warmup_ms, stable_window, stable_rtol)
     samples: list[float] = []
     deadline = None if cpu_budget_s is None else time.perf_counter() + cpu_budget_s
     while len(samples) < iterations * num_trials:
@@ -137,9 +137,10 @@ def _wall_once(rot: Rotation, sync: Callable[[], None], flush) -> float:
 
 
 def _warm_up(run_once: Callable[[], float], warmup_runs: int, min_warmup_ms: float,
-             max_warmup_runs: int, max_warmup_ms: float, window: int, rtol: float) -> tuple[int, bool]:
+             max_warmup_runs: int, max_warmup_ms: float, window: int,
+             rtol: float) -> tuple[int, bool, list[float]]:
     """Run until at least `warmup_runs` and `min_warmup_ms`, then until stable or a cap.
-    Returns (runs done, whether the last `window` times were within `rtol` of their median)."""
+    Returns (runs done, whether the last `window` times were within `rtol` of their median, the times)."""
     times: list[float] = []
     t_start = time.perf_counter()
     while True:
@@ -147,12 +148,12 @@ def _warm_up(run_once: Callable[[], float], warmup_runs: int, min_warmup_ms: flo
         elapsed_ms = (time.perf_counter() - t_start) * 1e3
         if len(times) < warmup_runs or elapsed_ms < min_warmup_ms:
             if len(times) >= max(warmup_runs, max_warmup_runs):
-                return len(times), _stable(times, window, rtol)
+                return len(times), _stable(times, window, rtol), times
             continue
         if _stable(times, window, rtol):
-            return len(times), True
+            return len(times), True, times
         if len(times) >= max_warmup_runs or elapsed_ms >= max_warmup_ms:
-            return len(times), False
+            return len(times), False, times
 
 
 def _stable(times: list[float], window: int, rtol: float) -> bool:
@@ -186,7 +187,7 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
     else:
         once = lambda: event_times(rot, flush, 1)[0]  # noqa: E731
     t_warm = time.perf_counter()
-    done, stable = _warm_up(once, warmup_runs, *warm_args)
+    done, stable, warm_times = _warm_up(once, warmup_runs, *warm_args)
     steps: dict[str, float] = {"warmup": round(time.perf_counter() - t_warm, 6)}
 
     extra: dict[str, Any] = {"timing_steps_s": steps}
@@ -212,16 +213,20 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
                     note = f"{note}; WARNING: {missing} (check with fib profile, or use --timer cuda_event)"
             elif covered is not None and covered < IDLE_SPAN_SHARE:
                 # The kernel sum stays the latency (what the kernels cost, flashinfer-bench's measure too),
-                # but a caller waits for the whole device span: time that too, without the profiler (whose
-                # host overhead would stretch the gaps), so reports can say both.
-                t_events = time.perf_counter()
-                events = event_times(rot, flush, iterations)
-                steps["event_retime"] = round(time.perf_counter() - t_events, 6)
-                extra["event_median_ms"] = float(np.median(events))
+                # but a caller waits for the whole device span: say that too, timed without the profiler
+                # (whose host overhead would stretch the gaps), so reports can say both. The warm-up already
+                # timed the call so, by CUDA events after each flush, one call after another: its settled
+                # second half is that figure (timing 50 more calls for it cost ~23 ms per decode workload on
+                # an H200 and agreed with it: benchmarks/call_overhead.py's `event_retime_us`).
+                window = warm_args[3]  # (min ms, max runs, max ms, stable window, rtol)
+                tail = warm_times[-max(window, len(warm_times) // 2):]
+                extra["event_median_ms"] = float(np.median(tail))
+                extra["event_calls"] = len(tail)
                 extra["gpu_idle_share"] = 1.0 - covered
                 note = (f"{note}; the GPU idles {100 * extra['gpu_idle_share']:.0f}% of the call's device span "
                         f"(host syncs or launch-bound host code): kernel sum {kernel_ms:.4g} ms, "
-                        f"a call back to back {extra['event_median_ms']:.4g} ms by CUDA events")
+                        f"a call back to back {extra['event_median_ms']:.4g} ms by CUDA events "
+                        f"(the last {len(tail)} warm-up calls)")
         except TimingError as exc:
             if not note.startswith("auto"):
                 raise
