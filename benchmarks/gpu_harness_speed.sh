@@ -54,10 +54,14 @@ rm -rf /tmp/fibench && mkdir -p $FIB_CACHE_DIR $TRITON_CACHE_DIR
 python3 -c "import sys, os; print('bytecode: dont_write', sys.flags.dont_write_bytecode, 'torch dir writable',
   os.access(os.path.dirname(__import__('torch').__file__), os.W_OK))" 2>&1 | tee $R/bytecode.txt
 export PYTHONPYCACHEPREFIX=/tmp/fib-device/pycache
+# Every directory on sys.path is compiled (the standard library too: with a prefix set, Python looks for
+# bytecode only there, so the system's own __pycache__ folders no longer count; until 2026-12-02 session 6
+# only torch, triton, scipy, numpy, pydantic, sympy and fib were, and a warm run's worker still compiled
+# ~150 modules from source, 0.6 s of its start).
 if [ ! -d $PYTHONPYCACHEPREFIX ]; then
   s=$(date +%s.%N)
-  SITES=$(python3 -c "import os, torch, triton, scipy, numpy, pydantic, sympy; print(' '.join(os.path.dirname(m.__file__) for m in (torch, triton, scipy, numpy, pydantic, sympy)))")
-  env -u PYTHONDONTWRITEBYTECODE timeout 240 python3 -m compileall -q -j 16 $SITES /tmp/fib-device/site fib > $R/compileall.log 2>&1
+  SITES=$(python3 -c "import os, sys; print(' '.join(p for p in sys.path if p and os.path.isdir(p)))")
+  env -u PYTHONDONTWRITEBYTECODE timeout 240 python3 -m compileall -q -j 16 $SITES > $R/compileall.log 2>&1
   rc=$?
   echo "bytecode cache written in $(python3 -c "print(round($(date +%s.%N) - $s, 1))") s (rc=$rc)" | tee -a $R/bytecode.txt
 fi
@@ -69,6 +73,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fibsit
   || { echo "all wheels did not install; without apache-tvm-ffi:"; \
        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fibsite \
          .fibench/wheels/flashinfer_bench-*.whl .fibench/wheels/docstring_parser-*.whl; }
+# its modules' bytecode too, into the same prefix (fib's are; flashinfer-bench's were not until session 6)
+env -u PYTHONDONTWRITEBYTECODE timeout 60 python3 -m compileall -q -j 16 /tmp/fibsite >> $R/compileall.log 2>&1
 for set in fi_cli fi_permissive fi_api_no_baseline; do
   python3 benchmarks/fibench_package.py pack --output $R/$set --definition $DS --solution $SOL > $R/pack_$set.log 2>&1 \
     || { cat $R/pack_$set.log; exit 1; }

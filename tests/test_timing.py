@@ -470,6 +470,21 @@ def test_direct_cupti_reads_the_fields_it_times():
     assert cd.read_record(base) is None
 
 
+def test_direct_cupti_refuses_timestamps_that_cannot_be_nanoseconds():
+    """Records spanning longer than their session lasted on the host clock (another unit: seen after a
+    Kineto session in the same process, a 40 us call reading 84 us) or ending before they start are refused,
+    so the timer falls back to Kineto's session instead of reporting them."""
+    from fib.timing import cupti_direct as cd
+    calls = [("k", 1_000 + 300_000 * i, 41_000 + 300_000 * i) for i in range(100)]  # 100 calls, 30 ms
+    cd.check_timestamps(calls, host_ns=31_000_000)  # fits the host's 31 ms
+    cd.check_timestamps([], host_ns=0)
+    stretched = [(n, 2.1 * s, 2.1 * e) for n, s, e in calls]
+    with pytest.raises(TimingError, match="not nanoseconds"):
+        cd.check_timestamps(stretched, host_ns=31_000_000)
+    with pytest.raises(TimingError, match="ends before it starts"):
+        cd.check_timestamps([("k", 10, 5)], host_ns=1_000_000)
+
+
 def test_direct_cupti_without_a_library_is_a_clear_error(monkeypatch, tmp_path):
     from fib.timing import cupti_direct as cd
     missing = tmp_path / "libcupti.so.13"

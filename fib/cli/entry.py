@@ -25,12 +25,23 @@ def main() -> None:
         from ..harness.standby import POOL, STANDBYS
         POOL.start(STANDBYS)
     from .app import main as app_main
+    profile_dir = os.environ.get("FIB_PROFILE_CHILDREN")
+    profiler = None
+    if profile_dir:  # harness-overhead work: the parent's own statistics beside its children's
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         app_main()
     except SystemExit as exc:
         code = exc.code
     else:
         code = 0
+    if profiler is not None:
+        from pathlib import Path
+        profiler.disable()
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(Path(profile_dir) / f"parent-{os.getpid()}.prof"))
     _exit(code)
 
 

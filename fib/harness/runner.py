@@ -286,8 +286,8 @@ class Runner:
             info.update(finished=now_iso(), state=state,
                         problems=self.result.problems, vacuous_tolerance=self.result.vacuous)
             write_run_json(self.run_dir, info)
-            if self.judge and state == "interrupted":
-                self.judge.stop()
+            if self.judge and (state == "interrupted" or os.environ.get("FIB_PROFILE_CHILDREN")):
+                self.judge.stop()  # profiling the children: its statistics are written as it exits
             # a finished run's judge was asked to stop above and exits on its own (its CUDA context's
             # teardown, ~0.3 s on an H200, is no part of the run); it kills itself if this process is gone
             for log in self.logs.values():

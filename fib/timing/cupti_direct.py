@@ -175,6 +175,25 @@ def _cupti() -> _Cupti:
     return _LOADED[path]
 
 
+def check_timestamps(events: list[tuple[str, int, int]], host_ns: int) -> None:
+    """Refuse records whose timestamps cannot be nanoseconds: their span (first start to last end) longer
+    than the session lasted on the host clock, or an end before its start. Seen on an H200 (2026-12-02): in
+    a process where torch's profiler (Kineto) had run a session before this one was first made, the kernel
+    records came back in another unit (a 40 us call read 84 us), and once Kineto's own buffer callbacks had
+    replaced these, with no records at all; both now fall back to Kineto's session, which converts its own
+    clock."""
+    if not events:
+        return
+    first = min(e[1] for e in events)
+    last = max(e[2] for e in events)
+    if any(e[2] < e[1] for e in events):
+        raise TimingError("CUPTI returned a record that ends before it starts")
+    if last - first > host_ns * 1.02 + 200_000:
+        raise TimingError(f"CUPTI's records span {last - first} ns in a session of {host_ns} ns on the host "
+                          "clock: their timestamps are not nanoseconds here (another profiler in this process "
+                          "may have set its own clock)")
+
+
 class KernelSession:
     """Device activity (kernels, memcpy, memset) recorded between `start()` and `stop()` (or over a
     `with` block); `stop()` returns it as (name, start ns, end ns), and keeps it in `events`. The caller
@@ -201,9 +220,11 @@ class KernelSession:
         return False
 
     def start(self) -> None:
+        import time
         c = self.cupti
         c.records()  # drop anything left over from an earlier session
         c.dropped = c.completed = 0
+        self._host_start = time.perf_counter_ns()
         try:
             for kind in ENABLED_KINDS:
                 c.check(c.lib.cuptiActivityEnable(kind), f"cuptiActivityEnable({kind})")
@@ -218,7 +239,9 @@ class KernelSession:
         self.enabled = []
 
     def stop(self) -> list[tuple[str, int, int]]:
+        import time
         c = self.cupti
+        host_ns = time.perf_counter_ns() - getattr(self, "_host_start", 0)
         try:
             c.check(c.lib.cuptiActivityFlushAll(0), "cuptiActivityFlushAll")
         finally:
@@ -231,6 +254,7 @@ class KernelSession:
         if completed > 1:
             raise TimingError(f"{len(self.events)} records filled {completed - 1} CUPTI buffer(s) of "
                               f"{_BUFFER_BYTES >> 20} MiB")
+        check_timestamps(self.events, host_ns)
         return self.events
 
     @staticmethod
