@@ -97,6 +97,15 @@ if [ ${PIPESTATUS[0]} -ne 0 ]; then
     python3 benchmarks/fibench_package.py verify $R/fi_permissive --csv $R/fi_permissive_verify.csv 2>&1 | tee $R/fi_permissive_verify.log
   fi
 fi
+if [ -n "${REPEATS:-}" ]; then  # REPEATS=1: fib warm twice more and flashinfer-bench's CLI once more, for the spread
+  t fib_warm3 100 python3 -m fib run --definitions $DS --solutions $SOL $TIMING --output $R/fib_warm3
+  t fib_warm4 100 python3 -m fib run --definitions $DS --solutions $SOL $TIMING --output $R/fib_warm4
+  python3 benchmarks/fibench_package.py pack --output $R/fi_cli2 --definition $DS --solution $SOL > $R/pack_fi_cli2.log 2>&1
+  t fi_cli2 200 env $FI_ENV FIB_CACHE_PATH=$R/fi_cli2.cache "${FI_CLI[@]}" run --local $R/fi_cli2 \
+    --definitions $DS --solutions $SOL $TIMING $FI_TOL
+  python3 benchmarks/fibench_package.py verify $R/fi_cli2 --csv $R/fi_cli2_verify.csv > $R/fi_cli2_verify.log 2>&1
+  tail -1 $R/fi_cli2_verify.log
+fi
 if [ $(elapsed) -lt ${FI_API_BEFORE_S:-420} ]; then
   TOL_API=""
   [ -f $R/fi_permissive_verify.csv ] && TOL_API="--atol 1e30 --rtol 1e30"
