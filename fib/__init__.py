@@ -8,5 +8,6 @@ def __getattr__(name: str):
     # after its standby children are on their way (fib/cli/entry.py)
     if name == "stage":
         from .stages import stage
+        globals()["stage"] = stage  # later look-ups find it without this hook (solutions use it per call)
         return stage
     raise AttributeError(f"module 'fib' has no attribute {name!r}")
