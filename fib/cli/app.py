@@ -117,6 +117,10 @@ def run(
                                                            help="Fraction of elements that must be within "
                                                                 "tolerance (default: the definition's)."),
     warmup_runs: int = typer.Option(10, "--warmup-runs", help="Warm-up calls before timing (at least)."),
+    min_warmup_ms: float = typer.Option(25.0, "--min-warmup-ms", help="Milliseconds of warm-up calls at least, "
+                                        "for a worker's first timed workload and after a pause of 1 s or more."),
+    min_warmup_ms_warm: float = typer.Option(5.0, "--min-warmup-ms-warm", help="Milliseconds of warm-up calls "
+                                             "at least for the next workloads, the GPU busy until a moment ago."),
     iterations: int = typer.Option(50, "--iterations", help="Timed calls per trial."),
     num_trials: int = typer.Option(3, "--num-trials", help="Trials; samples = iterations x trials."),
     timer: str = typer.Option("auto", "--timer", help="auto, cupti, cuda_graph, cuda_event or wall."),
@@ -160,7 +164,9 @@ def run(
     from ..progress import RunProgress, print_summary, summary_rows
 
     config = _run_config(atol=atol, rtol=rtol, required_matched_ratio=required_matched_ratio,
-                         warmup_runs=warmup_runs, iterations=iterations, num_trials=num_trials, timer=timer,
+                         warmup_runs=warmup_runs, min_warmup_ms=min_warmup_ms,
+                         min_warmup_ms_warm=min_warmup_ms_warm, iterations=iterations, num_trials=num_trials,
+                         timer=timer,
                          seed=seed, input_copies=input_copies, fresh_check=not no_fresh_check,
                          cpu_timing_budget_s=cpu_timing_budget or None,
                          any_hardware=any_hardware,

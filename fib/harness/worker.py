@@ -54,6 +54,7 @@ class SolutionWorker:
         self.ipc = bool(args.get("outputs_ipc")) and str(self.device).startswith("cuda")
         self._shared: list = []  # the outputs the judge maps, alive until its verdict
         self._head_start = None  # a thread doing the compiler's first-use work during the first inputs
+        self._last_timed: float | None = None  # time.monotonic() when this worker's last timed calls ended
 
     # ---- protocol ---------------------------------------------------------------------------
     def phase(self, name: str) -> None:
@@ -244,9 +245,17 @@ class SolutionWorker:
             with stage(range_name):
                 bound[i % len(bound)]()
 
-        stats = measure(timed, n_copies=len(bound), device=self.device, timer=s.timer, warmup_runs=s.warmup_runs,
-                        iterations=s.iterations, num_trials=s.num_trials, flush_l2=s.flush_l2,
-                        cpu_budget_s=s.cpu_timing_budget_s, ci=False)  # the parent computes the CI
+        import time as _time
+        floor = s.min_warmup_ms
+        if self._last_timed is not None and _time.monotonic() - self._last_timed < WARM_WITHIN_S:
+            floor = min(floor, s.min_warmup_ms_warm)  # the GPU ran this worker's timed calls a moment ago
+        try:
+            stats = measure(timed, n_copies=len(bound), device=self.device, timer=s.timer,
+                            warmup_runs=s.warmup_runs, min_warmup_ms=floor, iterations=s.iterations,
+                            num_trials=s.num_trials, flush_l2=s.flush_l2, cpu_budget_s=s.cpu_timing_budget_s,
+                            ci=False)  # the parent computes the CI
+        finally:
+            self._last_timed = _time.monotonic()
         return stats, sets
 
     def serve(self) -> None:
@@ -282,6 +291,7 @@ class SolutionWorker:
                 return
 
 
+WARM_WITHIN_S = 1.0  # timed calls this recently: the next workload's warm-up floor is min_warmup_ms_warm
 CACHE_KEEP_SHARE = 0.2  # a worker keeps up to this share of its GPU's memory cached between its pairs
 
 

@@ -83,6 +83,11 @@ class RunConfig(BaseModel):
     any_hardware: bool = False
     # timing
     warmup_runs: int = Field(default=10, ge=0)
+    # the warm-up's floor in ms of calls: a worker's first timed workload (and one after a pause of a second
+    # or more) warms the GPU for min_warmup_ms at least; the next ones, on a GPU this worker kept busy until
+    # a moment ago, for min_warmup_ms_warm (then on until stable either way: fib.timing.measure)
+    min_warmup_ms: float = Field(default=25.0, ge=0)
+    min_warmup_ms_warm: float = Field(default=5.0, ge=0)
     iterations: int = Field(default=50, ge=1)
     num_trials: int = Field(default=3, ge=1)
     timer: Literal["auto", "cupti", "cuda_graph", "cuda_event", "wall"] = "auto"
