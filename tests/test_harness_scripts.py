@@ -66,7 +66,7 @@ def test_breakdown_table_regenerates(tmp_path, monkeypatch, capsys):
     dirs = [str(p.relative_to(SPEED)) for kind in ("harness_speed/fib_cold", "harness_speed/fib_warm",
                                                     "harness_speed/fib_warm2", "speed_misc/run_profiled")
             for p in sorted(SPEED.glob(f"s[0-9]_call*/{kind}"))]
-    assert len(dirs) == 54
+    assert len(dirs) == 60
     timeline.main([*dirs, "--markdown", str(tmp_path / "breakdown.md")])
     assert (tmp_path / "breakdown.md").read_text() == (SPEED / "breakdown.md").read_text()
     assert capsys.readouterr().out == (SPEED / "breakdown.md").read_text()
