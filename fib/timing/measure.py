@@ -223,7 +223,8 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
                 # (whose host overhead would stretch the gaps), so reports can say both. The warm-up already
                 # timed the call so, by CUDA events after each flush, one call after another: its settled
                 # second half is that figure (timing 50 more calls for it cost ~23 ms per decode workload on
-                # an H200 and agreed with it: benchmarks/call_overhead.py's `event_retime_us`).
+                # an H200, and the two, host-bound, came out 10-25% apart either way: benchmarks/call_overhead.py,
+                # event_warmup_us against event_retime_us).
                 window = warm_args[3]  # (min ms, max runs, max ms, stable window, rtol)
                 tail = warm_times[-max(window, len(warm_times) // 2):]
                 extra["event_median_ms"] = float(np.median(tail))
