@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .inputs import torch_dtype
+from .inputs import to_host, torch_dtype
 from ..schema import Correctness, Definition, Status, Tolerance
 
 # Elements per chunk of the float64 norm accumulation (bounds the temporary memory).
@@ -250,7 +250,5 @@ def modified_inputs(before: dict, after: dict) -> list[str]:
             changed.add(name)
         elif old.numel():
             flags[name] = (_bits(old) != _bits(new)).any()
-    for device in {t.device for t in flags.values()}:
-        names = [n for n, t in flags.items() if t.device == device]
-        changed.update(n for n, differs in zip(names, torch.stack([flags[n] for n in names]).tolist()) if differs)
+    changed.update(n for n, differs in to_host(flags).items() if differs)
     return [name for name in before if name in changed]

@@ -395,6 +395,16 @@ def _byte_sums_on_device(data: torch.Tensor, chunk: int = 1 << 26) -> torch.Tens
     return torch.stack([total, weighted])
 
 
+def to_host(values: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """{name: value.tolist()} for same-shaped device tensors (scalars or short vectors), with one copy to
+    the host per device instead of one synchronisation per tensor."""
+    out: dict[str, Any] = {}
+    for device in {t.device for t in values.values()}:
+        names = [n for n, t in values.items() if t.device == device]
+        out.update(zip(names, torch.stack([values[n] for n in names]).tolist()))
+    return out
+
+
 def inputs_digest(inputs: dict[str, Any]) -> str:
     """A fingerprint of the inputs' bytes (tensors and scalars), computed on their device. The
     reference process and each worker make the same seeded inputs; equal digests show that a
@@ -406,11 +416,7 @@ def inputs_digest(inputs: dict[str, Any]) -> str:
             data = value.detach().contiguous().view(-1).view(torch.uint8) if value.numel() else \
                 value.new_empty(0, dtype=torch.uint8)
             sums[name] = _byte_sums_on_device(data)
-    on_host: dict[str, list[int]] = {}
-    for device in {t.device for t in sums.values()}:  # one copy per device, not two syncs per tensor
-        names = [n for n, t in sums.items() if t.device == device]
-        rows = torch.stack([sums[n] for n in names]).tolist()
-        on_host.update(zip(names, rows))
+    on_host = to_host(sums)  # one copy per device, not two syncs per tensor
     parts = []
     for name, value in inputs.items():
         if not isinstance(value, torch.Tensor):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 import traceback
 from collections import OrderedDict, deque
 from pathlib import Path
@@ -145,9 +146,8 @@ class Judge:
     def _vacuous_cached(self, tol, meta: dict) -> list[str] | None:
         """The sidecar's vacuous-tolerance answer for `tol` under this check.py, or None (compute it)."""
         cached = meta.get("vacuous")
-        if isinstance(cached, dict) and isinstance(cached.get(self._vacuous_key(tol)), list):
-            return cached[self._vacuous_key(tol)]
-        return None
+        answer = cached.get(self._vacuous_key(tol)) if isinstance(cached, dict) else None
+        return answer if isinstance(answer, list) else None
 
     def _vacuous(self, definition, axes, refs, tol, file: Path, meta: dict) -> list[str]:
         """check.vacuous_outputs of this reference under `tol`, kept in the reference's sidecar by the
@@ -157,12 +157,12 @@ class Judge:
         from .inputs import write_reference_meta
         if not hasattr(check, "vacuous_outputs"):
             return []
-        key = self._vacuous_key(tol)
-        cached = meta.get("vacuous")
-        if isinstance(cached, dict) and isinstance(cached.get(key), list):
-            return cached[key]
+        answer = self._vacuous_cached(tol, meta)
+        if answer is not None:
+            return answer
         flagged = check.vacuous_outputs(definition, axes, refs, tol)
-        meta["vacuous"] = {**(cached if isinstance(cached, dict) else {}), key: flagged}
+        cached = meta.get("vacuous")
+        meta["vacuous"] = {**(cached if isinstance(cached, dict) else {}), self._vacuous_key(tol): flagged}
         try:
             write_reference_meta(file, meta)
         except OSError:  # a read-only cache: computed again next time
@@ -269,7 +269,6 @@ class Judge:
         torch.cuda.synchronize()
 
     def serve(self) -> None:
-        import time
         from .standby import STARTUP, startup_marks
         try:
             self.warm_up()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -245,9 +246,8 @@ class SolutionWorker:
             with stage(range_name):
                 bound[i % len(bound)]()
 
-        import time as _time
         floor = s.min_warmup_ms
-        if self._last_timed is not None and _time.monotonic() - self._last_timed < WARM_WITHIN_S:
+        if self._last_timed is not None and time.monotonic() - self._last_timed < WARM_WITHIN_S:
             floor = min(floor, s.min_warmup_ms_warm)  # the GPU ran this worker's timed calls a moment ago
         try:
             stats = measure(timed, n_copies=len(bound), device=self.device, timer=s.timer,
@@ -255,7 +255,7 @@ class SolutionWorker:
                             num_trials=s.num_trials, flush_l2=s.flush_l2, cpu_budget_s=s.cpu_timing_budget_s,
                             ci=False)  # the parent computes the CI
         finally:
-            self._last_timed = _time.monotonic()
+            self._last_timed = time.monotonic()
         return stats, sets
 
     def serve(self) -> None:
@@ -314,8 +314,7 @@ def _compiler_head_start():
     per process) before it can look up even a cached kernel: 0.34 s of the first call on an H200 machine;
     hashlib and the file reads release the GIL, so it runs beside the inputs' generation."""
     import threading
-    triton = sys.modules.get("triton")
-    if triton is None:
+    if "triton" not in sys.modules:  # not a Triton solution (its import brought no Triton)
         return None
     try:
         from triton.runtime.cache import triton_key

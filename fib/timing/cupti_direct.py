@@ -20,6 +20,7 @@ import glob
 import os
 import sys
 import threading
+import time
 
 from ..errors import TimingError
 
@@ -210,6 +211,7 @@ class KernelSession:
         self.cupti = _cupti()
         self.enabled: list[int] = []
         self.events: list[tuple[str, int, int]] = []
+        self._host_start = 0  # perf_counter_ns() at start(): stop() checks the records' span against it
 
     def __enter__(self):
         self.start()
@@ -220,7 +222,6 @@ class KernelSession:
         return False
 
     def start(self) -> None:
-        import time
         c = self.cupti
         c.records()  # drop anything left over from an earlier session
         c.dropped = c.completed = 0
@@ -239,9 +240,8 @@ class KernelSession:
         self.enabled = []
 
     def stop(self) -> list[tuple[str, int, int]]:
-        import time
         c = self.cupti
-        host_ns = time.perf_counter_ns() - getattr(self, "_host_start", 0)
+        host_ns = time.perf_counter_ns() - self._host_start
         try:
             c.check(c.lib.cuptiActivityFlushAll(0), "cuptiActivityFlushAll")
         finally:

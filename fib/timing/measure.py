@@ -196,7 +196,8 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
     done, stable, warm_times = _warm_up(once, warmup_runs, *warm_args)
     steps: dict[str, float] = {"warmup": round(time.perf_counter() - t_warm, 6)}
 
-    extra: dict[str, Any] = {"timing_steps_s": steps, "warmup_min_ms": warm_args[0]}
+    base = {"timing_steps_s": steps, "warmup_min_ms": warm_args[0]}  # what every timer's stats carry
+    extra: dict[str, Any] = dict(base)
     if timer == "cupti":
         try:
             # one profiler session for every trial: each session costs a Kineto start and stop
@@ -214,7 +215,7 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
                            "so launches are missing from the profile")
                 if note.startswith("auto"):  # a number known to be wrong is not reported: re-time with events
                     timer, note = "cuda_event", f"auto: cuda_event (cupti unusable here: {missing})"
-                    extra = {"timing_steps_s": steps, "warmup_min_ms": warm_args[0]}
+                    extra = dict(base)
                 else:
                     note = f"{note}; WARNING: {missing} (check with fib profile, or use --timer cuda_event)"
             elif covered is not None and covered < IDLE_SPAN_SHARE:
@@ -238,7 +239,7 @@ def _measure_cuda(call, dev, timer, n_copies, warmup_runs, iterations, num_trial
             if not note.startswith("auto"):
                 raise
             timer, note = "cuda_event", f"auto: cuda_event (cupti failed: {exc.message})"
-            extra = {"timing_steps_s": steps, "warmup_min_ms": warm_args[0]}
+            extra = dict(base)
     t_other = time.perf_counter()
     if timer == "cuda_graph":
         replay = _capture_graphs(call, n_copies)
