@@ -335,3 +335,20 @@ def test_family_problems_lists_every_bad_family_file(tmp_path):
     good = make_dataset(tmp_path / "good", solutions=["good"])
     write_family(good, FAKE_FAMILY)
     assert family_problems(load_dataset([good]).definitions.values(), [good]) == []
+
+
+def test_a_rewritten_family_module_runs_its_new_source(tmp_path):
+    """A family.py rewritten at the same size within the same second (the .pyc's mtime-and-size check cannot
+    tell) is loaded from its new source, which is what its source_hash describes."""
+    path = tmp_path / "fake" / "family.py"
+    path.parent.mkdir()
+    path.write_text("OP_TYPES = ('x',)\nTOKEN_AXIS = 'm'\n")
+    stamp = path.stat().st_mtime_ns
+    first = load_family(path)
+    import compileall
+    compileall.compile_file(str(path), quiet=1)  # bytecode for the first version, as an import leaves it
+    path.write_text("OP_TYPES = ('x',)\nTOKEN_AXIS = 'n'\n")
+    os.utime(path, ns=(stamp, stamp))
+    second = load_family(path)
+    assert (first.token_axis, second.token_axis) == ("m", "n")
+    assert first.source_hash != second.source_hash
